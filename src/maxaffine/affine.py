@@ -1,0 +1,173 @@
+"""Per-input affine maps and templates: ``f(x) = A[x] x + B[x]``.
+
+A network of MASO layers is continuous and piecewise affine; on the region of
+``x`` it *is* the affine map ``A[x] x + B[x]`` (Balestriero & Baraniuk, "A
+Spline Theory of Deep Networks", ICML 2018, Thm. 1 / eq. 8).  Row ``c`` of
+``A[x]`` is the signal-dependent *template* of output ``c``, and
+``f_c(x) = <A_c[x], x> + B_c[x]`` is a matched filter (ibid., sec. 4).
+
+``A[x]`` is the Jacobian of the spline graph with every code frozen at ``x``'s
+codes (the graph differentiates the selected pieces, so ties follow the VQ
+code convention), computed batched in reverse mode (one vector-Jacobian
+product per output, vmapped) or forward mode (one Jacobian-vector product per
+input dimension, vmapped), whichever is cheaper. ``B[x] = f(x) - A[x] x``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .errors import MaxAffineError
+from .graph import SplineGraph, _check_tensor, as_graph, check_input
+
+Mode = Literal["auto", "forward", "reverse"]
+
+
+@dataclass
+class AffineMap:
+    """The affine map of each input's region.
+
+    Axes: ``A`` is (N, C, *input_shape), ``B`` and ``output`` are (N, C), with C the
+    flattened output size. ``exact`` is False for the local linearization of a
+    model that is not piecewise affine (``affine_map(..., exact=False)``).
+    """
+
+    A: Tensor
+    B: Tensor
+    x: Tensor
+    output: Tensor
+    exact: bool = True
+    mode: str = "reverse"
+
+    @property
+    def num_outputs(self) -> int:
+        return self.B.shape[1]
+
+    def templates(self, c: int | Tensor | None = None) -> Tensor:
+        """Templates ``A_c[x]`` of output ``c`` for every sample, shape (N, *input_shape).
+
+        ``c``: an output index, a (N,) tensor of per-sample indices (e.g. labels),
+        or None for each sample's predicted (argmax) output.
+        """
+        n = self.A.shape[0]
+        if c is None:
+            c = self.output.argmax(dim=1)
+        if isinstance(c, int):
+            if not -self.num_outputs <= c < self.num_outputs:
+                raise MaxAffineError(f"output index {c} out of range for C={self.num_outputs}")
+            return self.A[:, c]
+        c = torch.as_tensor(c, device=self.A.device).long()
+        if c.shape != (n,):
+            raise MaxAffineError(f"per-sample indices must have shape ({n},), got {tuple(c.shape)}")
+        return self.A[torch.arange(n, device=self.A.device), c]
+
+    def reconstruct(self, x: Tensor | None = None) -> Tensor:
+        """``A[x] x + B[x]`` (N, C); with another ``x``, the region's affine map extended."""
+        x = self.x if x is None else x
+        if x.shape != self.x.shape:
+            raise MaxAffineError(f"x must have shape {tuple(self.x.shape)}, got {tuple(x.shape)}")
+        return torch.einsum("ncd,nd->nc", self.A.flatten(2), x.flatten(1)) + self.B
+
+    def plot(self, n: int = 4, classes: list[int] | None = None, ax=None):
+        """Templates of the first ``n`` inputs, one row per input: the input, then
+        one template per class (red positive, blue negative), as in the papers'
+        figures. Needs image-like inputs ((C, H, W), (H, W), (D,) for D a square)."""
+        from ._plotting import plot_templates
+
+        return plot_templates(self, n=n, classes=classes, ax=ax)
+
+    def to_json(self) -> str:
+        """Shapes, outputs and offsets (the full A is large: use ``save``)."""
+        return json.dumps({
+            "exact": self.exact, "mode": self.mode, "A_shape": list(self.A.shape),
+            "output": self.output.tolist(), "B": self.B.tolist(),
+        })
+
+    def save(self, path: str | Path) -> None:
+        """All tensors to a ``.pt`` file."""
+        torch.save({k: getattr(self, k) for k in ("A", "B", "x", "output", "exact", "mode")}, path)
+
+
+def affine_map(
+    model: nn.Module | SplineGraph,
+    x: Tensor,
+    *,
+    exact: bool = True,
+    mode: Mode = "auto",
+    chunk_size: int | None = None,
+) -> AffineMap:
+    """The per-input affine map ``f(x) = A[x] x + B[x]`` of a piecewise-affine model.
+
+    ``x``: batch (N, *input_shape).  ``mode``: ``"reverse"`` costs ~C vector-Jacobian
+    products, ``"forward"`` ~D Jacobian-vector products; ``"auto"`` picks the cheaper.
+    ``exact=False`` skips the spline graph and returns the local linearization
+    (the Jacobian) of any differentiable model, labelled ``exact=False``.
+    ``chunk_size`` bounds how many products are vmapped at once (memory).
+    Gradients flow to the model's parameters (double back-prop).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> m = affine_map(net, torch.randn(5, 3))
+    >>> m.A.shape, m.B.shape
+    (torch.Size([5, 2, 3]), torch.Size([5, 2]))
+    """
+    if exact:
+        graph = as_graph(model, x)
+        check_input(graph, x)
+
+        def fn(v: Tensor) -> Tensor:
+            return graph._run(v, None, False).output
+    else:
+        if not isinstance(model, nn.Module | SplineGraph):
+            raise MaxAffineError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_tensor(x, "x")
+        fn = model
+    A, out, used = jacobian(fn, x, mode=mode, chunk_size=chunk_size)
+    B = out - torch.einsum("ncd,nd->nc", A.flatten(2), x.flatten(1))
+    return AffineMap(A=A, B=B, x=x, output=out, exact=exact, mode=used)
+
+
+def jacobian(
+    fn: Callable[[Tensor], Tensor], x: Tensor, *, mode: Mode = "auto",
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor, str]:
+    """Per-sample Jacobians of ``fn`` (samples must be independent), batched.
+
+    Returns ``(J, f(x) flattened to (N, C), mode used)`` with J of shape (N, C, *in).
+    Never loops over samples: one batched pass plus vmapped (J|V)JPs.
+    """
+    n = x.shape[0]
+    d = math.prod(x.shape[1:])
+    if mode not in ("auto", "forward", "reverse"):
+        raise MaxAffineError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+
+    def flat(v: Tensor) -> Tensor:
+        return fn(v).reshape(n, -1)
+
+    if mode == "auto":
+        with torch.no_grad():
+            c = math.prod(fn(x[:1]).shape[1:])
+        mode = "forward" if d < c else "reverse"
+    if mode == "reverse":
+        out, vjp_fn = torch.func.vjp(flat, x)
+        c = out.shape[1]
+        eye = torch.eye(c, dtype=out.dtype, device=out.device)
+        cotangents = eye.unsqueeze(1).expand(c, n, c)
+        (jac,) = torch.func.vmap(vjp_fn, chunk_size=chunk_size)(cotangents)
+        return jac.movedim(0, 1), out, mode
+    basis = torch.eye(d, dtype=x.dtype, device=x.device).reshape((d, 1, *x.shape[1:]))
+    basis = basis.expand((d, *x.shape))
+
+    def push(t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.jvp(flat, (x,), (t,))
+
+    outs, jac = torch.func.vmap(push, chunk_size=chunk_size)(basis)  # (D, N, C)
+    jac = jac.permute(1, 2, 0).reshape((n, jac.shape[2], *x.shape[1:]))
+    return jac, outs[0], mode

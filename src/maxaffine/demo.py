@@ -1,0 +1,118 @@
+"""``maxaffine demo``: train a small MLP and CNN on MNIST and write a report.
+
+The report (``report.md`` + ``report.html`` + figures) is a list of sections;
+each capability adds one function ``section(ctx) -> Section`` to ``SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .affine import affine_map
+from .datasets import Dataset, load_dataset
+from .experiments import markdown_to_html, save_figure
+from .graph import trace
+from .models import mlp, small_cnn
+from .training import History, fit
+
+
+@dataclass
+class DemoContext:
+    """What every report section can use: the data, the trained models, where to write."""
+
+    out: Path
+    data: Dataset
+    mlp: nn.Module
+    cnn: nn.Module
+    history: dict[str, History]
+    seed: int = 0
+    quick: bool = False
+    extras: dict = field(default_factory=dict)
+
+    def figure(self, fig, name: str) -> str:
+        """Save a figure next to the report; returns its Markdown image line."""
+        save_figure(fig, self.out, name)
+        return f"![{name}]({name}.png)"
+
+
+@dataclass
+class Section:
+    title: str
+    markdown: str
+
+
+def models_section(ctx: DemoContext) -> Section:
+    rows = ["| model | parameters | train acc | test acc | seconds |", "|---|---|---|---|---|"]
+    for name, model in (("mlp", ctx.mlp), ("cnn", ctx.cnn)):
+        h = ctx.history[name]
+        params = sum(p.numel() for p in model.parameters())
+        rows.append(f"| {name} | {params} | {h.train_acc:.3f} | {h.test_acc:.3f} | "
+                    f"{h.seconds:.1f} |")
+    graph = trace(ctx.cnn, ctx.data.x_test[:1])
+    text = (f"Dataset: {ctx.data!r}.\n\n" + "\n".join(rows) +
+            "\n\nThe CNN as a spline graph (its nonlinearities are the VQ layers):\n\n"
+            "```\n" + graph.summary() + "\n```\n")
+    return Section("Models", text)
+
+
+def affine_section(ctx: DemoContext) -> Section:
+    x = ctx.data.x_test[:64]
+    rows = ["| model | dtype | max abs(A x + B - f(x)) | max abs(A - jacrev) |", "|---|---|---|---|"]
+    for name, model in (("mlp", ctx.mlp), ("cnn", ctx.cnn)):
+        for dtype in (torch.float32, torch.float64):
+            m = model.to(dtype)
+            xd = x.to(dtype)
+            amap = affine_map(m, xd)
+            with torch.no_grad():
+                err = float((amap.reconstruct() - m(xd).flatten(1)).abs().max())
+            jac = torch.func.vmap(torch.func.jacrev(lambda v, m=m: m(v[None])[0]))(xd[:8])
+            jerr = float((amap.A[:8] - jac).abs().max())
+            rows.append(f"| {name} | {str(dtype).split('.')[-1]} | {err:.2e} | {jerr:.2e} |")
+            model.float()
+    amap = affine_map(ctx.cnn, ctx.data.x_test[:4])
+    fig = amap.plot(n=4)
+    text = ("Conditioned on its input, each network is the affine map f(x) = A[x] x + B[x]; "
+            "the rows of A[x] are the class templates (matched filters).\n\n"
+            + "\n".join(rows) + "\n\n" + ctx.figure(fig, "templates_cnn") + "\n")
+    return Section("Affine maps and templates", text)
+
+
+SECTIONS: list[Callable[[DemoContext], Section]] = [models_section, affine_section]
+
+
+def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seed: int = 0,
+             progress: bool = True) -> Path:
+    """Train the demo models and write ``out/report.md`` and ``out/report.html``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    data = load_dataset("mnist", seed=seed)
+    if quick:
+        data = Dataset(data.name, data.x_train[:512], data.y_train[:512], data.x_test[:256],
+                       data.y_test[:256], data.num_classes)
+    epochs = 1 if quick else 4
+    net = mlp(data.input_shape, (128, 128), data.num_classes)
+    cnn = small_cnn(data.input_shape, data.num_classes, channels=(8, 16))
+    hist = {
+        "mlp": fit(net, data, epochs=epochs, seed=seed, progress=progress, desc="mlp"),
+        "cnn": fit(cnn, data, epochs=epochs, seed=seed, progress=progress, desc="cnn"),
+    }
+    ctx = DemoContext(out, data, net, cnn, hist, seed=seed, quick=quick)
+    parts = ["# maxaffine demo report", ""]
+    for make in SECTIONS:
+        s0 = time.perf_counter()
+        section = make(ctx)
+        parts += [f"## {section.title}", "", section.markdown,
+                  f"_({time.perf_counter() - s0:.1f} s)_", ""]
+    parts.append(f"Total: {time.perf_counter() - t0:.0f} s.")
+    text = "\n".join(parts)
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(markdown_to_html(text))
+    return out

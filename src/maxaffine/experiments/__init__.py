@@ -1,0 +1,41 @@
+"""Paper claims as runnable experiments: ``maxaffine reproduce <name>``.
+
+Each experiment module defines ``EXPERIMENT = Experiment(...)``: a name, a
+one-line help, a function adding its CLI options, and a ``run(args)`` that
+writes a table (JSON + Markdown) and figures under ``args.out`` and returns
+that directory. Register a module by adding its name to ``_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._report import Table, markdown_to_html, save_figure, write_table
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], Path]
+
+
+_MODULES: list[str] = []
+
+
+def experiments() -> dict[str, Experiment]:
+    """All registered experiments by name."""
+    out = {}
+    for mod in _MODULES:
+        exp = importlib.import_module(f"{__name__}.{mod}").EXPERIMENT
+        out[exp.name] = exp
+    return out
+
+
+__all__ = ["Experiment", "Table", "experiments", "markdown_to_html", "save_figure",
+           "write_table"]
