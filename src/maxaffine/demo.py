@@ -17,6 +17,9 @@ from torch import nn
 from .affine import affine_map
 from .datasets import Dataset, load_dataset
 from .experiments import markdown_to_html, save_figure
+from .experiments.beta_vq import demo_section as beta_vq_section
+from .experiments.orthogonality import demo_section as orthogonality_section
+from .experiments.sparse_coding import demo_section as sparse_coding_section
 from .graph import trace
 from .models import mlp, small_cnn
 from .training import History, fit
@@ -83,7 +86,9 @@ def affine_section(ctx: DemoContext) -> Section:
     return Section("Affine maps and templates", text)
 
 
-SECTIONS: list[Callable[[DemoContext], Section]] = [models_section, affine_section]
+SECTIONS: list[Callable[[DemoContext], Section]] = [models_section, affine_section,
+                                                     beta_vq_section, sparse_coding_section,
+                                                     orthogonality_section]
 
 
 def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seed: int = 0,

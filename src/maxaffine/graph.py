@@ -114,6 +114,7 @@ class SplineGraph:
     units: tuple[Unit, ...]
     _gm: fx.GraphModule = field(repr=False)
     _steps: tuple[_Step, ...] = field(repr=False)
+    _shapes: dict = field(repr=False, default_factory=dict)  # node -> (shape, dtype)
 
     @property
     def num_outputs(self) -> int:
@@ -146,23 +147,58 @@ class SplineGraph:
         ``record``: also return each nonlinearity's inputs (pre-activations).
         """
         check_input(self, x)
+        if codes:
+            self._check_codes(codes, x.shape[0])
         return self._run(x, codes, record)
 
-    def _run(self, x: Tensor, codes: dict[str, Tensor] | None, record: bool) -> Evaluation:
-        env: dict[fx.Node, Any] = {}
+    def _check_codes(self, codes: dict[str, Tensor], n: int) -> None:
+        unknown = [k for k in codes if k not in self.unit_names]
+        if unknown:
+            raise MaxAffineError(
+                f"codes for unknown nonlinearities {unknown}; the graph has {self.unit_names}"
+            )
+        for unit in self.units:
+            code = codes.get(unit.name)
+            if code is not None and tuple(code.shape) != (n, *unit.code_shape):
+                raise MaxAffineError(
+                    f"code of {unit.name!r} has shape {tuple(code.shape)}, expected "
+                    f"{(n, *unit.code_shape)} (batch size, code shape)"
+                )
+
+    def _run(self, x: Tensor, codes: dict[str, Tensor] | None, record: bool,
+             until: str | None = None) -> Evaluation:
+        """The interpreter loop from the input. ``until``: stop right after that
+        nonlinearity (its code and inputs recorded; ``output`` is then None)."""
+        env: dict[fx.Node, Any] = {self._steps[0].node: x}
+        return self._walk(env, x.shape[0], 0, codes, record, until)
+
+    def _walk(self, env: dict[fx.Node, Any], batch: int, start: int,
+              codes: dict[str, Tensor] | None, record: bool, until: str | None,
+              stop: int | None = None) -> Evaluation:
+        """The one interpreter loop. Runs steps ``start`` .. ``stop`` (exclusive) on
+        ``env`` (node -> value, updated in place), resuming a paused evaluation:
+        values of input-dependent nodes before ``start`` must be in ``env`` where
+        still needed; metadata steps before ``start`` are re-run, with zero-stride
+        stand-ins of the right shape for inputs that are not."""
         found: dict[str, Tensor] = {}
         inputs: dict[str, tuple[Tensor, ...]] = {}
         out: Any = None
-        for step in self._steps:
+        steps = self._steps if stop is None else self._steps[:stop]
+        for index, step in enumerate(steps):
             node = step.node
             if step.kind == "input":
-                env[node] = x
+                if node not in env:
+                    env[node] = self._stand_in(node, batch)
                 continue
             if step.kind == "attr":
                 env[node] = _fetch_attr(self._gm, node.target)
                 continue
-            args = map_arg(node.args, env.__getitem__)
-            kwargs = map_arg(node.kwargs, env.__getitem__)
+            if index < start and step.kind != "call":
+                continue
+            lookup = env.__getitem__ if index >= start else (
+                lambda n: env[n] if n in env else self._stand_in(n, batch))
+            args = map_arg(node.args, lookup)
+            kwargs = map_arg(node.kwargs, lookup)
             if step.kind == "output":
                 out = args[0]
             elif step.kind == "call":
@@ -179,7 +215,28 @@ class SplineGraph:
                 found[name] = code
                 if record:
                     inputs[name] = tuple(a for a in args if isinstance(a, Tensor))
+                if name == until:
+                    return Evaluation(None, found, inputs)  # type: ignore[arg-type]
         return Evaluation(out, found, inputs)
+
+    def _stand_in(self, node: fx.Node, batch: int) -> Tensor:
+        """A zero-stride tensor shaped like ``node``'s value (for metadata ops)."""
+        shape, dtype = self._shapes[node]
+        return torch.zeros((), dtype=dtype).expand((batch, *shape))
+
+    def _pause_points(self) -> list[tuple[int, frozenset[fx.Node]]]:
+        """For each unit: its step index and the input-dependent nodes whose values
+        a paused evaluation must keep to resume there (computed before the unit,
+        used by it or later)."""
+        index = {st.node: i for i, st in enumerate(self._steps)}
+        last = {n: max((index[u] for u in n.users), default=-1) for n in index}
+        out = []
+        for unit_step in (i for i, st in enumerate(self._steps) if st.kind == "nonlinearity"):
+            live = frozenset(n for n, i in index.items() if i < unit_step
+                             and last[n] >= unit_step and n in self._shapes
+                             and self._steps[i].kind in ("input", "affine", "nonlinearity"))
+            out.append((unit_step, live))
+        return out
 
     def summary(self) -> str:
         """A table of the nonlinearities: name, kind, units, pieces."""
@@ -211,6 +268,7 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
             f"example_input must be a batch (N, *input_shape); got shape "
             f"{tuple(example_input.shape)}: add a batch dimension with x.unsqueeze(0)"
         )
+    _check_dtype(model, example_input, "example_input")
     tracer = _Tracer()
     try:
         fx_graph = tracer.trace(model)
@@ -230,7 +288,7 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
         )
     example = example_input[:2].detach()
     with torch.no_grad():
-        steps, units, output = _bind(gm, example)
+        steps, units, output, shapes = _bind(gm, example)
     if not isinstance(output, Tensor):
         raise UnsupportedOperation(
             f"model output: expected one tensor, got {type(output).__name__}; "
@@ -243,6 +301,7 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
         units=tuple(units),
         _gm=gm,
         _steps=tuple(steps),
+        _shapes=shapes,
     )
     _check_faithful(graph, model, example)
     return graph
@@ -283,13 +342,15 @@ def _is_metadata(node: fx.Node) -> bool:
     )
 
 
-def _bind(gm: fx.GraphModule, example: Tensor) -> tuple[list[_Step], list[Unit], Any]:
+def _bind(gm: fx.GraphModule, example: Tensor
+          ) -> tuple[list[_Step], list[Unit], Any, dict[fx.Node, tuple]]:
     """Propagate the example, mark input-dependent nodes, bind a rule to each."""
     values: dict[fx.Node, Any] = {}
     dependent: set[fx.Node] = set()
     steps: list[_Step] = []
     units: list[Unit] = []
     problems: list[str] = []
+    taken: set[str] = set()
     output: Any = None
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -316,7 +377,12 @@ def _bind(gm: fx.GraphModule, example: Tensor) -> tuple[list[_Step], list[Unit],
         dependent.add(node)
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         target = type(module) if module is not None else node.target
-        site = ops.Site(_name(node), target, module, args, kwargs, tuple(deps), dep_kw)
+        name = _name(node)
+        if name in taken:  # a module called more than once: "act", "act@1", ...
+            name = next(f"{name}@{k}" for k in range(1, len(taken) + 2)
+                        if f"{name}@{k}" not in taken)
+        taken.add(name)
+        site = ops.Site(name, target, module, args, kwargs, tuple(deps), dep_kw)
         rule_cls = _rule_for_module(module) if module is not None else ops.lookup(target)
         rule: ops.Rule | None = None
         if rule_cls is None:
@@ -332,20 +398,34 @@ def _bind(gm: fx.GraphModule, example: Tensor) -> tuple[list[_Step], list[Unit],
                 problems.extend(err.problems)
         try:
             if rule is None:
-                values[node] = _plain_call(gm, node, args, kwargs)
+                values[node] = _shadow_call(gm, node, args, kwargs)
                 continue
             values[node] = rule.forward(*args, **kwargs)
         except UnsupportedOperation as err:
             problems.extend(err.problems)
-            values[node] = _plain_call(gm, node, args, kwargs)
+            try:
+                values[node] = _shadow_call(gm, node, args, kwargs)
+            except Exception:
+                raise UnsupportedOperation(problems) from err
             continue
+        except Exception as err:  # shapes or dtypes that do not fit the model
+            if problems:
+                raise UnsupportedOperation(problems) from err
+            raise MaxAffineError(
+                f"{site.name} ({ops.describe_target(target)}) fails on the example input "
+                f"of shape {tuple(example.shape)} and dtype {example.dtype} "
+                f"({type(err).__name__}: {err}); example_input must be a batch "
+                "(N, *input_shape) of the model's dtype"
+            ) from err
         steps.append(_Step(node, rule.kind, rule, site))
         if isinstance(rule, ops.Nonlinearity):
             units.append(Unit(site.name, type(rule).__name__, rule,
                               tuple(values[node].shape[1:]), rule.num_pieces))
     if problems:
         raise UnsupportedOperation(problems)
-    return steps, units, output
+    shapes = {n: (tuple(v.shape[1:]), v.dtype) for n, v in values.items()
+              if n in dependent and isinstance(v, Tensor) and v.dim() > 0}
+    return steps, units, output, shapes
 
 
 def _depends(arg: Any, dependent: set[fx.Node]) -> bool:
@@ -375,12 +455,26 @@ def _plain_call(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) ->
     return node.target(*args, **kwargs)
 
 
+def _shadow_call(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    """:func:`_plain_call` on copies of a module's parameters and buffers: keeps shapes
+    propagating past an unsupported op without side effects on the user's model
+    (e.g. a batch-norm in training mode updating its running statistics)."""
+    if node.op != "call_module":
+        return _plain_call(gm, node, args, kwargs)
+    module = gm.get_submodule(node.target)
+    state = {k: v.clone() for k, v in [*module.named_parameters(), *module.named_buffers()]}
+    return torch.func.functional_call(module, state, args, kwargs)
+
+
 def _check_faithful(graph: SplineGraph, model: nn.Module, example: Tensor) -> None:
     """The graph must reproduce the model, and treat samples independently."""
     with torch.no_grad():
         expected = model(example)
         got = graph._run(example, None, False).output
-        other = example[:1] * 0.5 + torch.randn_like(example[:1]).mul_(example.std() + 1)
+        gen = torch.Generator(device=example.device).manual_seed(0)  # no global RNG use
+        noise = torch.randn(example[:1].shape, generator=gen, dtype=example.dtype,
+                            device=example.device)
+        other = example[:1] * 0.5 + noise * (float(example.abs().max()) + 1.0)
         pair = graph._run(torch.cat([example[:1], other]), None, False).output
         alone = graph._run(other, None, False).output
     scale = float(expected.abs().max()) + 1.0
@@ -426,7 +520,11 @@ def check_input(graph: SplineGraph, x: Tensor, what: str = "x") -> None:
             f"{what} has shape {shape}; the model was traced for (N, "
             f"{', '.join(map(str, graph.input_shape))}){hint}"
         )
-    param = next((p for p in graph.model.parameters() if p.is_floating_point()), None)
+    _check_dtype(graph.model, x, what)
+
+
+def _check_dtype(model: nn.Module, x: Tensor, what: str) -> None:
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
     if param is not None and param.dtype != x.dtype:
         raise MaxAffineError(
             f"{what} is {x.dtype} but the model's parameters are {param.dtype}: call "

@@ -149,6 +149,12 @@ class EvalOnly(Affine):
                 f"{kind} is in training mode, where it is not a fixed affine map "
                 "(batch statistics / random masks); call model.eval() first"
             )
+        if module is not None and hasattr(module, "running_mean") and module.running_mean is None:
+            raise self.site.unsupported(
+                f"{type(module).__name__} has no running statistics "
+                "(track_running_stats=False), so it normalises with batch statistics "
+                "even in eval mode; use track_running_stats=True"
+            )
         if module is None and self.site.param(*self._train_flag):
             raise self.site.unsupported(
                 "called with training=True; pass training=False (or self.training) "
@@ -161,6 +167,13 @@ class EvalOnly(Affine):
 
 class FunctionalDropout(EvalOnly):
     _train_flag = (2, "training", True)
+
+
+class ShapedLike(Affine):
+    """``x.view_as(other)`` and kin: affine in ``x``; ``other`` lends only its shape, so
+    it may depend on the input."""
+
+    linear_args = frozenset({0, 1, "other"})
 
 
 # --------------------------------------------------------------------- nonlinearities
@@ -339,6 +352,30 @@ class MaxPool(Nonlinearity):
             grids.append(g.reshape((n,) + (1,) * (d - 1 - a)))
         return grids
 
+    def window_index(self, in_shape: tuple[int, ...]) -> Tensor:
+        """(units, pieces) flat indices into one sample's input (C, *spatial) of every
+        window entry; units row-major over (C, *out_spatial), pieces row-major over
+        the kernel (the code convention); -1 marks padding (never selected)."""
+        d = self.spatial_dims
+        channels, sizes = in_shape[0], tuple(in_shape[-d:])
+        _, idx = self._pool(torch.zeros((1, 1, *sizes)))
+        out_sizes = tuple(idx.shape[-d:])
+        flat = torch.zeros((), dtype=torch.int64)
+        valid = torch.ones((), dtype=torch.bool)
+        for a in range(d):
+            shape_o, shape_k = [1] * (2 * d), [1] * (2 * d)
+            shape_o[a], shape_k[d + a] = out_sizes[a], self.kernel[a]
+            origin = torch.arange(out_sizes[a]) * self.stride[a] - self.padding[a]
+            coord = origin.reshape(shape_o) + (torch.arange(self.kernel[a])
+                                               * self.dilation[a]).reshape(shape_k)
+            flat = flat * sizes[a] + coord
+            valid = valid & (coord >= 0) & (coord < sizes[a])
+        units, pieces = math.prod(out_sizes), math.prod(self.kernel)
+        flat = flat.expand(out_sizes + self.kernel).reshape(1, units, pieces)
+        valid = valid.expand(out_sizes + self.kernel).reshape(1, units, pieces)
+        base = torch.arange(channels).reshape(-1, 1, 1) * math.prod(sizes)
+        return torch.where(valid, flat + base, -1).reshape(channels * units, pieces)
+
     def code(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         _, idx = self._pool(x)
         d = self.spatial_dims
@@ -460,9 +497,10 @@ _register_all(
     torch.unsqueeze, torch.transpose, torch.permute, torch.mean, torch.sum, torch.neg,
     operator.neg, operator.pos, operator.getitem,
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",
-    "squeeze", "unsqueeze", "mean", "sum", "neg", "expand", "expand_as", "view_as",
-    "reshape_as", "repeat", "clone", "chunk", "split", "narrow", "float", "double", "to",
+    "squeeze", "unsqueeze", "mean", "sum", "neg", "expand",
+    "repeat", "clone", "chunk", "split", "narrow", "float", "double", "to",
 )
+_register_all(ShapedLike, "expand_as", "view_as", "reshape_as")
 _register_all(EvalOnly, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout1d,
               nn.Dropout2d, nn.AlphaDropout, F.batch_norm)
 _register_all(FunctionalDropout, F.dropout)

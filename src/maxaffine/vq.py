@@ -18,6 +18,7 @@ layer's bits per unit (a power of two, so units never straddle bytes), bit
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,16 +35,18 @@ class Codes:
 
     ``names``: stable unit names (module paths, or ``owner.fn`` for functional
     calls); ``values``: code tensors (N, *code_shape); ``pieces``: pieces per unit;
-    ``bits_per_unit``: packing width per layer.
+    ``bits_per_unit``: packing width per layer; ``num_samples``: the batch size
+    (needed only when there are no nonlinearities, i.e. the model is affine).
     """
 
     names: tuple[str, ...]
     values: tuple[Tensor, ...]
     pieces: tuple[int, ...]
     bits_per_unit: tuple[int, ...]
+    num_samples: int | None = None
 
     def __len__(self) -> int:
-        return self.values[0].shape[0] if self.values else 0
+        return self.values[0].shape[0] if self.values else (self.num_samples or 0)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -81,6 +84,8 @@ class Codes:
     def packed(self, layers: Sequence[str | int] | None = None) -> Tensor:
         """Packed codes of the chosen layers only (default: all)."""
         idx = self._layers(layers)
+        if not idx:
+            return torch.zeros((len(self), 0), dtype=torch.uint8)
         return pack([self.values[i] for i in idx], [self.bits_per_unit[i] for i in idx])
 
     def byte_slices(self) -> dict[str, slice]:
@@ -120,8 +125,9 @@ class Codes:
 
     def select(self, index: Tensor | slice | Sequence[int]) -> Codes:
         """The codes of a subset of samples."""
+        kept = torch.arange(len(self))[index]
         return Codes(self.names, tuple(v[index] for v in self.values), self.pieces,
-                     self.bits_per_unit)
+                     self.bits_per_unit, kept.numel())
 
     def to_json(self) -> str:
         return json.dumps({
@@ -171,10 +177,11 @@ def codes(model: nn.Module | SplineGraph, x: Tensor) -> Codes:
     graph = as_graph(model, x)
     with torch.no_grad():
         found = graph.evaluate(x).codes
-    return codes_of(graph, found)
+    return codes_of(graph, found, x.shape[0])
 
 
-def codes_of(graph: SplineGraph, found: dict[str, Tensor]) -> Codes:
+def codes_of(graph: SplineGraph, found: dict[str, Tensor], num_samples: int | None = None
+             ) -> Codes:
     """Wrap an evaluation's name -> code dict as :class:`Codes` in graph order."""
     units = graph.units
     return Codes(
@@ -182,4 +189,29 @@ def codes_of(graph: SplineGraph, found: dict[str, Tensor]) -> Codes:
         values=tuple(found[u.name] for u in units),
         pieces=tuple(u.num_pieces for u in units),
         bits_per_unit=tuple(u.bits for u in units),
+        num_samples=num_samples,
     )
+
+
+def unpack(packed: Tensor, shapes: Sequence[tuple[int, ...]], bits_per_unit: Sequence[int]
+           ) -> tuple[Tensor, ...]:
+    """Inverse of :func:`pack`: per-layer code tensors (N, *shape) as uint8 (int64
+    for layers wider than 8 bits per unit)."""
+    n = packed.shape[0]
+    out, start = [], 0
+    for shape, b in zip(shapes, bits_per_unit, strict=True):
+        units = math.prod(shape)
+        nbytes = (units * b + 7) // 8
+        chunk = packed[:, start: start + nbytes]
+        start += nbytes
+        if b >= 8:
+            parts = chunk.reshape(n, units, b // 8).long()
+            shifts = torch.arange(0, b, 8, dtype=torch.int64)
+            vals = (parts << shifts).sum(-1)
+            out.append(vals.reshape(n, *shape) if b > 8 else vals.to(torch.uint8).reshape(
+                n, *shape))
+            continue
+        shifts = torch.arange(0, 8, b, dtype=torch.uint8)
+        vals = (chunk.unsqueeze(-1) >> shifts) & ((1 << b) - 1)
+        out.append(vals.reshape(n, -1)[:, :units].reshape(n, *shape))
+    return tuple(out)

@@ -25,7 +25,7 @@ class Experiment:
     run: Callable[[argparse.Namespace], Path]
 
 
-_MODULES: list[str] = []
+_MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding"]
 
 
 def experiments() -> dict[str, Experiment]:

@@ -1,0 +1,394 @@
+"""Batched planar subdivisions into convex faces: cut by lines, merge, clip.
+
+The geometry behind :func:`maxaffine.partition_plane`, kept separate from the
+ops (which know nothing of polygons). Faces are rows of a padded tensor of
+vertex ids in counter-clockwise order; vertices are shared between faces.
+A *cut* splits every candidate face in which a function that is affine on the
+face changes sign (values given at the face's vertices) along its zero line; the
+new vertex on a crossed edge is created once per edge and shared by both faces
+(edges are keyed by their sorted vertex ids), so the subdivision stays
+conforming. Like edge subdivision (Berzins, ICML 2023) values at new vertices
+are interpolated along the edge, which is exact for a continuous piecewise-affine
+function that is affine on the edge; unlike it, each cut processes all faces
+at once in tensors.
+
+Degenerate cases are resolved by one rule: a vertex whose value is within
+``tol`` of zero is *on* the line. It then belongs to both halves, never creates
+a new vertex, and a face whose vertices are all on one side (or on the line)
+is not cut: no sliver thinner than ``tol`` is ever created.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Mesh:
+    """A growing conforming subdivision of a convex polygon into convex faces.
+
+    ``xy``: (V, 2) vertices; ``vals``: (V, ncols) values of the current cut
+    functions' inputs at the vertices; ``faces``: (F, width) vertex ids, -1
+    padded; ``sizes``: (F,); ``origin``: for each face, the index of the face it
+    descends from at the last :meth:`mark` (``origin_layer``: at
+    :meth:`mark_layer`).
+    """
+
+    def __init__(self, polygon: Tensor):
+        dtype = polygon.dtype
+        k = polygon.shape[0]
+        self._xy = torch.empty((max(64, 4 * k), 2), dtype=dtype)
+        self._xy[:k] = polygon
+        self.nv = k
+        self._vals = torch.empty((self._xy.shape[0], 0), dtype=dtype)
+        self._faces = torch.full((64, max(8, k + 2)), -1, dtype=torch.int64)
+        self._faces[0, :k] = torch.arange(k)
+        self._sizes = torch.zeros(64, dtype=torch.int64)
+        self._sizes[0] = k
+        self._origin = torch.zeros(64, dtype=torch.int64)
+        self._origin_layer = torch.zeros(64, dtype=torch.int64)
+        self._payload = torch.zeros((64, 0), dtype=torch.uint8)
+        self.nf = 1
+        self.width = k
+
+    # ----------------------------------------------------------------- views
+    @property
+    def xy(self) -> Tensor:
+        return self._xy[: self.nv]
+
+    @property
+    def vals(self) -> Tensor:
+        return self._vals[: self.nv]
+
+    @property
+    def faces(self) -> Tensor:
+        return self._faces[: self.nf, : self.width]
+
+    @property
+    def sizes(self) -> Tensor:
+        return self._sizes[: self.nf]
+
+    @property
+    def origin(self) -> Tensor:
+        return self._origin[: self.nf]
+
+    @property
+    def origin_layer(self) -> Tensor:
+        return self._origin_layer[: self.nf]
+
+    @property
+    def payload(self) -> Tensor:
+        """(F, bytes) per-face data copied to both halves of a cut (packed codes)."""
+        return self._payload[: self.nf]
+
+    def add_payload(self, values: Tensor) -> None:
+        """Append columns (F, b) of uint8 to every face's payload."""
+        new = torch.zeros((self._faces.shape[0], self._payload.shape[1] + values.shape[1]),
+                          dtype=torch.uint8)
+        new[: self.nf, : self._payload.shape[1]] = self._payload[: self.nf]
+        new[: self.nf, self._payload.shape[1]:] = values
+        self._payload = new
+
+    def set_vals(self, vals: Tensor) -> None:
+        """Replace the per-vertex values (V, ncols) used by :meth:`cut`."""
+        buf = torch.empty((self._xy.shape[0], vals.shape[1]), dtype=vals.dtype)
+        buf[: self.nv] = vals
+        self._vals = buf
+
+    def mark(self) -> None:
+        self._origin[: self.nf] = torch.arange(self.nf)
+
+    def mark_layer(self) -> None:
+        self._origin_layer[: self.nf] = torch.arange(self.nf)
+
+    # ---------------------------------------------------------------- growth
+    def _reserve_vertices(self, extra: int) -> None:
+        need = self.nv + extra
+        if need > self._xy.shape[0]:
+            cap = max(need, 2 * self._xy.shape[0])
+            for name in ("_xy", "_vals"):
+                old = getattr(self, name)
+                new = torch.empty((cap, old.shape[1]), dtype=old.dtype)
+                new[: self.nv] = old[: self.nv]
+                setattr(self, name, new)
+
+    def _reserve_faces(self, extra: int, width: int) -> None:
+        need = self.nf + extra
+        cap = self._faces.shape[0]
+        if need > cap or width > self._faces.shape[1]:
+            cap = max(need, 2 * cap) if need > cap else cap
+            w = max(width, self._faces.shape[1])
+            faces = torch.full((cap, w), -1, dtype=torch.int64)
+            faces[: self.nf, : self._faces.shape[1]] = self._faces[: self.nf]
+            self._faces = faces
+            for name in ("_sizes", "_origin", "_origin_layer", "_payload"):
+                old = getattr(self, name)
+                new = torch.zeros((cap, *old.shape[1:]), dtype=old.dtype)
+                new[: self.nf] = old[: self.nf]
+                setattr(self, name, new)
+
+    def _write_faces(self, rows: Tensor, polys: Tensor, sizes: Tensor) -> None:
+        """Overwrite faces ``rows`` (existing or just reserved) with ``polys``."""
+        w = polys.shape[1]
+        self._reserve_faces(0, w)
+        self._faces[rows] = -1
+        self._faces[rows, :w] = polys
+        self._sizes[rows] = sizes
+        self.width = max(self.width, w)
+
+    # ------------------------------------------------------------------- cut
+    def entries(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Vertex ids (-1 padded) and validity mask of faces ``rows``."""
+        fv = self._faces[rows, : self.width]
+        valid = torch.arange(self.width) < self._sizes[rows, None]
+        return fv, valid
+
+    def cut(self, rows: Tensor, d: Tensor, tol: float) -> int:
+        """Split faces ``rows`` along the zero line of a function affine on each.
+
+        ``d`` (len(rows), width): the function's values at each face's vertices
+        (padding ignored). Returns the number of faces split. The part where
+        ``d > 0`` keeps the row; the part where ``d < 0`` is appended.
+        """
+        fv, valid = self.entries(rows)
+        s = (d > tol).to(torch.int8) - (d < -tol).to(torch.int8)
+        s = torch.where(valid, s, 0)
+        hit = (s > 0).any(1) & (s < 0).any(1)
+        if not bool(hit.any()):
+            return 0
+        rows, fv, valid, s, d = rows[hit], fv[hit], valid[hit], s[hit], d[hit]
+        n, w = fv.shape
+        sizes = self._sizes[rows]
+        nxt = torch.arange(1, w + 1).expand(n, w)
+        nxt = torch.where(nxt >= sizes[:, None], 0, nxt)
+        fv_n, s_n, d_n = fv.gather(1, nxt), s.gather(1, nxt), d.gather(1, nxt)
+        crossed = valid & (s * s_n < 0)
+        a, b, da, db = fv[crossed], fv_n[crossed], d[crossed], d_n[crossed]
+        swap = a > b
+        lo, hi = torch.where(swap, b, a), torch.where(swap, a, b)
+        dlo, dhi = torch.where(swap, db, da), torch.where(swap, da, db)
+        key = lo * self.nv + hi
+        ukey, inv = torch.unique(key, return_inverse=True)
+        m = ukey.shape[0]
+        rep = torch.full((m,), key.shape[0], dtype=torch.int64)
+        rep.scatter_reduce_(0, inv, torch.arange(key.shape[0]), reduce="amin")
+        lo_r, hi_r = lo[rep], hi[rep]
+        t = (dlo[rep] / (dlo[rep] - dhi[rep])).unsqueeze(1)
+        self._reserve_vertices(m)
+        base = self.nv
+        xy, vals = self._xy, self._vals
+        xy[base: base + m] = xy[lo_r] + t * (xy[hi_r] - xy[lo_r])
+        if vals.shape[1]:
+            vals[base: base + m] = vals[lo_r] + t * (vals[hi_r] - vals[lo_r])
+        self.nv += m
+        newid = torch.full_like(fv, -1)
+        newid[crossed] = base + inv
+        ext = torch.stack([fv, newid], 2).reshape(n, 2 * w)
+        sgn = torch.stack([s, torch.zeros_like(s)], 2).reshape(n, 2 * w)
+        ok = torch.stack([valid, crossed], 2).reshape(n, 2 * w)
+        pos, pos_size = _compact(ext, ok & (sgn >= 0))
+        neg, neg_size = _compact(ext, ok & (sgn <= 0))
+        self._reserve_faces(n, max(pos.shape[1], neg.shape[1]))
+        new_rows = torch.arange(self.nf, self.nf + n)
+        self._origin[new_rows] = self._origin[rows]
+        self._origin_layer[new_rows] = self._origin_layer[rows]
+        self._payload[new_rows] = self._payload[rows]
+        self._write_faces(rows, pos, pos_size)
+        self.nf += n
+        self._write_faces(new_rows, neg, neg_size)
+        return n
+
+    # ----------------------------------------------------------------- merge
+    def merge(self, group: Tensor) -> int:
+        """Merge faces with equal ``group`` ids into one face each.
+
+        Each group must tile a convex polygon (true for faces of one region
+        split by phantom lines). Returns the number of faces removed.
+        """
+        counts = torch.bincount(group)
+        multi = counts[group] > 1
+        if not bool(multi.any()):
+            return 0
+        idx = torch.nonzero(multi).flatten()
+        fv, valid = self.entries(idx)
+        n, w = fv.shape
+        sizes = self._sizes[idx]
+        nxt = torch.arange(1, w + 1).expand(n, w)
+        nxt = torch.where(nxt >= sizes[:, None], 0, nxt)
+        g = group[idx][:, None].expand(n, w)[valid]
+        u, v = fv[valid], fv.gather(1, nxt)[valid]
+        lo, hi = torch.minimum(u, v), torch.maximum(u, v)
+        edge_ids, eid = torch.unique(lo * self.nv + hi, return_inverse=True)
+        key = g * edge_ids.shape[0] + eid
+        _, inv, cnt = torch.unique(key, return_inverse=True, return_counts=True)
+        boundary = cnt[inv] == 1
+        gb, vb = g[boundary], u[boundary]
+        # unique (group, vertex) pairs: boundary vertices of each merged polygon
+        pair = torch.unique(gb * self.nv + vb)
+        gb, vb = pair // self.nv, pair % self.nv
+        ug, ginv = torch.unique(gb, return_inverse=True)
+        pts = self._xy[vb]
+        center = torch.zeros((ug.shape[0], 2), dtype=pts.dtype).index_add_(0, ginv, pts)
+        center /= torch.bincount(ginv).unsqueeze(1).to(pts.dtype)
+        rel = pts - center[ginv]
+        angle = torch.atan2(rel[:, 1], rel[:, 0])
+        order = torch.argsort(ginv.to(pts.dtype) * 8.0 + angle)
+        ginv, vb = ginv[order], vb[order]
+        gsize = torch.bincount(ginv, minlength=ug.shape[0])
+        start = torch.cumsum(gsize, 0) - gsize
+        col = torch.arange(vb.shape[0]) - start[ginv]
+        polys = torch.full((ug.shape[0], int(gsize.max())), -1, dtype=torch.int64)
+        polys[ginv, col] = vb
+        # representative old face of each group (for origins)
+        first = torch.full((ug.shape[0],), self.nf, dtype=torch.int64)
+        first.scatter_reduce_(0, torch.unique(group[idx], return_inverse=True)[1], idx,
+                              reduce="amin")
+        keep = torch.nonzero(~multi).flatten()
+        self._compact_faces(keep, polys, gsize, first)
+        return n - ug.shape[0]
+
+    def _compact_faces(self, keep: Tensor, polys: Tensor, sizes: Tensor, src: Tensor) -> None:
+        """Keep faces ``keep`` in order, then append ``polys`` (origins from ``src``)."""
+        origin, origin_layer = self._origin[src], self._origin_layer[src]
+        payload = self._payload[src]
+        k = keep.shape[0]
+        for name in ("_faces", "_sizes", "_origin", "_origin_layer", "_payload"):
+            buf = getattr(self, name)
+            buf[:k] = buf[keep].clone()
+        self.nf = k
+        self._reserve_faces(polys.shape[0], polys.shape[1])
+        rows = torch.arange(k, k + polys.shape[0])
+        self._origin[rows] = origin
+        self._origin_layer[rows] = origin_layer
+        self._payload[rows] = payload
+        self.nf = k + polys.shape[0]
+        self._write_faces(rows, polys, sizes)
+
+    # --------------------------------------------------------------- queries
+    def reduce(self, values: Tensor, op: str) -> Tensor:
+        """Reduce per-vertex ``values`` (V, k) over each face's vertices: ``"mean"``,
+        ``"min"``, ``"max"`` or ``"any"`` (bool). One pass per vertex slot, so the
+        temporary memory is (F, k)."""
+        fv, valid = self.entries(torch.arange(self.nf))
+        acc = values[fv[:, 0]].clone()
+        for i in range(1, self.width):
+            rows = torch.nonzero(valid[:, i]).flatten()
+            if rows.numel() == 0:
+                break
+            v = values[fv[rows, i]]
+            if op == "mean":
+                acc[rows] += v
+            elif op == "min":
+                acc[rows] = torch.minimum(acc[rows], v)
+            elif op == "max":
+                acc[rows] = torch.maximum(acc[rows], v)
+            else:  # "or" (ints, bitwise) / "any" (bools)
+                acc[rows] |= v
+        if op == "mean":
+            acc /= self.sizes.unsqueeze(1).to(acc.dtype)
+        return acc
+
+    def centers(self) -> Tensor:
+        """(F, 2) vertex means: strictly interior points of non-degenerate faces."""
+        fv, valid = self.entries(torch.arange(self.nf))
+        pts = self._xy[fv.clamp(min=0)] * valid.unsqueeze(-1)
+        return pts.sum(1) / self.sizes.unsqueeze(1).to(pts.dtype)
+
+    def areas(self) -> Tensor:
+        """(F,) signed shoelace areas (positive for counter-clockwise faces)."""
+        fv, valid = self.entries(torch.arange(self.nf))
+        n, w = fv.shape
+        nxt = torch.arange(1, w + 1).expand(n, w)
+        nxt = torch.where(nxt >= self.sizes[:, None], 0, nxt)
+        p = self._xy[fv.clamp(min=0)]
+        q = self._xy[fv.gather(1, nxt).clamp(min=0)]
+        cross = p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]
+        return 0.5 * (cross * valid).sum(1)
+
+    def edges(self) -> tuple[Tensor, Tensor]:
+        """Undirected edges (E, 2) and their faces (E, 2) (-1: domain boundary)."""
+        fv, valid = self.entries(torch.arange(self.nf))
+        n, w = fv.shape
+        nxt = torch.arange(1, w + 1).expand(n, w)
+        nxt = torch.where(nxt >= self.sizes[:, None], 0, nxt)
+        u, v = fv[valid], fv.gather(1, nxt)[valid]
+        face = torch.arange(n)[:, None].expand(n, w)[valid]
+        lo, hi = torch.minimum(u, v), torch.maximum(u, v)
+        key = lo * self.nv + hi
+        ukey, inv = torch.unique(key, return_inverse=True)
+        m = ukey.shape[0]
+        f1 = torch.full((m,), n, dtype=torch.int64).scatter_reduce(0, inv, face, "amin")
+        f2 = torch.full((m,), -1, dtype=torch.int64).scatter_reduce(0, inv, face, "amax")
+        f2 = torch.where(f2 == f1, -1, f2)
+        return torch.stack([ukey // self.nv, ukey % self.nv], 1), torch.stack([f1, f2], 1)
+
+
+def pack_bits(b: Tensor) -> Tensor:
+    """Bools (N, K) as int64 words (N, ceil(K / 64)), for cheap OR-reductions."""
+    n, k = b.shape
+    pad = (-k) % 64
+    if pad:
+        b = torch.cat([b, b.new_zeros((n, pad))], 1)
+    shifts = torch.arange(8, dtype=torch.uint8)
+    by = (b.reshape(n, -1, 8).to(torch.uint8) << shifts).sum(-1, dtype=torch.uint8)
+    return by.view(torch.int64)
+
+
+def unpack_bits(words: Tensor, k: int) -> Tensor:
+    """Inverse of :func:`pack_bits`: bools (N, k)."""
+    by = words.contiguous().view(torch.uint8)
+    bits = (by.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    return bits.reshape(words.shape[0], -1)[:, :k].bool()
+
+
+def _compact(ext: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Left-align the kept entries of each row (stable), -1 padded."""
+    sizes = keep.sum(1)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    w = int(sizes.max())
+    out = ext.gather(1, order[:, :w])
+    out = torch.where(torch.arange(w) < sizes[:, None], out, -1)
+    return out, sizes
+
+
+def clip_halfplanes(poly: Tensor, sizes: Tensor, normals: Tensor, offsets: Tensor,
+                    labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Clip convex polygons by half-planes ``<n, p> + c >= 0``, one after another.
+
+    ``poly`` (P, W, 2) coordinates, ``sizes`` (P,), ``normals`` (P, H, 2),
+    ``offsets`` (P, H), ``labels`` (P, H) ints naming each half-plane. Returns the
+    clipped polygons (P, W', 2), sizes, and per-edge labels (P, W'): the label of
+    the half-plane whose line an edge lies on, or -1 for an original edge (edge
+    ``j`` joins vertex ``j`` to ``j + 1``).
+    """
+    p, w = poly.shape[:2]
+    edge = torch.full((p, w), -1, dtype=torch.int64)
+    for h in range(normals.shape[1]):
+        val = (poly * normals[:, h, None, :]).sum(-1) + offsets[:, h, None]
+        valid = torch.arange(poly.shape[1]) < sizes[:, None]
+        inside = (val >= 0) & valid
+        n, w = val.shape
+        nxt = torch.arange(1, w + 1).expand(n, w)
+        nxt = torch.where(nxt >= sizes[:, None].clamp(min=1), 0, nxt)
+        val_n, inside_n = val.gather(1, nxt), inside.gather(1, nxt)
+        cross = valid & (inside != inside_n)
+        t = (val / torch.where(cross, val - val_n, 1.0)).unsqueeze(-1)
+        pt = poly + t * (poly.gather(1, nxt.unsqueeze(-1).expand(n, w, 2)) - poly)
+        # sequence: [vertex j if inside] [crossing on edge j if crossed]
+        seq = torch.stack([poly, pt], 2).reshape(n, 2 * w, 2)
+        keep = torch.stack([inside, cross], 2).reshape(n, 2 * w)
+        # label of the edge leaving each kept entry: a kept vertex keeps its edge's
+        # label unless the edge is cut (then the crossing follows); an entering
+        # crossing (inside -> outside) starts an edge along the clip line
+        lab_v = edge
+        lab_c = torch.where(inside & ~inside_n, labels[:, h, None].expand(n, w), edge)
+        lab = torch.stack([lab_v, lab_c], 2).reshape(n, 2 * w)
+        sizes = keep.sum(1)
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+        wn = max(1, int(sizes.max()) if sizes.numel() else 1)
+        order = order[:, :wn]
+        poly = seq.gather(1, order.unsqueeze(-1).expand(n, wn, 2))
+        edge = lab.gather(1, order)
+        edge = torch.where(torch.arange(wn) < sizes[:, None], edge, -1)
+        sizes = torch.where(sizes >= 3, sizes, 0)
+    return poly, sizes, edge

@@ -1,0 +1,862 @@
+"""Exact partitions of input space into the regions of a max-affine spline network.
+
+The VQ codes of a MASO network partition input space into convex regions
+(Balestriero & Baraniuk, "A Spline Theory of Deep Networks", ICML 2018, sec. 5;
+Balestriero et al., "The Geometry of Deep Networks: Power Diagram
+Subdivision", NeurIPS 2019, Thm. 3: layer by layer, each region of layers
+1..l-1 is subdivided by layer l).  We compute that partition exactly on a
+segment (:func:`partition_segment`) and on a convex polygon of a 2-D plane
+(:func:`partition_plane`), layer by layer:
+
+1. The network is continuous, so each nonlinearity's pre-activation at every
+   vertex of the current partition comes from one plain batched forward pass.
+2. Inside a face the pre-activation of the next layer is affine, so the face is
+   cut along the zero line of ``z_k - breakpoint`` (ReLU, leaky ReLU, PReLU, abs:
+   0; Hardtanh: both bounds), of ``b - a`` (``torch.maximum``), or, for
+   max-pooling, of ``e_r - e_m`` against the window's current maximum ``e_m``
+   only (no phantom ties between non-maximal entries); faces of one region
+   split by those comparisons are merged at the end of the layer.
+3. All faces are cut at once in tensors (:mod:`maxaffine._planar`); only the
+   faces a unit can cross are visited.
+
+Codes, interior points, areas and the output's affine map of each face come at
+the end from one forward pass at interior points.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import ops
+from ._planar import Mesh, clip_halfplanes, pack_bits, unpack_bits
+from .affine import jacobian
+from .errors import MaxAffineError, UnsupportedOperation
+from .graph import SplineGraph, Unit, _check_tensor, as_graph
+from .vq import Codes, codes_of, pack, unpack
+
+# ------------------------------------------------------------------------ slices
+
+
+@dataclass
+class Slice:
+    """A convex polygon of a 2-D plane of input space: ``x(s, t) = origin + s u + t v``.
+
+    ``bounds`` (K, 2): the polygon's corners in slice coordinates (s, t), any
+    orientation (stored counter-clockwise); ``anchors`` (A, 2): slice coordinates
+    of the inputs the slice was built from (marked in plots).
+    """
+
+    origin: Tensor
+    u: Tensor
+    v: Tensor
+    bounds: Tensor
+    anchors: Tensor = field(default_factory=lambda: torch.zeros(0, 2))
+
+    def __post_init__(self) -> None:
+        for name in ("origin", "u", "v"):
+            _check_tensor(getattr(self, name), name)
+        if not (self.origin.shape == self.u.shape == self.v.shape):
+            raise MaxAffineError(
+                f"origin, u, v must have the same shape (one input), got "
+                f"{tuple(self.origin.shape)}, {tuple(self.u.shape)}, {tuple(self.v.shape)}"
+            )
+        u, v = self.u.flatten().double(), self.v.flatten().double()
+        gram = torch.stack([torch.stack([u @ u, u @ v]), torch.stack([u @ v, v @ v])])
+        if float(torch.linalg.det(gram)) <= 1e-12 * float(u @ u) * float(v @ v):
+            raise MaxAffineError("u and v are (nearly) parallel: they do not span a plane")
+        b = torch.as_tensor(self.bounds, dtype=torch.float64)
+        _check_tensor(b, "bounds")
+        if b.dim() != 2 or b.shape[1] != 2 or b.shape[0] < 3:
+            raise MaxAffineError(f"bounds must be (K >= 3, 2) corners, got {tuple(b.shape)}")
+        area = _shoelace(b)
+        if area < 0:
+            b, area = b.flip(0), -area
+        scale = float((b.max(0).values - b.min(0).values).max()) ** 2
+        if area <= 1e-12 * scale:
+            raise MaxAffineError("the domain polygon has zero area")
+        nxt, nxt2 = b.roll(-1, 0), b.roll(-2, 0)
+        turn = ((nxt - b)[:, 0] * (nxt2 - nxt)[:, 1] - (nxt - b)[:, 1] * (nxt2 - nxt)[:, 0])
+        if bool((turn < -1e-12 * scale).any()):
+            raise MaxAffineError("the domain polygon must be convex (split a non-convex one)")
+        self.bounds = b
+        self.anchors = torch.as_tensor(self.anchors, dtype=torch.float64).reshape(-1, 2)
+
+    @classmethod
+    def through(cls, x1: Tensor, x2: Tensor, x3: Tensor, *, shape: str = "box",
+                pad: float = 0.15) -> Slice:
+        """The plane through three inputs, with an orthonormal basis (so areas and
+        angles are those of input space). ``shape``: ``"triangle"`` (the three
+        inputs' triangle) or ``"box"`` (their bounding rectangle, padded by ``pad``
+        times its size on each side)."""
+        for name, x in (("x1", x1), ("x2", x2), ("x3", x3)):
+            _check_tensor(x, name)
+        if not (x1.shape == x2.shape == x3.shape):
+            raise MaxAffineError("x1, x2, x3 must have the same shape (single inputs, no batch)")
+        x1d, a, w = x1.double(), (x2 - x1).double(), (x3 - x1).double()
+        na = float(a.norm())
+        if na == 0:
+            raise MaxAffineError("x1 and x2 are equal: the three points span no plane")
+        u = a / na
+        proj = float((w * u).sum())
+        vv = w - proj * u
+        nv = float(vv.norm())
+        if nv <= 1e-9 * max(na, float(w.norm())):
+            raise MaxAffineError("x1, x2, x3 are collinear: they span no plane")
+        anchors = torch.tensor([[0.0, 0.0], [na, 0.0], [proj, nv]], dtype=torch.float64)
+        if shape == "triangle":
+            bounds = anchors.clone()
+        elif shape == "box":
+            lo, hi = anchors.min(0).values, anchors.max(0).values
+            m = pad * (hi - lo).max()
+            lo, hi = lo - m, hi + m
+            bounds = torch.tensor([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]],
+                                   [lo[0], hi[1]]], dtype=torch.float64)
+        else:
+            raise MaxAffineError(f"shape must be 'triangle' or 'box', got {shape!r}")
+        return cls(x1d, u, vv / nv, bounds, anchors)
+
+    @classmethod
+    def square(cls, low: float = -1.0, high: float = 1.0) -> Slice:
+        """The square [low, high]^2 of a model with 2-D inputs."""
+        e = torch.eye(2, dtype=torch.float64)
+        b = torch.tensor([[low, low], [high, low], [high, high], [low, high]],
+                         dtype=torch.float64)
+        return cls(torch.zeros(2, dtype=torch.float64), e[0], e[1], b)
+
+    @property
+    def area(self) -> float:
+        return _shoelace(self.bounds)
+
+    def to_input(self, st: Tensor) -> Tensor:
+        """Points (N, 2) of slice coordinates as inputs (N, *input_shape)."""
+        o, u, v = (t.to(st.dtype) for t in (self.origin, self.u, self.v))
+        shape = (st.shape[0], *o.shape)
+        return (o.reshape(1, -1) + st[:, :1] * u.reshape(1, -1)
+                + st[:, 1:] * v.reshape(1, -1)).reshape(shape)
+
+
+def _shoelace(p: Tensor) -> float:
+    q = p.roll(-1, 0)
+    return 0.5 * float((p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum())
+
+
+def _as_slice(domain: Any, graph: SplineGraph) -> Slice:
+    if isinstance(domain, Slice):
+        if tuple(domain.origin.shape) != graph.input_shape:
+            raise MaxAffineError(f"slice lives in inputs of shape {tuple(domain.origin.shape)} "
+                                 f"but the model takes {graph.input_shape}")
+        return domain
+    poly = torch.as_tensor(domain, dtype=torch.float64)
+    if graph.input_shape != (2,):
+        raise MaxAffineError(
+            f"a bare polygon is a domain only for models with 2-D inputs; this model takes "
+            f"{graph.input_shape}: use Slice.through(x1, x2, x3) or Slice(origin, u, v, bounds)"
+        )
+    e = torch.eye(2, dtype=torch.float64)
+    return Slice(torch.zeros(2, dtype=torch.float64), e[0], e[1], poly)
+
+
+# --------------------------------------------------------------------- results
+
+
+@dataclass
+class Partition:
+    """The exact partition of a 2-D slice into the network's regions.
+
+    Geometry in slice coordinates (s, t): ``vertices`` (V, 2); ``faces`` (F, W)
+    vertex ids counter-clockwise, -1 padded, with ``face_sizes``; ``edges`` (E, 2)
+    with ``edge_faces`` (E, 2) (-1: the domain's boundary) and ``edge_layer`` (E,)
+    (index into ``unit_names`` of the first layer whose codes differ across the
+    edge: the layer that created it; -1 on the domain boundary).
+    Per face: ``codes`` (packed, the :class:`maxaffine.Codes` convention; the
+    unpacked ones in ``face_codes``), ``areas``, ``interior`` points, and the
+    output's affine map ``f(s, t) = slopes @ (s, t) + offsets`` with ``slopes``
+    (F, C, 2), ``offsets`` (F, C). ``decision_boundary`` (S, 2, 2) segments where
+    the argmax class changes (or the scalar output is zero) with
+    ``boundary_classes`` (S, 2).
+    """
+
+    domain: Slice
+    vertices: Tensor
+    faces: Tensor
+    face_sizes: Tensor
+    edges: Tensor
+    edge_faces: Tensor
+    edge_layer: Tensor
+    face_codes: Codes
+    areas: Tensor
+    interior: Tensor
+    slopes: Tensor
+    offsets: Tensor
+    decision_boundary: Tensor
+    boundary_classes: Tensor
+    seconds: float = 0.0
+    graph: SplineGraph | None = field(default=None, repr=False)
+
+    @property
+    def num_regions(self) -> int:
+        return self.faces.shape[0]
+
+    @property
+    def codes(self) -> Tensor:
+        return self.face_codes.bits
+
+    @property
+    def unit_names(self) -> tuple[str, ...]:
+        return self.face_codes.names
+
+    def polygon(self, i: int) -> Tensor:
+        """Corners (k, 2) of face ``i``, counter-clockwise."""
+        return self.vertices[self.faces[i, : int(self.face_sizes[i])]]
+
+    def predicted(self) -> Tensor:
+        """(F,) argmax output on each face's interior point."""
+        out = torch.einsum("fcd,fd->fc", self.slopes, self.interior) + self.offsets
+        return out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).long()
+
+    def layer_boundaries(self, layer: int | str) -> Tensor:
+        """Segments (S, 2, 2) of the edges created by ``layer`` (index or name)."""
+        i = layer if isinstance(layer, int) else self.unit_names.index(layer)
+        return self.vertices[self.edges[self.edge_layer == i]]
+
+    def input_space_maps(self, faces: Tensor | None = None):
+        """The output's affine map in *input space* on the given faces (default all):
+        a :class:`maxaffine.AffineMap` at their interior points."""
+        from .affine import affine_map
+
+        if self.graph is None:
+            raise MaxAffineError("this partition was loaded without its model")
+        idx = torch.arange(self.num_regions) if faces is None else torch.as_tensor(faces)
+        return affine_map(self.graph, self.domain.to_input(self.interior[idx]))
+
+    def summary(self) -> dict[str, Any]:
+        per_layer = torch.bincount(self.edge_layer + 1, minlength=len(self.unit_names) + 1)
+        return {
+            "regions": self.num_regions,
+            "vertices": int(self.vertices.shape[0]),
+            "edges": int(self.edges.shape[0]),
+            "domain_area": self.domain.area,
+            "area_sum": float(self.areas.sum()),
+            "mean_area": float(self.areas.mean()),
+            "decision_boundary_segments": int(self.decision_boundary.shape[0]),
+            "decision_boundary_length": float(
+                (self.decision_boundary[:, 1] - self.decision_boundary[:, 0]).norm(dim=1).sum()),
+            "edges_per_layer": {n: int(per_layer[i + 1])
+                                for i, n in enumerate(self.unit_names)},
+            "seconds": self.seconds,
+        }
+
+    def plot(self, ax=None, color_by: str = "region", **kwargs: Any):
+        """Draw the faces coloured by ``'region'``, ``'layer'`` (edges coloured by the
+        layer that created them), ``'class'`` (predicted class) or ``'output'``
+        (max output), with the decision boundary bold and the anchors marked."""
+        from ._plotting import plot_partition
+
+        return plot_partition(self, ax=ax, color_by=color_by, **kwargs)
+
+    def to_json(self) -> str:
+        faces = [self.faces[i, : int(self.face_sizes[i])].tolist()
+                 for i in range(self.num_regions)]
+        return json.dumps({
+            "summary": self.summary(),
+            "unit_names": list(self.unit_names),
+            "vertices": self.vertices.tolist(),
+            "faces": faces,
+            "codes": [bytes(r.tolist()).hex() for r in self.codes],
+            "areas": self.areas.tolist(),
+            "edges": self.edges.tolist(),
+            "edge_layer": self.edge_layer.tolist(),
+            "decision_boundary": self.decision_boundary.tolist(),
+            "boundary_classes": self.boundary_classes.tolist(),
+        })
+
+    def save(self, path: str | Path) -> None:
+        """Write JSON (``.json``) or all tensors (``.pt``)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            path.write_text(self.to_json())
+        else:
+            state = {k: v for k, v in self.__dict__.items() if isinstance(v, Tensor)}
+            state["face_codes"] = self.face_codes.as_dict()
+            torch.save(state, path)
+
+
+@dataclass
+class SegmentPartition:
+    """The exact partition of the segment ``x0 + t (x1 - x0)``, t in [0, 1].
+
+    ``breakpoints`` (P + 1,): 0 = t_0 < ... < t_P = 1; piece ``i`` is
+    [t_i, t_{i+1}] with codes ``codes`` (per piece) and output
+    ``f = offsets[i] + slopes[i] * t`` (both (P, C)).
+    """
+
+    x0: Tensor
+    x1: Tensor
+    breakpoints: Tensor
+    codes: Codes
+    slopes: Tensor
+    offsets: Tensor
+
+    @property
+    def num_regions(self) -> int:
+        return self.breakpoints.shape[0] - 1
+
+    @property
+    def lengths(self) -> Tensor:
+        """Length of each piece in input space."""
+        return self.breakpoints.diff() * float((self.x1 - self.x0).double().norm())
+
+    def plot(self, ax=None, outputs: list[int] | None = None):
+        """The outputs along the segment, with the region breakpoints."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(7, 3))
+        t = self.breakpoints.double()
+        cols = range(self.slopes.shape[1]) if outputs is None else outputs
+        for c in cols:
+            left = self.offsets[:, c] + self.slopes[:, c] * t[:-1]
+            right = self.offsets[:, c] + self.slopes[:, c] * t[1:]
+            ys = torch.cat([left[:1], right])
+            ax.plot(t, ys, lw=1, label=f"output {c}")
+        for b in t[1:-1]:
+            ax.axvline(float(b), color="0.85", lw=0.5, zorder=0)
+        ax.set_xlabel("t")
+        ax.set_title(f"{self.num_regions} regions along the segment")
+        return ax
+
+
+# ------------------------------------------------------------------ the planes
+
+
+def partition_plane(
+    model: nn.Module | SplineGraph,
+    domain: Slice | Tensor,
+    *,
+    dtype: torch.dtype = torch.float64,
+    tol: float | None = None,
+    progress: bool = True,
+    max_regions: int = 5_000_000,
+) -> Partition:
+    """The exact partition of a 2-D slice of input space into the network's regions.
+
+    ``domain``: a :class:`Slice` (e.g. ``Slice.through(x1, x2, x3)``), or a convex
+    polygon (K, 2) for a model with 2-D inputs. Geometry runs in ``dtype``
+    (float64 by default; a float32 model is evaluated through a float64 copy).
+    ``tol``: values within ``tol`` (relative to each unit's range on the domain)
+    of a boundary count as on it (default 1e-10 in float64, 1e-5 in float32).
+    """
+    t0 = time.perf_counter()
+    if isinstance(domain, Slice):
+        graph = _graph_in(model, domain.origin.to(dtype).unsqueeze(0), dtype)
+    else:
+        try:
+            graph = _graph_in(model, torch.zeros((1, 2), dtype=dtype), dtype)
+        except MaxAffineError as err:
+            if isinstance(err, UnsupportedOperation):
+                raise
+            raise MaxAffineError(
+                "a bare polygon is a domain only for models with 2-D inputs; use "
+                "Slice.through(x1, x2, x3) or Slice(origin, u, v, bounds)") from err
+    sl = _as_slice(domain, graph)
+    rel_tol = tol if tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+    mesh = Mesh(sl.bounds.to(dtype))
+    values = _VertexValues(graph, sl, mesh)
+    bar = tqdm(total=len(graph.units), desc="partition", disable=not progress, leave=False)
+    for index, unit in enumerate(graph.units):
+        mesh.mark_layer()
+        _cut_unit(mesh, values, index, unit, rel_tol)
+        if mesh.nf > max_regions:
+            raise MaxAffineError(f"more than max_regions={max_regions} regions at "
+                                 f"{unit.name}; shrink the domain or raise max_regions")
+        if isinstance(unit.rule, ops.MaxPool):
+            _merge_regions(mesh, graph, unit)
+        bar.update(1)
+        bar.set_postfix(regions=mesh.nf)
+    bar.close()
+    outputs = values.outputs()
+    return _finish(mesh, graph, sl, outputs, time.perf_counter() - t0)
+
+
+def _graph_in(model: nn.Module | SplineGraph, example: Tensor, dtype: torch.dtype
+              ) -> SplineGraph:
+    """The spline graph of ``model`` evaluated in ``dtype`` (a converted copy if needed)."""
+    base = model.model if isinstance(model, SplineGraph) else model
+    if not isinstance(base, nn.Module):
+        raise MaxAffineError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    param = next((p for p in base.parameters() if p.is_floating_point()), None)
+    if param is not None and param.dtype != dtype:
+        base = copy.deepcopy(base).to(dtype)
+    elif isinstance(model, SplineGraph):
+        return model
+    return as_graph(base, example)
+
+
+_RESUME_LIMIT = 4096  # values per vertex a paused evaluation may keep (else recompute)
+
+
+class _VertexValues:
+    """The network's values at the mesh's vertices, as each unit's cuts need them.
+
+    Two strategies, same results. *Resume* (small layers, e.g. MLPs): keep the
+    values of the nodes a paused evaluation needs as extra columns of the mesh
+    (interpolated at new vertices, which is exact since those nodes are affine
+    on every face so far) and run only the steps between consecutive units.
+    *Recompute* (wide layers, e.g. CNN feature maps): a chunked forward pass
+    from the input at all vertices, per chunk of units.
+    """
+
+    def __init__(self, graph: SplineGraph, sl: Slice, mesh: Mesh):
+        self.graph, self.sl, self.mesh = graph, sl, mesh
+        self.pauses = graph._pause_points()
+        sizes = [sum(math.prod(graph._shapes[n][0]) for n in live) for _, live in self.pauses]
+        self.resume = bool(sizes) and max(sizes) <= _RESUME_LIMIT
+        self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
+        self.ncols = 0  # the first ncols columns are the current cut-function inputs
+        self.offset = 0  # where the live columns start
+        if self.resume:
+            env = {graph._steps[0].node: sl.to_input(mesh.xy)}
+            with torch.no_grad():
+                graph._walk(env, mesh.nv, 0, None, False, None, stop=self.pauses[0][0])
+            self._store(env, 0)
+
+    def _store(self, env: dict, pause: int) -> None:
+        """Keep the live values of pause point ``pause`` as the mesh's columns, the
+        unit's own inputs first (so they double as its cut-function inputs)."""
+        first = _input_nodes(self.graph, self.pauses[pause][0])
+        live = [n for n in first if n in self.pauses[pause][1]]
+        live += sorted((n for n in self.pauses[pause][1] if n not in live), key=lambda n: n.name)
+        self.live = [(n, tuple(env[n].shape[1:])) for n in live]
+        flat = [env[n].reshape(self.mesh.nv, -1) for n in live]
+        self.mesh.set_vals(torch.cat(flat, 1) if flat else self.mesh.xy[:, :0])
+        self.ncols = self.offset = 0
+
+    def _env(self) -> dict:
+        vals, env, at = self.mesh.vals[:, self.offset:], {}, 0
+        for node, shape in self.live:
+            k = math.prod(shape)
+            env[node] = vals[:, at: at + k].reshape((-1, *shape))
+            at += k
+        return env
+
+    def columns(self, index: int, unit: Unit, sel: Tensor, table: Tensor | None) -> None:
+        """Put the cut-function inputs of units ``sel`` in the mesh's first columns."""
+        mesh, graph = self.mesh, self.graph
+        if self.resume:
+            env = self._env()
+            nodes = _input_nodes(graph, self.pauses[index][0])
+            ins = tuple(env[n] for n in nodes)
+            shapes = {tuple(t.shape) for t in ins}
+            in_place = (not isinstance(unit.rule, ops.MaxPool) and len(shapes) == 1
+                        and len(set(nodes)) == len(nodes)
+                        and [n for n, _ in self.live[: len(nodes)]] == nodes
+                        and sel.shape[0] == unit.num_units)
+            if in_place:  # the inputs are the first live columns already
+                self.ncols, self.offset = unit.num_units * len(nodes), 0
+                return
+            cols = _columns(unit, ins, sel, table)
+            mesh.set_vals(torch.cat([cols, mesh.vals[:, self.offset:]], 1))
+            self.ncols = self.offset = cols.shape[1]
+            return
+        per = len(sel) * (unit.num_pieces if isinstance(unit.rule, ops.MaxPool) else 2)
+        vals = torch.empty((mesh.nv, per), dtype=mesh.xy.dtype)
+        width = 0
+        for part, ev in _evaluate(graph, self.sl, mesh.xy, unit.name):
+            c = _columns(unit, ev.inputs[unit.name], sel, table)
+            width = c.shape[1]
+            vals[part, :width] = c
+        mesh.set_vals(vals[:, :width])
+        self.ncols = width
+
+    def advance(self, index: int) -> None:
+        """After unit ``index`` is cut: move the paused evaluation to the next unit."""
+        if not self.resume:
+            return
+        env = self._env()
+        stop = self.pauses[index + 1][0] if index + 1 < len(self.pauses) else None
+        with torch.no_grad():
+            ev = self.graph._walk(env, self.mesh.nv, self.pauses[index][0], None, False,
+                                  None, stop=stop)
+        if stop is None:
+            self.output = ev.output
+        else:
+            self._store(env, index + 1)
+
+    def outputs(self) -> Tensor:
+        """(V, C) network outputs at every vertex."""
+        if self.resume and self.pauses:
+            return self.output.reshape(self.mesh.nv, -1)
+        out = torch.empty((self.mesh.nv, self.graph.num_outputs), dtype=self.mesh.xy.dtype)
+        for part, ev in _evaluate(self.graph, self.sl, self.mesh.xy, None, record=False):
+            out[part] = ev.output.reshape(ev.output.shape[0], -1)
+        return out
+
+
+def _input_nodes(graph: SplineGraph, step: int) -> list:
+    node = graph._steps[step].node
+    found: list = []
+    torch.fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return [n for n in found if n in graph._shapes]
+
+
+def _evaluate(graph: SplineGraph, sl: Slice, st: Tensor, until: str | None,
+              record: bool = True):
+    """Forward passes at slice points, chunked so activations fit in memory.
+    Yields ``(slice of st, Evaluation)``."""
+    per = max(1, graph.input_dim + sum(u.num_units for u in graph.units) * 3)
+    chunk = max(256, int(2e7 // per))
+    with torch.no_grad():
+        for i in range(0, st.shape[0], chunk):
+            yield slice(i, i + chunk), graph._run(sl.to_input(st[i:i + chunk]), None, record,
+                                                  until)
+
+
+def _columns(unit: Unit, inputs: tuple[Tensor, ...], sel: Tensor, table: Tensor | None) -> Tensor:
+    """Values at points (N, cols) of the chosen units' cut-function inputs: the
+    pre-activation (elementwise), both arguments (maximum / minimum), or the
+    window entries, unit-major (max-pool; 0 at padding)."""
+    rule = unit.rule
+    if isinstance(rule, ops.MaxPool):
+        x = inputs[0].flatten(1)
+        t = table[sel]
+        vals = x[:, t.clamp(min=0)]
+        return torch.where(t >= 0, vals, 0.0).flatten(1)
+    if isinstance(rule, ops.Maximum):
+        a, b = torch.broadcast_tensors(inputs[0], inputs[1])
+        return torch.cat([a.flatten(1)[:, sel], b.flatten(1)[:, sel]], 1)
+    return inputs[0].flatten(1)[:, sel]
+
+
+def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
+              rel_tol: float) -> None:
+    """Cut every face along the boundaries of one nonlinearity's units, and record
+    the units' codes on every face (packed, in the mesh's payload)."""
+    rule = unit.rule
+    graph = values.graph
+    pieces = unit.num_pieces if isinstance(rule, ops.MaxPool) else 1
+    per_unit = pieces if isinstance(rule, ops.MaxPool) else (
+        2 if isinstance(rule, ops.Maximum) else 1)
+    table = None
+    if isinstance(rule, ops.MaxPool):
+        _, ev = next(_evaluate(graph, values.sl, values.sl.bounds[:1].to(mesh.xy.dtype),
+                               unit.name))
+        table = rule.window_index(tuple(ev.inputs[unit.name][0].shape[1:]))
+    n_units = unit.num_units
+    chunk = n_units if values.resume else max(64, int(3e7 // max(1, mesh.nv * per_unit)) // 64 * 64)
+    for start in range(0, n_units, chunk):
+        sel = torch.arange(start, min(n_units, start + chunk))
+        values.columns(index, unit, sel, table)
+        k = sel.shape[0]
+        scale = mesh.vals[:, : values.ncols].abs().amax(0)
+        if isinstance(rule, ops.MaxPool):
+            valid_entry = table[sel] >= 0
+            _cut_maxpool(mesh, k, pieces, valid_entry, scale, rel_tol)
+            means = mesh.reduce(mesh.vals[:, : values.ncols], "mean").reshape(-1, k, pieces)
+            means = means + torch.where(valid_entry, 0.0, -math.inf)
+            # ties (e.g. zeros after a ReLU) go to the first entry, as in F.max_pool;
+            # entries within the tolerance of the maximum count as tied
+            tol = rel_tol * scale[: k * pieces].reshape(k, pieces).amax(1)
+            near = means >= means.amax(-1, keepdim=True) - tol[:, None]
+            code = near.to(torch.int8).argmax(-1)
+        else:
+            code = _cut_lines(mesh, rule, k, scale, rel_tol)
+        # these units' codes are final on every face: later cuts copy them to both halves
+        mesh.add_payload(pack([code.to(torch.uint8 if pieces <= 256 else torch.int64)],
+                              [unit.bits]))
+    values.advance(index)
+
+
+def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
+               rel_tol: float) -> Tensor:
+    """Units whose boundary is a line in each face: breakpoints of elementwise
+    splines (``z = b``), or ``a = b`` for ``torch.maximum`` / ``minimum``.
+    Returns the units' codes on every face (F, k)."""
+    pair = isinstance(rule, ops.Maximum)
+    sign = -1.0 if isinstance(rule, ops.Minimum) else 1.0
+    if pair:
+        bps, tol = [0.0], rel_tol * (scale[:k] + scale[k:2 * k])
+    else:
+        bps = [b for b in rule.breakpoints() if math.isfinite(b)]
+        tol = rel_tol * (scale[:k] + max([abs(b) for b in bps], default=0.0))
+
+    def values(index: Tensor | slice, j: int | slice) -> Tensor:
+        v = mesh.vals
+        if not pair:
+            return v[index, j]
+        jb = j + k if isinstance(j, int) else slice(j.start + k, j.stop + k)
+        return (v[index, jb] - v[index, j]) * sign
+
+    for b in bps:
+        j0, marked = 0, 0
+        cand = torch.zeros((k, 0), dtype=torch.bool)
+        for j in range(k):
+            if mesh.nf > 2 * marked:
+                # refresh: a unit can only cross faces whose ancestor at the last
+                # mark it crosses; re-mark whenever the faces have doubled
+                mesh.mark()
+                marked, j0 = mesh.nf, j
+                d = values(slice(None), slice(j, k)) - b
+                t = tol[j:]
+                both = mesh.reduce(pack_bits(d > t), "or") & mesh.reduce(pack_bits(d < -t), "or")
+                cand = unpack_bits(both, k - j).t().contiguous()  # (units, faces)
+                if not bool(cand.any()):
+                    break
+            rows = torch.nonzero(cand[j - j0][mesh.origin]).flatten()
+            if rows.numel() == 0:
+                continue
+            fv, _ = mesh.entries(rows)
+            mesh.cut(rows, values(fv.clamp(min=0), j) - b, float(tol[j]))
+    # every face now lies on one side of each line: its code counts the
+    # breakpoints some vertex is strictly above
+    code = torch.zeros((mesh.nf, k), dtype=torch.uint8)
+    for b in bps:
+        above = mesh.reduce(pack_bits(values(slice(None), slice(0, k)) - b > tol), "or")
+        code += unpack_bits(above, k)
+    return code
+
+
+def _cut_maxpool(mesh: Mesh, k: int, pieces: int, valid_entry: Tensor, scale: Tensor,
+                 rel_tol: float) -> None:
+    """Max-pool units: compare each window entry with the current maximum only."""
+    mesh.mark()
+    neg = torch.where(valid_entry, 0.0, -math.inf).to(mesh.vals.dtype)  # (k, R)
+    am = (mesh.vals[:, : k * pieces].reshape(-1, k, pieces) + neg).argmax(-1)
+    # candidate (face, unit): the argmax differs between the face's vertices
+    cand = mesh.reduce(am, "min") != mesh.reduce(am, "max")
+    tol_units = rel_tol * scale[: k * pieces].reshape(k, pieces).amax(1)
+    for j in torch.nonzero(cand.any(0)).flatten().tolist():
+        cols = slice(j * pieces, (j + 1) * pieces)
+        for r in range(1, pieces):
+            if not bool(valid_entry[j, r]):
+                continue
+            rows = torch.nonzero(cand[mesh.origin, j]).flatten()
+            if rows.numel() == 0:
+                break
+            fv, valid = mesh.entries(rows)
+            w = mesh.vals[fv.clamp(min=0), cols] + neg[j]  # (n, W, R)
+            mean = (torch.where(valid.unsqueeze(-1), w, 0.0).sum(1)
+                    / mesh.sizes[rows, None].to(w.dtype))
+            mean[:, r:] = -math.inf
+            best = mean.argmax(1)  # current maximum among entries < r
+            d = w[..., r] - w.gather(2, best[:, None, None].expand(-1, w.shape[1], 1))[..., 0]
+            mesh.cut(rows, torch.where(valid, d, 0.0), float(tol_units[j]))
+
+
+def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
+    """Merge faces of one region (same face at layer start, same codes of this
+    layer): comparisons with the running maximum split regions in pieces."""
+    nbytes = (unit.num_units * unit.bits + 7) // 8
+    layer = mesh.payload[:, mesh.payload.shape[1] - nbytes:]
+    key = torch.cat([mesh.origin_layer.unsqueeze(1), layer.long()], 1)
+    _, group = torch.unique(key, dim=0, return_inverse=True)
+    mesh.merge(group)
+
+
+def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
+            seconds: float) -> Partition:
+    """Codes (from the payload), areas, interior points, the output's affine map on
+    each face (least squares through its vertices, exact for an affine function),
+    edges and the decision boundary."""
+    areas = mesh.areas()
+    keep = torch.nonzero(areas > 0).flatten()
+    faces, sizes, payload = mesh.faces[keep], mesh.sizes[keep], mesh.payload[keep]
+    areas = areas[keep]
+    vertices = mesh.xy.clone()
+    valid = faces >= 0
+    pts = vertices[faces.clamp(min=0)]
+    w = valid.unsqueeze(-1).to(pts.dtype)
+    interior = (pts * w).sum(1) / sizes.unsqueeze(1).to(pts.dtype)
+    rel = (pts - interior.unsqueeze(1)) * w  # (F, W, 2)
+    y = outputs[faces.clamp(min=0)]  # (F, W, C)
+    ybar = (y * w).sum(1) / sizes.unsqueeze(1).to(pts.dtype)
+    gram = torch.einsum("fwi,fwj->fij", rel, rel)
+    rhs = torch.einsum("fwi,fwc->fic", rel, (y - ybar.unsqueeze(1)) * w)
+    slopes = torch.linalg.solve(gram, rhs).transpose(1, 2)  # (F, C, 2)
+    offsets = ybar - torch.einsum("fcd,fd->fc", slopes, interior)
+    values = unpack(payload, [u.code_shape for u in graph.units], [u.bits for u in graph.units])
+    face_codes = codes_of(graph, dict(zip(graph.unit_names, values, strict=True)),
+                          faces.shape[0])
+    view = _FaceView(faces, sizes, vertices.shape[0])
+    edges, edge_faces = view.edges()
+    edge_layer = _edge_layers(face_codes, edge_faces)
+    segs, pairs = _decision_boundary(vertices, faces, sizes, slopes, offsets)
+    return Partition(
+        domain=sl, vertices=vertices, faces=faces, face_sizes=sizes, edges=edges,
+        edge_faces=edge_faces, edge_layer=edge_layer, face_codes=face_codes, areas=areas,
+        interior=interior, slopes=slopes, offsets=offsets, decision_boundary=segs,
+        boundary_classes=pairs, seconds=seconds, graph=graph,
+    )
+
+
+class _FaceView(Mesh):
+    """A read-only mesh over finished faces (for edge extraction)."""
+
+    def __init__(self, faces: Tensor, sizes: Tensor, nv: int):
+        self._faces, self._sizes = faces, sizes
+        self.nf, self.width, self.nv = faces.shape[0], faces.shape[1], nv
+
+
+def _edge_layers(codes: Codes, edge_faces: Tensor) -> Tensor:
+    """First layer whose codes differ across each edge (-1 on the domain boundary)."""
+    f1, f2 = edge_faces[:, 0], edge_faces[:, 1]
+    inner = f2 >= 0
+    layer = torch.full((edge_faces.shape[0],), -1, dtype=torch.int64)
+    undecided = inner.clone()
+    for i, v in enumerate(codes.values):
+        if not bool(undecided.any()):
+            break
+        a, b = v[f1[undecided]], v[f2[undecided].clamp(min=0)]
+        differ = (a != b).flatten(1).any(1)
+        idx = torch.nonzero(undecided).flatten()[differ]
+        layer[idx] = i
+        undecided[idx] = False
+    layer[undecided] = len(codes.values)  # no layer differs: numerically merged faces
+    return layer
+
+
+def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
+                       offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Segments where the argmax output changes (C > 1) or the output is 0 (C = 1):
+    on each face whose vertices disagree, the cell of every class is the face
+    clipped by ``f_c >= f_j`` for all j; cell edges on a clip line are boundary."""
+    c = slopes.shape[1]
+    empty = (torch.zeros((0, 2, 2), dtype=vertices.dtype), torch.zeros((0, 2), dtype=torch.int64))
+    if faces.shape[0] == 0:
+        return empty
+    pts = vertices[faces.clamp(min=0)]  # (F, W, 2)
+    valid = faces >= 0
+    out = torch.einsum("fcd,fwd->fwc", slopes, pts) + offsets[:, None, :]
+    if c == 1:
+        s = out[..., 0]
+        mixed = (torch.where(valid, s, -math.inf).amax(1) > 0) & (
+            torch.where(valid, s, math.inf).amin(1) < 0)
+        fi = torch.nonzero(mixed).flatten()
+        owner = torch.zeros(fi.shape[0], dtype=torch.int64)
+        normals, offs = slopes[fi, 0][:, None, :], offsets[fi, 0][:, None]
+        labels = torch.zeros((fi.shape[0], 1), dtype=torch.int64)
+    else:
+        am = out.argmax(2)
+        mixed = torch.where(valid, am, c).amin(1) != torch.where(valid, am, -1).amax(1)
+        idx = torch.nonzero(mixed).flatten()
+        cls = torch.arange(c)
+        others = torch.stack([torch.cat([cls[:j], cls[j + 1:]]) for j in range(c)])
+        fi = idx.repeat_interleave(c)
+        owner = cls.repeat(idx.shape[0])
+        labels = others[owner]  # (n*C, C-1)
+        normals = slopes[fi, owner][:, None, :] - slopes[fi[:, None], labels]
+        offs = offsets[fi, owner][:, None] - offsets[fi[:, None], labels]
+    if fi.shape[0] == 0:
+        return empty
+    poly, psize, edge = clip_halfplanes(pts[fi], sizes[fi], normals, offs, labels)
+    m, wn = edge.shape
+    nxt = torch.arange(1, wn + 1).expand(m, wn)
+    nxt = torch.where(nxt >= psize[:, None].clamp(min=1), 0, nxt)
+    q = poly.gather(1, nxt.unsqueeze(-1).expand(m, wn, 2))
+    on = (edge >= 0) & (torch.arange(wn) < psize[:, None])
+    if c > 1:
+        on &= edge > owner[:, None]  # each segment once
+    a, b = poly[on], q[on]
+    pairs = torch.stack([owner[:, None].expand(m, wn)[on], edge[on]], 1)
+    extent = float((vertices.max(0).values - vertices.min(0).values).max())
+    long_enough = (b - a).norm(dim=1) > 1e-12 * extent
+    return torch.stack([a, b], 1)[long_enough], pairs[long_enough]
+
+
+# ------------------------------------------------------------------- segments
+
+
+def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
+                      dtype: torch.dtype = torch.float64, tol: float | None = None
+                      ) -> SegmentPartition:
+    """The exact breakpoints of the segment from ``x0`` to ``x1`` (single inputs).
+
+    Layer by layer, every unit's pre-activation is affine between consecutive
+    breakpoints, so its crossings are interpolated exactly; max-pool and merged
+    pieces are cleaned up by comparing codes of neighbouring pieces.
+    """
+    for name, x in (("x0", x0), ("x1", x1)):
+        _check_tensor(x, name)
+    if x0.shape != x1.shape:
+        raise MaxAffineError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
+                             f"and {tuple(x1.shape)}")
+    if bool((x0 == x1).all()):
+        raise MaxAffineError("x0 and x1 are equal: the segment is a point")
+    a, b = x0.to(dtype), x1.to(dtype)
+    graph = _graph_in(model, a.unsqueeze(0), dtype)
+    if tuple(a.shape) != graph.input_shape:
+        raise MaxAffineError(f"x0 has shape {tuple(a.shape)}; the model takes single inputs "
+                             f"of shape {graph.input_shape} (no batch dimension here)")
+    rel_tol = tol if tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+
+    def points(t: Tensor) -> Tensor:
+        return a.unsqueeze(0) + t.reshape((-1,) + (1,) * a.dim()) * (b - a).unsqueeze(0)
+
+    t = torch.tensor([0.0, 1.0], dtype=dtype)
+    with torch.no_grad():
+        for unit in graph.units:
+            ins = graph._run(points(t), None, True, unit.name).inputs[unit.name]
+            cols = _segment_columns(unit, ins)  # list of (T, K) cut functions
+            new = [t]
+            for d in cols:
+                scale = d.abs().amax(0, keepdim=True)
+                d = torch.where(d.abs() <= rel_tol * scale, 0.0, d)
+                left, right = d[:-1], d[1:]
+                hit = left * right < 0
+                i, k = torch.nonzero(hit, as_tuple=True)
+                frac = left[i, k] / (left[i, k] - right[i, k])
+                new.append(t[i] + frac * (t[i + 1] - t[i]))
+            t = torch.unique(torch.cat(new))
+            t = t[torch.cat([torch.tensor([True]), t.diff() > rel_tol])]
+            t[-1] = 1.0
+        mids = (t[:-1] + t[1:]) / 2
+        found = graph._run(points(mids), None, False).codes
+        codes = codes_of(graph, found)
+        if len(codes.names):  # merge neighbours with equal codes (phantom breakpoints)
+            packed = codes.bits
+            same = (packed[1:] == packed[:-1]).all(1)
+            keep = torch.cat([torch.tensor([True]), ~same, torch.tensor([True])])
+            t = t[keep]
+            mids = (t[:-1] + t[1:]) / 2
+            codes = codes_of(graph, graph._run(points(mids), None, False).codes)
+
+    def along(tt: Tensor) -> Tensor:
+        return graph._run(points(tt[:, 0]), None, False).output
+
+    jac, out, _ = jacobian(along, mids.unsqueeze(1), mode="forward")
+    slopes = jac[..., 0].detach()
+    offsets = out.detach() - slopes * mids.unsqueeze(1)
+    return SegmentPartition(x0, x1, t, codes, slopes, offsets)
+
+
+def _segment_columns(unit: Unit, ins: tuple[Tensor, ...]) -> list[Tensor]:
+    """The unit's cut functions at the breakpoints: each (T, K), zero = boundary."""
+    rule = unit.rule
+    if isinstance(rule, ops.MaxPool):
+        table = rule.window_index(tuple(ins[0].shape[1:]))
+        x = ins[0].flatten(1)
+        vals = x[:, table.clamp(min=0)]  # (T, K, R)
+        out = []
+        r = table.shape[1]
+        for i in range(r):
+            for j in range(i + 1, r):
+                ok = (table[:, i] >= 0) & (table[:, j] >= 0)
+                out.append(torch.where(ok, vals[..., i] - vals[..., j], 1.0))
+        return out
+    if isinstance(rule, ops.Maximum):
+        a, b = torch.broadcast_tensors(ins[0], ins[1])
+        return [(b - a).flatten(1)]
+    z = ins[0].flatten(1)
+    return [z - bp for bp in rule.breakpoints() if math.isfinite(bp)]
+
+
+__all__ = ["Partition", "SegmentPartition", "Slice", "partition_plane", "partition_segment"]
