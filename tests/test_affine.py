@@ -9,12 +9,12 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from strategies import INPUT_KINDS, architectures, boundary_distance
 from torch import Tensor, nn
 
 import maxaffine as ma
 from maxaffine.affine import jacobian
 from maxaffine.models import small_cnn
+from strategies import INPUT_KINDS, architectures, boundary_distance
 
 DT = torch.float64
 
@@ -74,6 +74,37 @@ def test_frozen_graph_is_the_regions_affine_map_everywhere(kind: str, data: st.D
         f_y = arch.model(y).reshape(3, -1)
         torch.testing.assert_close(amap.reconstruct(y), f_y, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(ma.affine_map(graph, y).A, amap.A, rtol=1e-9, atol=1e-9)
+
+
+class Absolute(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.abs()
+
+
+def test_templates_at_ties_follow_the_code_convention():
+    """Integer weights and inputs tie many units (z = 0, equal max-pool entries); the
+    map must still be the Jacobian of the frozen graph, i.e. of the pieces the codes
+    select, whichever way affine_map evaluates the unfrozen network."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 3, 2, padding=1), nn.LeakyReLU(0.25), nn.MaxPool2d(2),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(12, 6), nn.Hardtanh(-2.0, 2.0),
+                        nn.Linear(6, 4), Absolute()).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randint(-1, 2, p.shape))
+    x = torch.randint(-1, 2, (6, 1, 4, 4)).double()
+    graph = ma.trace(net, x)
+    found = graph.evaluate(x).codes
+    zs = graph.evaluate(x, record=True).inputs
+    assert sum(int((z[0] == 0).sum()) for name, z in zs.items() if name != "2") > 10
+    for mode in ("forward", "reverse"):
+        amap = ma.affine_map(graph, x, mode=mode)
+        frozen = torch.stack([torch.func.jacrev(
+            lambda v, i=i: graph.evaluate(v[None], codes={k: c[i : i + 1] for k, c in
+                                                          found.items()}).output[0])(x[i])
+            for i in range(6)])
+        torch.testing.assert_close(amap.A, frozen, rtol=0, atol=0)
+        torch.testing.assert_close(amap.reconstruct(), net(x), rtol=0, atol=1e-12)
 
 
 def test_region_map_is_not_the_map_of_a_neighbouring_region():
@@ -159,8 +190,8 @@ def test_float32_cnn_reconstruction():
 
 
 def test_affine_map_is_differentiable_in_the_parameters():
-    """Double back-prop: d/dtheta of a loss on the templates equals a reference built
-    from torch.func.jacrev of the functional model."""
+    """Double back-prop: d/dtheta of a loss on the templates and offsets equals a
+    reference built from torch.func.jacrev of the functional model."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 6), nn.LeakyReLU(0.3),
                         nn.Linear(6, 2)).double()
@@ -171,12 +202,13 @@ def test_affine_map_is_differentiable_in_the_parameters():
         def f(v: Tensor) -> Tensor:
             return torch.func.functional_call(net, p, (v[None],))[0]
         jac = torch.stack([torch.func.jacrev(f)(xi) for xi in x])
-        return (jac[:, 0] * jac[:, 1]).sum() ** 2
+        offsets = torch.func.functional_call(net, p, (x,)) - torch.einsum("ncd,nd->nc", jac, x)
+        return (jac[:, 0] * jac[:, 1]).sum() ** 2 + (offsets**2).sum()
 
     expected = torch.func.grad(loss_ref)(params)
     for mode in ("forward", "reverse"):
         amap = ma.affine_map(net, x, mode=mode)
-        loss = (amap.A[:, 0] * amap.A[:, 1]).sum() ** 2
+        loss = (amap.A[:, 0] * amap.A[:, 1]).sum() ** 2 + (amap.B**2).sum()
         grads = torch.autograd.grad(loss, list(params.values()), materialize_grads=True)
         for (name, ref), got in zip(expected.items(), grads, strict=True):
             torch.testing.assert_close(got, ref, msg=name)

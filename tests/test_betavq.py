@@ -331,3 +331,19 @@ def test_experiment_smoke(tmp_path):
     rows = [r for r in md.splitlines() if r.startswith("| digits")]
     assert len(rows) == len(exp.CONFIGS)
     assert "act1" in rows[-1] and "pool1" in rows[-1]
+
+
+def test_demo_section(tmp_path):
+    from maxaffine.datasets import load_dataset
+    from maxaffine.demo import DemoContext
+    from maxaffine.models import small_cnn
+
+    data = load_dataset("digits")
+    data = Dataset(data.name, data.x_train[:128], data.y_train[:128], data.x_test[:64],
+                   data.y_test[:64], data.num_classes)
+    torch.manual_seed(0)
+    cnn = small_cnn(data.input_shape, data.num_classes, channels=(4,)).eval()
+    ctx = DemoContext(tmp_path, data, torch.nn.Flatten(), cnn, {}, quick=True)
+    section = exp.demo_section(ctx)
+    assert "| 1 | ReLU + max-pool |" in section.markdown and "0.00e+00" in section.markdown
+    assert (tmp_path / "beta_vq_family.png").exists()

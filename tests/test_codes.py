@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from strategies import INPUT_KINDS, architectures, boundary_distance, locate, margins
 from torch import Tensor, nn
 
 import maxaffine as ma
 from maxaffine.vq import Codes
+from strategies import INPUT_KINDS, architectures, boundary_distance, locate, margins
 
 DT = torch.float64
 
@@ -234,22 +234,31 @@ def test_hardtanh_states_and_slopes():
 
 def test_elementwise_and_maximum_codes():
     z = torch.tensor([[-1.5, -0.0, 0.0, 2.0]], dtype=DT)
-    for net, want in [(nn.Sequential(nn.ReLU()), [0, 0, 0, 1]),
-                      (nn.Sequential(nn.LeakyReLU(0.1)), [0, 0, 0, 1]),
-                      (nn.Sequential(nn.PReLU()), [0, 0, 0, 1])]:
+    for net, want, slopes in [(nn.Sequential(nn.ReLU()), [0, 0, 0, 1], [0, 0, 0, 1]),
+                              (nn.Sequential(nn.LeakyReLU(0.1)), [0, 0, 0, 1],
+                               [0.1, 0.1, 0.1, 1]),
+                              (nn.Sequential(nn.PReLU()), [0, 0, 0, 1], [0.25, 0.25, 0.25, 1])]:
         assert ma.codes(net.double(), z)["0"].tolist() == [want]
+        # at z = 0 the template takes the lower piece's slope, in either mode
+        for mode in ("forward", "reverse"):
+            a = ma.affine_map(net, z, mode=mode).A[0]
+            assert a.diagonal().tolist() == pytest.approx(slopes)
 
     class Both(nn.Module):
         def forward(self, x: Tensor) -> Tensor:
             return torch.cat([x.abs(), torch.maximum(x, 1 - x), torch.minimum(x, 1 - x)], 1)
 
+    z = torch.tensor([[-1.5, -0.0, 0.0, 0.5, 2.0]], dtype=DT)  # 0.5: max(z, 1 - z) tied
     c = ma.codes(Both(), z)
     assert c.names == ("abs_1", "maximum", "minimum")
-    assert c["abs_1"].tolist() == [[0, 0, 0, 1]]
-    assert c["maximum"].tolist() == [[1, 1, 1, 0]]  # 1 where the second argument wins
-    assert c["minimum"].tolist() == [[0, 0, 0, 1]]
+    assert c["abs_1"].tolist() == [[0, 0, 0, 1, 1]]
+    assert c["maximum"].tolist() == [[1, 1, 1, 0, 0]]  # 1 where the second argument wins
+    assert c["minimum"].tolist() == [[0, 0, 0, 0, 1]]  # ties go to the first argument
     amap = ma.affine_map(Both(), z)
-    assert amap.A[0].diagonal()[:4].tolist() == [-1.0, -1.0, -1.0, 1.0]  # |z| at 0: -z
+    slopes = [amap.A[0, 5 * k: 5 * k + 5].diagonal().tolist() for k in range(3)]
+    assert slopes == [[-1.0, -1.0, -1.0, 1.0, 1.0],  # |0| = -0: the lower piece
+                      [-1.0, -1.0, -1.0, 1.0, 1.0],
+                      [1.0, 1.0, 1.0, 1.0, -1.0]]
 
 
 # ----------------------------------------------------------------- Codes object

@@ -114,7 +114,7 @@ def test_nan_and_inf_inputs(bad: float):
     x[2, 1] = bad
     for call in (lambda: ma.trace(net, x), lambda: ma.affine_map(net, x),
                  lambda: ma.codes(net, x), lambda: ma.trace(net, x[:1]).evaluate(x)):
-        with pytest.raises(ma.MaxAffineError, match="NaN|infinite"):
+        with pytest.raises(ma.MaxAffineError, match=r"NaN|infinite"):
             call()
 
 
@@ -139,14 +139,14 @@ def test_integer_and_mismatched_dtypes():
     net = mlp(3, (4,), 2).eval()
     with pytest.raises(ma.MaxAffineError, match=r"torch\.int64.*\.float\(\)"):
         ma.affine_map(net, torch.ones(2, 3, dtype=torch.long))
-    with pytest.raises(ma.MaxAffineError, match="torch.bool"):
+    with pytest.raises(ma.MaxAffineError, match=r"torch\.bool"):
         ma.trace(net, torch.ones(2, 3, dtype=torch.bool))
     x64 = torch.randn(2, 3, dtype=torch.float64)
     with pytest.raises(ma.MaxAffineError, match=r"float64 but the model's parameters are "
                                                 r"torch\.float32"):
         ma.trace(net, x64)
     graph = ma.trace(net, x64.float())
-    with pytest.raises(ma.MaxAffineError, match="model.to"):
+    with pytest.raises(ma.MaxAffineError, match=r"model\.to"):
         ma.affine_map(graph, x64)
 
 
@@ -161,8 +161,8 @@ def test_data_dependent_python_branch():
                 return self.lin(x)
             return -x
 
-    with pytest.raises(ma.UnsupportedOperation, match="Branchy.forward cannot be traced.*"
-                                                      "Data-dependent"):
+    with pytest.raises(ma.UnsupportedOperation, match=r"Branchy\.forward cannot be traced.*"
+                                                      r"Data-dependent"):
         ma.trace(Branchy(), torch.randn(2, 3))
 
 
@@ -191,7 +191,7 @@ def test_tuple_outputs_and_several_inputs():
 
     with pytest.raises(ma.MaxAffineError, match="exactly one tensor input"):
         ma.trace(Two(), torch.randn(2, 3))
-    with pytest.raises(ma.MaxAffineError, match="torch.nn.Module"):
+    with pytest.raises(ma.MaxAffineError, match=r"torch\.nn\.Module"):
         ma.trace(lambda x: x, torch.randn(2, 3))  # type: ignore[arg-type]
 
 
@@ -233,5 +233,5 @@ def test_bad_mode_and_model_arguments():
     net = mlp(3, (4,), 2).eval()
     with pytest.raises(ma.MaxAffineError, match="mode"):
         ma.affine_map(net, torch.randn(2, 3), mode="sideways")  # type: ignore[arg-type]
-    with pytest.raises(ma.MaxAffineError, match="torch.nn.Module"):
+    with pytest.raises(ma.MaxAffineError, match=r"torch\.nn\.Module"):
         ma.affine_map("net", torch.randn(2, 3), exact=False)  # type: ignore[arg-type]

@@ -14,25 +14,29 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import INPUT_KINDS, architectures
 from torch import Tensor, nn
 
 import maxaffine as ma
 import maxaffine.nn as man
 from maxaffine import ops
+from strategies import INPUT_KINDS, architectures
 
 DT = torch.float64
 
 
 class Fn(nn.Module):
-    """A model whose forward is one inline function (traced through by torch.fx)."""
+    """A model whose forward is one inline function (traced through by torch.fx) of
+    the input and some constant tensors (buffers)."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor]):
+    def __init__(self, fn: Callable[..., Tensor], *constants: Tensor):
         super().__init__()
         self.fn = fn
+        self.count = len(constants)
+        for i, c in enumerate(constants):
+            self.register_buffer(f"c{i}", c)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
+        return self.fn(x, *(getattr(self, f"c{i}") for i in range(self.count)))
 
 
 Rand = Callable[..., Tensor]
@@ -106,11 +110,11 @@ OPS: list[OpCase] = [
     OpCase(nn.Dropout2d, lambda r: nn.Dropout2d(0.5), (2, 3, 3)),
     OpCase(nn.AlphaDropout, lambda r: nn.AlphaDropout(0.5), (4,)),
     # ---- affine functions
-    OpCase(F.linear, lambda r: Fn(lambda x, w=r(3, 6), b=r(3): F.linear(x, w, b)), (6,)),
-    OpCase(F.conv1d, lambda r: Fn(lambda x, w=r(4, 1, 3), b=r(4): F.conv1d(
-        x, w, b, stride=2, padding=1, groups=2)), (2, 7)),
-    OpCase(F.conv2d, lambda r: Fn(lambda x, w=r(2, 2, 2, 2): F.conv2d(
-        x, w, None, 1, 1, 2)), (2, 4, 5)),
+    OpCase(F.linear, lambda r: Fn(lambda x, w, b: F.linear(x, w, b), r(3, 6), r(3)), (6,)),
+    OpCase(F.conv1d, lambda r: Fn(lambda x, w, b: F.conv1d(
+        x, w, b, stride=2, padding=1, groups=2), r(4, 1, 3), r(4)), (2, 7)),
+    OpCase(F.conv2d, lambda r: Fn(lambda x, w: F.conv2d(
+        x, w, None, 1, 1, 2), r(2, 2, 2, 2)), (2, 4, 5)),
     OpCase(F.avg_pool1d, fn(lambda x: F.avg_pool1d(x, 3, 2, 1)), (2, 7)),
     OpCase(F.avg_pool2d, fn(lambda x: F.avg_pool2d(x, 2, ceil_mode=True,
                                                    count_include_pad=False)), (1, 5, 5)),
@@ -129,8 +133,9 @@ OPS: list[OpCase] = [
     OpCase(operator.neg, fn(lambda x: -x), (3,)),
     OpCase(operator.pos, fn(lambda x: +x), (3,)),
     OpCase(operator.getitem, fn(lambda x: x[:, 1:3, ::2]), (4, 5)),
-    OpCase(F.batch_norm, lambda r: Fn(lambda x, m=r(3), v=r(3).abs() + 0.5, w=r(3), b=r(3):
-                                      F.batch_norm(x, m, v, w, b, training=False)), (3, 4)),
+    OpCase(F.batch_norm, lambda r: Fn(
+        lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=False),
+        r(3), r(3).abs() + 0.5, r(3), r(3)), (3, 4)),
     OpCase(F.dropout, fn(lambda x: F.dropout(x, 0.3, training=False)), (4,)),
     OpCase(operator.add, fn(lambda x: x[:, :3] + x[:, 3:] + 1.5), (6,)),
     OpCase(operator.sub, fn(lambda x: x[:, :3] - 2 * x[:, 3:]), (6,)),
@@ -139,10 +144,10 @@ OPS: list[OpCase] = [
     OpCase(torch.cat, fn(lambda x: torch.cat([x, 2 * x], 1)), (3,)),
     OpCase(torch.concat, fn(lambda x: torch.concat([x, -x], 1)), (3,)),
     OpCase(torch.stack, fn(lambda x: torch.stack([x, x * 3], 1)), (3,)),
-    OpCase(operator.mul, lambda r: Fn(lambda x, c=r(3): c * (x * 3)), (3,)),
-    OpCase(torch.mul, lambda r: Fn(lambda x, c=r(3): torch.mul(x, c)), (3,)),
-    OpCase(operator.matmul, lambda r: Fn(lambda x, w=r(4, 2): x @ w), (4,)),
-    OpCase(torch.matmul, lambda r: Fn(lambda x, w=r(4, 2): torch.matmul(x, w)), (4,)),
+    OpCase(operator.mul, lambda r: Fn(lambda x, c: c * (x * 3), r(3)), (3,)),
+    OpCase(torch.mul, lambda r: Fn(lambda x, c: torch.mul(x, c), r(3)), (3,)),
+    OpCase(operator.matmul, lambda r: Fn(lambda x, w: x @ w, r(4, 2)), (4,)),
+    OpCase(torch.matmul, lambda r: Fn(lambda x, w: torch.matmul(x, w), r(4, 2)), (4,)),
     OpCase(operator.truediv, fn(lambda x: x / 4), (3,)),
     OpCase(torch.div, fn(lambda x: torch.div(x, 2.5)), (3,)),
     # ---- Tensor methods
@@ -173,7 +178,7 @@ OPS: list[OpCase] = [
     OpCase("add", fn(lambda x: x.add(x, alpha=0.5)), (3,)),
     OpCase("sub", fn(lambda x: x.sub(1.0)), (3,)),
     OpCase("mul", fn(lambda x: x.mul(2.0)), (3,)),
-    OpCase("matmul", lambda r: Fn(lambda x, w=r(3, 2): x.matmul(w)), (3,)),
+    OpCase("matmul", lambda r: Fn(lambda x, w: x.matmul(w), r(3, 2)), (3,)),
     OpCase("div", fn(lambda x: x.div(3.0)), (3,)),
     # ---- piecewise-affine nonlinearities (inputs untied, every piece reached)
     OpCase(nn.ReLU, seq(nn.ReLU), (8,)),
@@ -185,8 +190,8 @@ OPS: list[OpCase] = [
     OpCase(nn.LeakyReLU, seq(lambda: nn.LeakyReLU(0.2)), (8,)),
     OpCase(F.leaky_relu, fn(lambda x: F.leaky_relu(x, -0.3)), (8,)),
     OpCase(nn.PReLU, prelu, (3, 4)),
-    OpCase(F.prelu, lambda r: Fn(lambda x, w=torch.tensor([0.3, -1.0], dtype=DT):
-                                 F.prelu(x, w)), (2, 3)),
+    OpCase(F.prelu, lambda r: Fn(lambda x, w: F.prelu(x, w),
+                                 torch.tensor([0.3, -1.0], dtype=DT)), (2, 3)),
     OpCase(torch.abs, fn(lambda x: torch.abs(x)), (8,)),
     OpCase(builtins.abs, fn(lambda x: abs(x)), (8,), traced_as=operator.abs),
     OpCase(operator.abs, fn(lambda x: operator.abs(x)), (8,)),
@@ -210,7 +215,7 @@ OPS: list[OpCase] = [
     OpCase(torch.max, fn(lambda x: torch.max(x[:, :4], -x[:, 4:])), (8,)),
     OpCase("maximum", fn(lambda x: x[:, :4].maximum(x[:, 4:])), (8,)),
     OpCase(torch.minimum, fn(lambda x: torch.minimum(x[:, :4], x[:, 4:])), (8,)),
-    OpCase(torch.min, lambda r: Fn(lambda x, c=r(4): torch.min(x[:, :4], c)), (8,)),
+    OpCase(torch.min, lambda r: Fn(lambda x, c: torch.min(x[:, :4], c), r(4)), (8,)),
     OpCase("minimum", fn(lambda x: x[:, :4].minimum(2 * x[:, 4:])), (8,)),
 ]
 

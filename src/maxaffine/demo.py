@@ -20,6 +20,8 @@ from .experiments import markdown_to_html, save_figure
 from .experiments.beta_vq import demo_section as beta_vq_section
 from .experiments.orthogonality import demo_section as orthogonality_section
 from .experiments.sparse_coding import demo_section as sparse_coding_section
+from .experiments.training_dynamics import demo_section as local_complexity_section
+from .experiments.vq_distance import demo_section as vq_distance_section
 from .graph import trace
 from .models import mlp, small_cnn
 from .training import History, fit
@@ -66,7 +68,8 @@ def models_section(ctx: DemoContext) -> Section:
 
 def affine_section(ctx: DemoContext) -> Section:
     x = ctx.data.x_test[:64]
-    rows = ["| model | dtype | max abs(A x + B - f(x)) | max abs(A - jacrev) |", "|---|---|---|---|"]
+    rows = ["| model | dtype | max abs(A x + B - f(x)) | max abs(A - jacrev) |",
+            "|---|---|---|---|"]
     for name, model in (("mlp", ctx.mlp), ("cnn", ctx.cnn)):
         for dtype in (torch.float32, torch.float64):
             m = model.to(dtype)
@@ -86,9 +89,54 @@ def affine_section(ctx: DemoContext) -> Section:
     return Section("Affine maps and templates", text)
 
 
+def partition_section(ctx: DemoContext) -> Section:
+    import matplotlib.pyplot as plt
+
+    from .partition import Slice, partition_plane, partition_segment
+
+    x, y = ctx.data.x_test, ctx.data.y_test
+    # three test images of different classes
+    picks = [int(torch.nonzero(y == c)[0]) for c in torch.unique(y)[:3]]
+    sl = Slice.through(x[picks[0]], x[picks[1]], x[picks[2]], pad=0.1)
+    whole = partition_plane(ctx.mlp, sl, progress=False)
+    # the CNN has far more regions (thousands of conv units cut the plane): a window
+    # around x1 of 1% of the distance from x1 to x2
+    zoom = sl.zoom(0, 0.01 * float(sl.anchors[1, 0]))
+    near = partition_plane(ctx.cnn, zoom, progress=False)
+    seg = partition_segment(ctx.cnn, x[picks[0]], x[picks[1]])
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6))
+    whole.plot(ax=axes[0], color_by="region")
+    whole.plot(ax=axes[1], color_by="class")
+    near.plot(ax=axes[2], color_by="layer")
+    axes[0].set_title(f"MLP: {whole.num_regions} regions on the plane through x1, x2, x3",
+                      fontsize=9)
+    axes[1].set_title("MLP: predicted class, decision boundary in black", fontsize=9)
+    axes[2].set_title(f"CNN: {near.num_regions} regions in a window around x1, edges "
+                      "coloured by the layer that made them", fontsize=9)
+    fig.tight_layout()
+    rows = ["| statistic | MLP, whole plane | CNN, window around x1 |", "|---|---|---|"]
+    a, b = whole.summary(), near.summary()
+
+    def fmt(v: object) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    for key in ("regions", "vertices", "edges", "domain_area", "area_sum", "mean_area",
+                "decision_boundary_segments", "decision_boundary_length", "seconds"):
+        rows.append(f"| {key} | {fmt(a[key])} | {fmt(b[key])} |")
+    text = (f"The exact partitions of the plane through test images of classes "
+            f"{[int(y[i]) for i in picks]} (x1, x2, x3) into linear regions: every "
+            "region's code, area and affine map are known exactly (max-pooling and "
+            "batch-norm included). Along the segment from x1 to x2 the CNN crosses "
+            f"{seg.num_regions} regions (exact segment partition).\n\n"
+            + "\n".join(rows) + "\n\n" + ctx.figure(fig, "partition") + "\n")
+    return Section("Exact partitions of a plane of input space", text)
+
+
 SECTIONS: list[Callable[[DemoContext], Section]] = [models_section, affine_section,
+                                                     partition_section,
                                                      beta_vq_section, sparse_coding_section,
-                                                     orthogonality_section]
+                                                     orthogonality_section, vq_distance_section,
+                                                     local_complexity_section]
 
 
 def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seed: int = 0,

@@ -133,6 +133,19 @@ class Slice:
                          dtype=torch.float64)
         return cls(torch.zeros(2, dtype=torch.float64), e[0], e[1], b)
 
+    def zoom(self, center: int | tuple[float, float], radius: float) -> Slice:
+        """The same plane restricted to the square of half-width ``radius`` around
+        ``center``: an anchor's index, or slice coordinates (s, t)."""
+        if isinstance(center, int):
+            c = self.anchors[center]
+        else:
+            c = torch.as_tensor(center, dtype=torch.float64)
+        if not radius > 0:
+            raise MaxAffineError(f"radius must be positive, got {radius}")
+        sq = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]],
+                          dtype=torch.float64)
+        return Slice(self.origin, self.u, self.v, c + radius * sq, self.anchors)
+
     @property
     def area(self) -> float:
         return _shoelace(self.bounds)
@@ -224,6 +237,18 @@ class Partition:
         out = torch.einsum("fcd,fd->fc", self.slopes, self.interior) + self.offsets
         return out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).long()
 
+    def class_cells(self) -> tuple[list[Tensor], Tensor]:
+        """Regions split further by the decision boundary: polygons (list of (k, 2))
+        and their class. Faces without a boundary inside are returned whole."""
+        poly, psize, _, owner, face = _class_cells(self.vertices, self.faces, self.face_sizes,
+                                                   self.slopes, self.offsets)
+        whole = torch.ones(self.num_regions, dtype=torch.bool)
+        whole[face] = False
+        idx = torch.nonzero(whole).flatten()
+        polys = [self.polygon(int(i)) for i in idx] + [
+            poly[m, : int(psize[m])] for m in range(poly.shape[0])]
+        return polys, torch.cat([self.predicted()[idx], owner])
+
     def layer_boundaries(self, layer: int | str) -> Tensor:
         """Segments (S, 2, 2) of the edges created by ``layer`` (index or name)."""
         i = layer if isinstance(layer, int) else self.unit_names.index(layer)
@@ -259,7 +284,8 @@ class Partition:
     def plot(self, ax=None, color_by: str = "region", **kwargs: Any):
         """Draw the faces coloured by ``'region'``, ``'layer'`` (edges coloured by the
         layer that created them), ``'class'`` (predicted class) or ``'output'``
-        (max output), with the decision boundary bold and the anchors marked."""
+        (max output), with the decision boundary bold and the anchors marked;
+        ``power=True`` adds each face's power-diagram centroid (projected)."""
         from ._plotting import plot_partition
 
         return plot_partition(self, ax=ax, color_by=color_by, **kwargs)
@@ -537,6 +563,9 @@ def _columns(unit: Unit, inputs: tuple[Tensor, ...], sel: Tensor, table: Tensor 
     return inputs[0].flatten(1)[:, sel]
 
 
+_VALUES_BUDGET = 3e7  # per-vertex values held at once in recompute mode (floats)
+
+
 def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
               rel_tol: float) -> None:
     """Cut every face along the boundaries of one nonlinearity's units, and record
@@ -552,35 +581,51 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
                                unit.name))
         table = rule.window_index(tuple(ev.inputs[unit.name][0].shape[1:]))
     n_units = unit.num_units
-    chunk = n_units if values.resume else max(64, int(3e7 // max(1, mesh.nv * per_unit)) // 64 * 64)
-    for start in range(0, n_units, chunk):
+    start = 0
+    while start < n_units:
+        # recompute mode holds (vertices x columns) values: chunks of units sized to
+        # a budget, ended early (at a multiple of 64 units, to keep the packed codes
+        # byte-aligned) when the cuts have multiplied the vertices
+        limit = None if values.resume else _VALUES_BUDGET
+        chunk = n_units if values.resume else max(
+            64, int(_VALUES_BUDGET // max(1, mesh.nv * per_unit)) // 64 * 64)
         sel = torch.arange(start, min(n_units, start + chunk))
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
         scale = mesh.vals[:, : values.ncols].abs().amax(0)
         if isinstance(rule, ops.MaxPool):
             valid_entry = table[sel] >= 0
-            _cut_maxpool(mesh, k, pieces, valid_entry, scale, rel_tol)
-            means = mesh.reduce(mesh.vals[:, : values.ncols], "mean").reshape(-1, k, pieces)
-            means = means + torch.where(valid_entry, 0.0, -math.inf)
+            done = _cut_maxpool(mesh, k, pieces, valid_entry, scale, rel_tol, limit)
+            cols = done * pieces
+            means = mesh.reduce(mesh.vals[:, :cols], "mean").reshape(-1, done, pieces)
+            means = means + torch.where(valid_entry[:done], 0.0, -math.inf)
             # ties (e.g. zeros after a ReLU) go to the first entry, as in F.max_pool;
             # entries within the tolerance of the maximum count as tied
-            tol = rel_tol * scale[: k * pieces].reshape(k, pieces).amax(1)
+            tol = rel_tol * scale[:cols].reshape(done, pieces).amax(1)
             near = means >= means.amax(-1, keepdim=True) - tol[:, None]
             code = near.to(torch.int8).argmax(-1)
         else:
-            code = _cut_lines(mesh, rule, k, scale, rel_tol)
+            code = _cut_lines(mesh, rule, k, scale, rel_tol, limit)
+            done = code.shape[1]
         # these units' codes are final on every face: later cuts copy them to both halves
         mesh.add_payload(pack([code.to(torch.uint8 if pieces <= 256 else torch.int64)],
                               [unit.bits]))
+        start += done
     values.advance(index)
 
 
+def _over(mesh: Mesh, limit: float | None, units_done: int, k: int) -> bool:
+    """Stop a chunk early: values would outgrow the budget (only at 64-unit steps)."""
+    return (limit is not None and 0 < units_done < k and units_done % 64 == 0
+            and mesh.nv * mesh.vals.shape[1] > limit)
+
+
 def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
-               rel_tol: float) -> Tensor:
+               rel_tol: float, limit: float | None = None) -> Tensor:
     """Units whose boundary is a line in each face: breakpoints of elementwise
     splines (``z = b``), or ``a = b`` for ``torch.maximum`` / ``minimum``.
-    Returns the units' codes on every face (F, k)."""
+    Returns the codes (F, done) of the first ``done`` units, all of them unless
+    ``limit`` stopped the chunk early."""
     pair = isinstance(rule, ops.Maximum)
     sign = -1.0 if isinstance(rule, ops.Minimum) else 1.0
     if pair:
@@ -588,60 +633,69 @@ def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
     else:
         bps = [b for b in rule.breakpoints() if math.isfinite(b)]
         tol = rel_tol * (scale[:k] + max([abs(b) for b in bps], default=0.0))
+    # one line per (unit, breakpoint), unit-major
+    unit_of = torch.arange(k).repeat_interleave(len(bps))
+    level = torch.tensor(bps, dtype=mesh.vals.dtype).repeat(k)
 
-    def values(index: Tensor | slice, j: int | slice) -> Tensor:
+    def values(index: Tensor | slice, units: Tensor) -> Tensor:
         v = mesh.vals
         if not pair:
-            return v[index, j]
-        jb = j + k if isinstance(j, int) else slice(j.start + k, j.stop + k)
-        return (v[index, jb] - v[index, j]) * sign
+            return v[index, units]
+        return (v[index, units + k] - v[index, units]) * sign
 
-    for b in bps:
-        j0, marked = 0, 0
-        cand = torch.zeros((k, 0), dtype=torch.bool)
-        for j in range(k):
-            if mesh.nf > 2 * marked:
-                # refresh: a unit can only cross faces whose ancestor at the last
-                # mark it crosses; re-mark whenever the faces have doubled
-                mesh.mark()
-                marked, j0 = mesh.nf, j
-                d = values(slice(None), slice(j, k)) - b
-                t = tol[j:]
-                both = mesh.reduce(pack_bits(d > t), "or") & mesh.reduce(pack_bits(d < -t), "or")
-                cand = unpack_bits(both, k - j).t().contiguous()  # (units, faces)
-                if not bool(cand.any()):
-                    break
-            rows = torch.nonzero(cand[j - j0][mesh.origin]).flatten()
-            if rows.numel() == 0:
-                continue
-            fv, _ = mesh.entries(rows)
-            mesh.cut(rows, values(fv.clamp(min=0), j) - b, float(tol[j]))
+    n_lines, first, marked, done = unit_of.shape[0], 0, 0, k
+    cand = torch.zeros((0, 0), dtype=torch.bool)
+    for li in range(n_lines):
+        j = int(unit_of[li])
+        if li and int(unit_of[li - 1]) != j and _over(mesh, limit, j, k):
+            done = j
+            break
+        if mesh.nf > 2 * marked:
+            # refresh: a unit can only cross faces whose ancestor at the last mark it
+            # crosses; re-mark whenever the faces have doubled
+            mesh.mark()
+            marked, first = mesh.nf, li
+            d = values(slice(None), unit_of[li:]) - level[li:]
+            t = tol[unit_of[li:]]
+            both = mesh.reduce(pack_bits(d > t), "or") & mesh.reduce(pack_bits(d < -t), "or")
+            cand = unpack_bits(both, n_lines - li).t().contiguous()  # (lines, faces)
+        rows = torch.nonzero(cand[li - first][mesh.origin]).flatten()
+        if rows.numel() == 0:
+            continue
+        fv, _ = mesh.entries(rows)
+        d = values(fv.clamp(min=0), torch.tensor(j)) - level[li]
+        mesh.cut(rows, d, float(tol[j]))
     # every face now lies on one side of each line: its code counts the
     # breakpoints some vertex is strictly above
-    code = torch.zeros((mesh.nf, k), dtype=torch.uint8)
+    below = 0 if pair else sum(1 for b in rule.breakpoints() if b == -math.inf)
+    code = torch.full((mesh.nf, done), below, dtype=torch.uint8)  # -inf: always below
+    units = torch.arange(done)
     for b in bps:
-        above = mesh.reduce(pack_bits(values(slice(None), slice(0, k)) - b > tol), "or")
-        code += unpack_bits(above, k)
+        above = mesh.reduce(pack_bits(values(slice(None), units) - b > tol[:done]), "or")
+        code += unpack_bits(above, done)
     return code
 
 
 def _cut_maxpool(mesh: Mesh, k: int, pieces: int, valid_entry: Tensor, scale: Tensor,
-                 rel_tol: float) -> None:
-    """Max-pool units: compare each window entry with the current maximum only."""
+                 rel_tol: float, limit: float | None = None) -> int:
+    """Max-pool units: compare each window entry with the current maximum only.
+    Returns how many units were processed (all unless ``limit`` stopped early)."""
     mesh.mark()
     neg = torch.where(valid_entry, 0.0, -math.inf).to(mesh.vals.dtype)  # (k, R)
     am = (mesh.vals[:, : k * pieces].reshape(-1, k, pieces) + neg).argmax(-1)
     # candidate (face, unit): the argmax differs between the face's vertices
-    cand = mesh.reduce(am, "min") != mesh.reduce(am, "max")
+    cand = (mesh.reduce(am, "min") != mesh.reduce(am, "max")).t().contiguous()
     tol_units = rel_tol * scale[: k * pieces].reshape(k, pieces).amax(1)
-    for j in torch.nonzero(cand.any(0)).flatten().tolist():
+    for j in range(k):
+        if _over(mesh, limit, j, k):
+            return j
+        if not bool(cand[j].any()):
+            continue
         cols = slice(j * pieces, (j + 1) * pieces)
         for r in range(1, pieces):
             if not bool(valid_entry[j, r]):
                 continue
-            rows = torch.nonzero(cand[mesh.origin, j]).flatten()
-            if rows.numel() == 0:
-                break
+            rows = torch.nonzero(cand[j][mesh.origin]).flatten()
             fv, valid = mesh.entries(rows)
             w = mesh.vals[fv.clamp(min=0), cols] + neg[j]  # (n, W, R)
             mean = (torch.where(valid.unsqueeze(-1), w, 0.0).sum(1)
@@ -650,6 +704,7 @@ def _cut_maxpool(mesh: Mesh, k: int, pieces: int, valid_entry: Tensor, scale: Te
             best = mean.argmax(1)  # current maximum among entries < r
             d = w[..., r] - w.gather(2, best[:, None, None].expand(-1, w.shape[1], 1))[..., 0]
             mesh.cut(rows, torch.where(valid, d, 0.0), float(tol_units[j]))
+    return k
 
 
 def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
@@ -724,15 +779,14 @@ def _edge_layers(codes: Codes, edge_faces: Tensor) -> Tensor:
     return layer
 
 
-def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
-                       offsets: Tensor) -> tuple[Tensor, Tensor]:
-    """Segments where the argmax output changes (C > 1) or the output is 0 (C = 1):
-    on each face whose vertices disagree, the cell of every class is the face
-    clipped by ``f_c >= f_j`` for all j; cell edges on a clip line are boundary."""
+def _class_cells(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
+                 offsets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Split the faces whose vertices disagree on the argmax output into class cells:
+    the face clipped by ``f_c >= f_j`` for all j (C > 1), or by ``f >= 0`` and
+    ``f <= 0`` (C = 1, classes 1 and 0). Returns the cells' corners (M, W, 2),
+    sizes (M,), per-edge clip labels (M, W) (the other class, -1 on the face's own
+    edges), the class (M,) and the face (M,) of each cell."""
     c = slopes.shape[1]
-    empty = (torch.zeros((0, 2, 2), dtype=vertices.dtype), torch.zeros((0, 2), dtype=torch.int64))
-    if faces.shape[0] == 0:
-        return empty
     pts = vertices[faces.clamp(min=0)]  # (F, W, 2)
     valid = faces >= 0
     out = torch.einsum("fcd,fwd->fwc", slopes, pts) + offsets[:, None, :]
@@ -740,10 +794,13 @@ def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: T
         s = out[..., 0]
         mixed = (torch.where(valid, s, -math.inf).amax(1) > 0) & (
             torch.where(valid, s, math.inf).amin(1) < 0)
-        fi = torch.nonzero(mixed).flatten()
-        owner = torch.zeros(fi.shape[0], dtype=torch.int64)
-        normals, offs = slopes[fi, 0][:, None, :], offsets[fi, 0][:, None]
-        labels = torch.zeros((fi.shape[0], 1), dtype=torch.int64)
+        idx = torch.nonzero(mixed).flatten()
+        fi = idx.repeat_interleave(2)
+        owner = torch.tensor([1, 0]).repeat(idx.shape[0])
+        sign = (2 * owner - 1).to(slopes.dtype)
+        normals = (slopes[fi, 0] * sign[:, None])[:, None, :]
+        offs = (offsets[fi, 0] * sign)[:, None]
+        labels = (1 - owner)[:, None]
     else:
         am = out.argmax(2)
         mixed = torch.where(valid, am, c).amin(1) != torch.where(valid, am, -1).amax(1)
@@ -755,18 +812,28 @@ def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: T
         labels = others[owner]  # (n*C, C-1)
         normals = slopes[fi, owner][:, None, :] - slopes[fi[:, None], labels]
         offs = offsets[fi, owner][:, None] - offsets[fi[:, None], labels]
-    if fi.shape[0] == 0:
-        return empty
     poly, psize, edge = clip_halfplanes(pts[fi], sizes[fi], normals, offs, labels)
+    keep = psize >= 3
+    return poly[keep], psize[keep], edge[keep], owner[keep], fi[keep]
+
+
+def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
+                       offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Segments where the argmax output changes (C > 1) or the output is 0 (C = 1):
+    edges of the class cells (:func:`_class_cells`) that lie on a clip line."""
+    empty = (torch.zeros((0, 2, 2), dtype=vertices.dtype), torch.zeros((0, 2), dtype=torch.int64))
+    if faces.shape[0] == 0:
+        return empty
+    poly, psize, edge, owner, _ = _class_cells(vertices, faces, sizes, slopes, offsets)
+    if poly.shape[0] == 0:
+        return empty
     m, wn = edge.shape
     nxt = torch.arange(1, wn + 1).expand(m, wn)
     nxt = torch.where(nxt >= psize[:, None].clamp(min=1), 0, nxt)
     q = poly.gather(1, nxt.unsqueeze(-1).expand(m, wn, 2))
-    on = (edge >= 0) & (torch.arange(wn) < psize[:, None])
-    if c > 1:
-        on &= edge > owner[:, None]  # each segment once
+    on = (edge >= 0) & (torch.arange(wn) < psize[:, None]) & (edge < owner[:, None])
     a, b = poly[on], q[on]
-    pairs = torch.stack([owner[:, None].expand(m, wn)[on], edge[on]], 1)
+    pairs = torch.stack([edge[on], owner[:, None].expand(m, wn)[on]], 1)  # (low, high) class
     extent = float((vertices.max(0).values - vertices.min(0).values).max())
     long_enough = (b - a).norm(dim=1) > 1e-12 * extent
     return torch.stack([a, b], 1)[long_enough], pairs[long_enough]

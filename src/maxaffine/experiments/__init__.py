@@ -25,7 +25,8 @@ class Experiment:
     run: Callable[[argparse.Namespace], Path]
 
 
-_MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding"]
+_MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding", "vq_distance",
+                       "training_dynamics"]
 
 
 def experiments() -> dict[str, Experiment]:

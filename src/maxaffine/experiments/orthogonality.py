@@ -86,6 +86,9 @@ def plot_cosines(mats: dict[str, Tensor], title: str = "mean |cos| between class
     for ax, (name, mat) in zip(axes[0], mats.items(), strict=True):
         im = ax.imshow(mat.double().numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"{name}\noff-diagonal mean {mean_offdiag(mat):.3f}", fontsize=9)
+        ticks = range(0, mat.shape[0], max(1, mat.shape[0] // 10))
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
         ax.set_xlabel("class")
         ax.set_ylabel("class")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
@@ -207,14 +210,16 @@ def run(args: argparse.Namespace) -> Path:
         f"{args.seeds} seeds per lambda; penalty: {args.penalty} ({kind}"
         + (f", on {args.samples} random inputs of each batch"
            if args.samples and args.penalty == "template" else "") + "). "
-        "mean |cos|: over 500 test inputs and all pairs of distinct classes (eval mode); "
+        "mean abs(cos): |cos| between the templates of distinct classes, averaged over "
+        "500 test inputs and all class pairs (eval mode); "
         "test penalty: the unnormalised template penalty on 100 test inputs. "
         "gap = train acc - test acc. Differences are called real only beyond twice "
         "their standard error over seeds.\n\n" + "\n".join(verdicts)
     )
     table = Table(
-        title=f"Orthogonal-template penalty on {data.name}",
-        columns=["lambda", "test acc", "train acc", "train-test gap", "mean |cos|",
+        title=(f"Orthogonal-template penalty on {data.name}" if args.penalty == "template"
+               else f"Class-vector (last-layer weight) orthogonality penalty on {data.name}"),
+        columns=["lambda", "test acc", "train acc", "train-test gap", "mean abs(cos)",
                  "test penalty", "s / run"],
         rows=rows, seconds=seconds, notes=notes,
     )
@@ -281,8 +286,9 @@ def demo_section(ctx: DemoContext) -> Section:
         f"apart. The demo CNN is fine-tuned for {steps} class-balanced steps with and "
         "without it (penalty on squared cosines, 8 random inputs per batch); the "
         "matrices are mean |cos| between class templates over 100 test inputs; test "
-        "accuracy on 500 test inputs.\n\n" + "\n".join(rows) + "\n\n" + ctx.figure(fig, "template_cosines") +
-        "\n\nFull experiment: `maxaffine reproduce orthogonality` "
+        "accuracy on 500 test inputs.\n\n" + "\n".join(rows) + "\n\n"
+        + ctx.figure(fig, "template_cosines")
+        + "\n\nFull experiment: `maxaffine reproduce orthogonality` "
         "(results/orthogonality/).\n"
     )
     return Section("Orthogonal templates", text)

@@ -1,0 +1,123 @@
+"""Benchmark: exact plane partitions (maxaffine.partition_plane).
+
+Each case runs in a fresh process (so peak memory is its own) and reports regions,
+seconds, regions/s and peak resident memory. The baseline measured in the same run
+is the project's slow per-face clipping reference (tests/reference_partition.py)
+on the small network where it is feasible; its ratio to the fast path is printed.
+
+    python benchmarks/partition.py [--quick] [--dtype float64|float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mlp(widths, seed=0):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers, d = [], widths[0]
+    for w in widths[1:-1]:
+        layers += [nn.Linear(d, w), nn.ReLU()]
+        d = w
+    layers.append(nn.Linear(d, widths[-1]))
+    return nn.Sequential(*layers).eval()
+
+
+def _case(name: str, dtype_name: str, queue) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    import maxaffine as ma
+    from maxaffine.datasets import load_dataset
+    from maxaffine.models import mlp, small_cnn
+    from maxaffine.training import fit
+
+    dtype = getattr(torch, dtype_name)
+    domain = ma.Slice.square()
+    if name.startswith("mlp 2-"):
+        widths = [int(w) for w in name.split()[1].split("-")] + [1]
+        model = _mlp(widths)
+        if "[-4,4]" in name:
+            domain = ma.Slice.square(-4.0, 4.0)
+    else:
+        data = load_dataset("mnist")
+        torch.manual_seed(0)
+        if name.startswith("mlp 784"):
+            model = mlp(data.input_shape, (256, 256, 256), 10)
+        else:
+            model = small_cnn(data.input_shape, 10, channels=(8, 16))
+        fit(model, data, epochs=1, progress=False)
+        x = data.x_test[:3]
+        domain = ma.Slice.through(x[0], x[1], x[2])
+    reference = None
+    if name.endswith("(vs reference)"):
+        sys.path.insert(0, str(ROOT / "tests"))
+        from reference_partition import reference_partition
+
+        t0 = time.perf_counter()
+        ref = reference_partition(model.double(), domain)
+        reference = (len(ref), time.perf_counter() - t0)
+        model = model.float()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    part = ma.partition_plane(model, domain, dtype=dtype, progress=False)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put({
+        "case": name, "dtype": dtype_name, "regions": part.num_regions, "seconds": seconds,
+        "regions_per_s": part.num_regions / seconds,
+        "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - base) / 1024,
+        "reference_regions": reference[0] if reference else None,
+        "reference_seconds": reference[1] if reference else None,
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small cases only")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/partition.json")
+    args = parser.parse_args()
+    cases = ["mlp 2-16-16-16 (vs reference)", "mlp 2-64-64-64"]
+    if not args.quick:
+        cases += ["mlp 2-128-128-128", "mlp 2-256-256-256", "mlp 784-256-256-256-10 (MNIST plane)",
+                  "demo cnn (MNIST plane)", "mlp 2-256-256-256 [-4,4]^2"]
+    ctx = mp.get_context("spawn")
+    rows = []
+    for name in cases:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_case, args=(name, args.dtype, queue))
+        proc.start()
+        row = queue.get()
+        proc.join()
+        rows.append(row)
+        ratio = ""
+        if row["reference_seconds"]:
+            ratio = (f"  reference: {row['reference_regions']} regions in "
+                     f"{row['reference_seconds']:.2f} s -> fast path "
+                     f"{row['reference_seconds'] / row['seconds']:.0f}x faster")
+        print(f"{name:<40} {row['regions']:>9} regions {row['seconds']:8.2f} s "
+              f"{row['regions_per_s']:>10.0f} regions/s  peak {row['peak_rss_mb']:7.0f} MB"
+              f"{ratio}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "partition_plane", "dtype": args.dtype, "machine": platform.platform(),
+        "cpus": mp.cpu_count(), "rows": rows,
+    }, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

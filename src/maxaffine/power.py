@@ -1,0 +1,416 @@
+"""Power diagrams of max-affine spline layers, and their subdivision.
+
+Balestriero, Cosentino, Aazhang & Baraniuk, "The Geometry of Deep Networks: Power
+Diagram Subdivision" (NeurIPS 2019), Thm. 2 and 3. A MASO layer with slopes
+``A[k, r, :]`` and offsets ``B[k, r]`` (unit k, piece r) selects, for its input
+``h``, the code ``r_k = argmax_r <A[k,r], h> + B[k,r]`` of every unit. The sum of
+the units decouples, ``sum_k max_r (...) = max_r <mu[r], h> + sum_k B[k, r_k]``
+over layer codes ``r = (r_1, ..., r_K)``, with
+
+    mu[r]  = sum_k A[k, r_k, :]                       (the cell's centroid)
+    rad[r] = ||mu[r]||^2 + 2 sum_k B[k, r_k]          (its radius),
+
+and ``argmax_r 2 <mu[r], h> + 2 sum_k B[k, r_k] = argmin_r ||h - mu[r]||^2 - rad[r]``
+(subtract the constant ``||h||^2``): the codes are the cells of a power diagram
+(Thm. 2). Composition (Thm. 3): on a region ``w`` of the earlier layers, where the
+layer input is ``h = A_w x + B_w``, the layer induces the input-space diagram
+
+    mu_w[r]  = A_w^T mu[r]
+    rad_w[r] = ||mu_w[r]||^2 + 2 sum_k (B[k, r_k] + <A[k, r_k, :], B_w>).
+
+Which affine map feeds a layer. Layers are the nonlinearities of the spline graph
+(``graph.units``, named as in :func:`maxaffine.codes`). The *layer input* of unit
+``l`` is the output of unit ``l - 1`` (the model's input for the first unit), and
+the layer's MASO is the unit's nonlinearity applied to its pre-activation, an
+affine function of that input (the convolution / batch-norm / ... in between).
+In a residual network the pre-activation also reads tensors from before unit
+``l - 1``: it is not a function of that input alone, so only the input-space form
+exists there (``input_space=True``, which works for every layer).
+
+Pieces. ReLU ``(0, z)``, leaky ReLU / PReLU ``(a z, z)``, abs ``(-z, z)``,
+max-pool the window's entries, ``torch.maximum(a, b)`` ``(a, b)`` and
+``minimum`` ``(-a, -b)`` (its code is the argmax of these). Hardtanh is not a
+single max of its pieces, and a leaky slope ``a >= 1`` turns ``max(a z, z)`` the
+other way; for them the code is the argmax of the *selection* pieces
+``P_i(z) = sum_{j <= i} (z - b_j)`` over the finite breakpoints ``b_j`` (ReLU:
+``(0, z)``), which we use instead (same cells, other centroids).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .affine import jacobian
+from .errors import MaxAffineError
+from .graph import SplineGraph, Unit, _check_tensor, as_graph, check_input
+from .inference import _rule_pieces
+
+Layer = str | int
+
+
+@dataclass
+class PowerDiagram:
+    """Every cell of one MASO layer's power diagram (Balestriero et al. 2019, Thm. 2).
+
+    ``codes`` (M, K): the layer code of each cell (unit k selects piece
+    ``codes[m, k]``); ``mu`` (M, D): centroids; ``rad`` (M,): radii; the cell of
+    ``h`` (flattened to D) is ``argmin_m ||h - mu[m]||^2 - rad[m]``.
+    """
+
+    codes: Tensor
+    mu: Tensor
+    rad: Tensor
+
+    @property
+    def num_cells(self) -> int:
+        return self.codes.shape[0]
+
+    def power(self, h: Tensor) -> Tensor:
+        """Power distances (N, M) of points ``h`` (N, D) (or (N, *shape)) to every cell."""
+        h = h.reshape(h.shape[0], -1).to(self.mu.dtype)
+        if h.shape[1] != self.mu.shape[1]:
+            raise MaxAffineError(f"points have {h.shape[1]} coordinates, the diagram "
+                                 f"lives in {self.mu.shape[1]} dimensions")
+        d2 = (h.pow(2).sum(1, keepdim=True) - 2 * h @ self.mu.T
+              + self.mu.pow(2).sum(1).unsqueeze(0))
+        return d2 - self.rad.unsqueeze(0)
+
+    def assign(self, h: Tensor) -> Tensor:
+        """The code (N, K) of the cell of each point: the argmin of the power distance."""
+        return self.codes[self.power(h).argmin(1)]
+
+    def plot(self, ax=None, bounds: Sequence[float] = (-1.0, 1.0, -1.0, 1.0),
+             resolution: int = 300):
+        """For a 2-D layer input: the cells (argmin on a grid) and their centroids."""
+        import matplotlib.pyplot as plt
+
+        if self.mu.shape[1] != 2:
+            raise MaxAffineError(f"plot needs a 2-D layer input, this one has "
+                                 f"{self.mu.shape[1]} dimensions")
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 5))
+        x0, x1, y0, y1 = bounds
+        gx, gy = torch.meshgrid(torch.linspace(x0, x1, resolution),
+                                torch.linspace(y0, y1, resolution), indexing="xy")
+        pts = torch.stack([gx.flatten(), gy.flatten()], 1).to(self.mu.dtype)
+        cell = self.power(pts).argmin(1).reshape(resolution, resolution)
+        perm = torch.randperm(self.num_cells, generator=torch.Generator().manual_seed(0))
+        ax.imshow(perm[cell].numpy(), origin="lower", extent=(x0, x1, y0, y1),
+                  cmap="tab20", interpolation="nearest")
+        mu = self.mu.detach().double().numpy()
+        ax.scatter(mu[:, 0], mu[:, 1], s=12, c="k", marker="x")
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_title(f"power diagram: {self.num_cells} cells (x: centroids)", fontsize=10)
+        return ax
+
+
+@dataclass
+class PowerCells:
+    """The power-diagram cell of each input's region at one layer.
+
+    ``layer``: the unit's name; ``input_space``: whether the diagram lives in input
+    space (composed through the earlier layers, Thm. 3) or in the layer-input space;
+    ``points`` (N, *space): the inputs / layer inputs; ``codes`` (N, *code_shape):
+    the layer's codes (the cells); ``mu`` (N, *space): centroids, shaped like the
+    points (image-shaped for an image space); ``rad`` (N,): radii.
+    """
+
+    layer: str
+    input_space: bool
+    points: Tensor
+    codes: Tensor
+    mu: Tensor
+    rad: Tensor
+
+    def power(self) -> Tensor:
+        """(N,) power distance of each point to its own cell, ``||h - mu||^2 - rad``."""
+        return (self.points - self.mu).flatten(1).pow(2).sum(1) - self.rad
+
+
+# ------------------------------------------------------------------- public API
+
+
+def power_diagram(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
+                  input_space: bool = False) -> PowerCells:
+    """Centroid ``mu`` and radius ``rad`` of the power-diagram cell of each input's
+    region at ``layer`` (a unit name or index into ``graph.units``).
+
+    Balestriero et al. (NeurIPS 2019): ``mu[r] = sum_k A[k, r_k]``,
+    ``rad[r] = ||mu[r]||^2 + 2 sum_k B[k, r_k]`` in the layer-input space (default;
+    the output of the previous nonlinearity, see the module docstring); with
+    ``input_space=True`` the composed ``mu_w`` and ``rad_w`` of the region ``w`` of
+    the earlier layers, in input space. Computed without enumerating pieces:
+    ``mu`` is the gradient of the sum of the selected pieces (one backward pass).
+    """
+    graph, index, fn, point, code = _layer_setup(model, layer, x, input_space)
+    unit = graph.units[index]
+    v = point.detach().requires_grad_(True)
+    with torch.enable_grad():
+        pieces, _ = _pieces(unit, fn(v))
+        flat = pieces.reshape(pieces.shape[0], -1, pieces.shape[-1])
+        chosen = flat.gather(2, code.reshape(flat.shape[0], -1, 1).long())[..., 0]
+        total = chosen.sum(1)  # sum_k <A[k, r_k], v> + B[k, r_k]
+        (mu,) = torch.autograd.grad(total.sum(), v)
+    total = total.detach()
+    offsets = total - (mu * point).flatten(1).sum(1)
+    rad = mu.flatten(1).pow(2).sum(1) + 2 * offsets
+    return PowerCells(unit.name, input_space or index == 0, point.detach(), code, mu, rad)
+
+
+def layer_pieces(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
+                 input_space: bool = False) -> tuple[Tensor, Tensor]:
+    """The MASO slopes and offsets of ``layer`` on each input's region.
+
+    Returns ``A`` (N, K, R, *space) and ``B`` (N, K, R): unit k's piece r is
+    ``<A[n, k, r], h> + B[n, k, r]`` with ``h`` the layer input (or, with
+    ``input_space=True``, the input ``x`` inside its region of the earlier layers).
+    Pieces that do not exist (max-pool padding, a Hardtanh bound at infinity) have
+    ``B = -inf``. Memory grows as K R D per input: meant for small layers and for
+    :func:`layer_power_diagram` ``((A[n], B[n]))``.
+    """
+    graph, index, fn, point, _ = _layer_setup(model, layer, x, input_space)
+    unit = graph.units[index]
+    n = point.shape[0]
+
+    with torch.no_grad():
+        probe, valid = _pieces(unit, fn(point))
+    r = probe.shape[-1]
+
+    def flat(v: Tensor) -> Tensor:  # missing pieces (-inf) are 0 here, -inf again below
+        p, ok = _pieces(unit, fn(v))
+        return (p if ok is None else torch.where(ok, p, 0.0)).reshape(v.shape[0], -1)
+
+    jac, out, _ = jacobian(flat, point.detach(), num_outputs=probe[:1].numel())
+    offsets = out - torch.einsum("npd,nd->np", jac.flatten(2), point.detach().flatten(1))
+    if valid is not None:
+        offsets = torch.where(valid.reshape(n, -1), offsets, -math.inf)
+    k = out.shape[1] // r
+    return (jac.reshape(n, k, r, *point.shape[1:]).detach(), offsets.reshape(n, k, r).detach())
+
+
+def layer_power_diagram(layer: nn.Module | SplineGraph | tuple[Tensor, Tensor],
+                        input_shape: Sequence[int] | None = None, *,
+                        max_cells: int = 65536) -> PowerDiagram:
+    """Enumerate every code of a small MASO layer with its power-diagram cell.
+
+    ``layer``: a module with exactly one nonlinearity (e.g.
+    ``nn.Sequential(nn.Linear(2, 4), nn.ReLU())``; its ``input_shape`` is read from a
+    first ``nn.Linear`` or given), or the MASO parameters ``(A, B)``, ``A`` (K, R, D)
+    and ``B`` (K, R) (e.g. one input's :func:`layer_pieces`). Pieces with
+    ``B = -inf`` do not exist and are skipped. Raises if there are more than
+    ``max_cells`` codes (the count is the product of the units' pieces).
+    """
+    if isinstance(layer, tuple | list):
+        if len(layer) != 2:
+            raise MaxAffineError("layer as MASO parameters must be a pair (A, B)")
+        A, B = layer
+        _check_tensor(A, "A")
+        if not isinstance(B, Tensor) or B.shape != A.shape[:2] or A.dim() < 3:
+            raise MaxAffineError(f"A must be (K, R, D) and B (K, R), got "
+                                 f"{tuple(A.shape)} and {tuple(getattr(B, 'shape', ()))}")
+        return _enumerate(A.reshape(A.shape[0], A.shape[1], -1), B, max_cells)
+    if not isinstance(layer, nn.Module | SplineGraph):
+        raise MaxAffineError(f"layer must be a torch.nn.Module or a pair (A, B), got "
+                             f"{type(layer).__name__}")
+    if isinstance(layer, SplineGraph):
+        shape = layer.input_shape
+    elif input_shape is not None:
+        shape = tuple(input_shape)
+    else:
+        first = next((m for m in layer.modules() if isinstance(m, nn.Linear)), None)
+        if first is None:
+            raise MaxAffineError("cannot infer the layer's input shape: pass input_shape=")
+        shape = (first.in_features,)
+    param = next((p for p in layer.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    x = torch.zeros((1, *shape), dtype=dtype)
+    graph = as_graph(layer, x)
+    if len(graph.units) != 1:
+        raise MaxAffineError(
+            f"layer_power_diagram takes one MASO layer (one nonlinearity); this model has "
+            f"{len(graph.units)}: {graph.unit_names}. For a layer of a deep network use "
+            "power_diagram(model, layer, x), or layer_power_diagram(layer_pieces(...)[n])")
+    A, B = layer_pieces(graph, 0, x)
+    return _enumerate(A[0].reshape(A.shape[1], A.shape[2], -1), B[0], max_cells)
+
+
+def face_centroids(part, layer: Layer | None = None) -> tuple[Tensor, Tensor]:
+    """The power-diagram centroid of each face of a 2-D slice partition, projected
+    into the slice, and the slice radius: ``(centroids (F, 2), radii (F,))``.
+
+    For the slice ``x = o + U s`` (U = [u, v]) the input-space power distance of
+    a cell is ``||s - c||_G^2 - rad_s`` with ``G = U^T U``, ``c = G^-1 U^T (mu_w - o)``
+    and ``rad_s = rad_w - ||o - mu_w||^2 + c^T G c``: the slice of a power diagram
+    is a power diagram. ``layer``: default the last nonlinearity, whose cells
+    subdivide the regions of the earlier layers into the faces.
+    """
+    if part.graph is None:
+        raise MaxAffineError("this partition was loaded without its model")
+    graph = part.graph
+    if not graph.units:
+        raise MaxAffineError("the model has no nonlinearity: no power diagram")
+    sl = part.domain
+    x = sl.to_input(part.interior.to(sl.origin.dtype))
+    param = next((p for p in graph.model.parameters() if p.is_floating_point()), None)
+    cells = power_diagram(graph, len(graph.units) - 1 if layer is None else layer,
+                          x if param is None else x.to(param.dtype), input_space=True)
+    mu = cells.mu.flatten(1).to(sl.origin.dtype)
+    basis = torch.stack([sl.u.flatten(), sl.v.flatten()], 1)  # (D, 2)
+    gram = basis.T @ basis
+    rel = mu - sl.origin.flatten().unsqueeze(0)
+    c = torch.linalg.solve(gram, (rel @ basis).T).T  # (F, 2)
+    rad = cells.rad.to(mu.dtype) - rel.pow(2).sum(1) + torch.einsum("fi,ij,fj->f", c, gram, c)
+    return c, rad
+
+
+# ------------------------------------------------------------------- internals
+
+
+def _unit_index(graph: SplineGraph, layer: Layer) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, str | int):
+        raise MaxAffineError(f"layer must be a unit name or index, got {layer!r}")
+    if isinstance(layer, int):
+        if not -len(graph.units) <= layer < len(graph.units):
+            raise MaxAffineError(f"layer index {layer} out of range: the model has "
+                                 f"{len(graph.units)} nonlinearities {graph.unit_names}")
+        return layer % len(graph.units)
+    return graph.unit_names.index(graph.unit(layer).name)
+
+
+def _step_of(graph: SplineGraph, name: str) -> int:
+    return next(i for i, st in enumerate(graph._steps)
+                if st.kind == "nonlinearity" and st.site.name == name)
+
+
+def _layer_setup(model: nn.Module | SplineGraph, layer: Layer, x: Tensor, input_space: bool):
+    """The graph, unit index, the function ``v -> unit inputs`` (affine in v on x's
+    region), the point ``v`` of each input and the unit's code there."""
+    graph = as_graph(model, x)
+    check_input(graph, x)
+    if not graph.units:
+        raise MaxAffineError("the model has no nonlinearity: no power diagram")
+    index = _unit_index(graph, layer)
+    unit = graph.units[index]
+    with torch.no_grad():
+        ev = graph._run(x, None, False, until=unit.name)
+    code = ev.codes[unit.name]
+    if input_space or index == 0:
+        frozen = {u.name: ev.codes[u.name] for u in graph.units[:index]}
+
+        def fn(v: Tensor) -> tuple[Tensor, ...]:
+            return graph._run(v, frozen, True, until=unit.name).inputs[unit.name]
+
+        return graph, index, fn, x, code
+    prev = graph.units[index - 1]
+    s_prev, s_unit = _step_of(graph, prev.name), _step_of(graph, unit.name)
+    steps = graph._steps
+    node_prev = steps[s_prev].node
+    dependent = {steps[i].node for i in range(s_prev + 1)
+                 if steps[i].kind in ("input", "affine", "nonlinearity")}
+    reads, meta = set(), set()
+    for i in range(s_prev + 1, s_unit + 1):
+        used = set(steps[i].node.all_input_nodes) & dependent
+        (reads if steps[i].kind in ("affine", "nonlinearity") else meta).update(used)
+    extra = reads - {node_prev}
+    if extra:
+        raise MaxAffineError(
+            f"the pre-activation of {unit.name!r} also reads "
+            f"{sorted(n.name for n in extra)} (a skip connection?), so it is not a function "
+            f"of the layer input (the output of {prev.name!r}) alone; use input_space=True")
+    env: dict = {steps[0].node: x}
+    with torch.no_grad():
+        graph._walk(env, x.shape[0], 0, None, False, None, stop=s_prev + 1)
+    h = env[node_prev]
+    n = x.shape[0]
+
+    def fn_h(v: Tensor) -> tuple[Tensor, ...]:
+        local = {m: graph._stand_in(m, n) for m in meta - {node_prev}}
+        local[node_prev] = v
+        return graph._walk(local, n, s_prev + 1, None, True, unit.name).inputs[unit.name]
+
+    return graph, index, fn_h, h, code
+
+
+def _pieces(unit: Unit, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+    """Unit pieces (N, *code_shape, R) whose argmax is the code (ties to the first),
+    and a validity mask (None: all valid); invalid pieces are -inf."""
+    rule = unit.rule
+    if isinstance(rule, ops.MaxPool):
+        table = rule.window_index(tuple(inputs[0].shape[1:]))  # (K, R)
+        vals = inputs[0].flatten(1)[:, table.clamp(min=0)]
+        valid = (table >= 0).unsqueeze(0).expand_as(vals)
+        pieces = torch.where(valid, vals, -math.inf)
+        shape = (vals.shape[0], *unit.code_shape, table.shape[1])
+        return pieces.reshape(shape), (valid.reshape(shape) if not bool(valid.all()) else None)
+    if isinstance(rule, ops.Elementwise) and not isinstance(
+            rule, ops.ReLU | ops.LeakyReLU | ops.PReLU | ops.Abs):
+        return _selection_pieces(inputs[0], rule.breakpoints())
+    pieces, valid = _rule_pieces(rule, unit.name, inputs)
+    if isinstance(rule, ops.LeakyReLU | ops.PReLU):
+        # max(a z, z) selects by sign(z) only for a < 1; otherwise use (0, z)
+        z = inputs[0]
+        one = rule.piece(torch.zeros_like(z, dtype=torch.uint8), torch.ones_like(z),
+                         *inputs[1:])
+        flipped = one >= 1
+        if bool(flipped.any()):
+            fallback = torch.stack([torch.zeros_like(z), z], -1)
+            pieces = torch.where(flipped.unsqueeze(-1), fallback, pieces)
+    return pieces, valid
+
+
+def _selection_pieces(z: Tensor, breakpoints: Sequence[float]) -> tuple[Tensor, Tensor | None]:
+    """``P_i(z) = sum_{j <= i} (z - b_j)`` (finite b_j): the convex spline whose argmax
+    counts the breakpoints below z, the elementwise code; impossible codes -inf."""
+    bps = list(breakpoints)
+    pieces, valid = [torch.zeros_like(z)], []
+    lower = [-math.inf, *bps]
+    upper = [*bps, math.inf]
+    acc = torch.zeros_like(z)
+    for b in bps:
+        if math.isfinite(b):
+            acc = acc + (z - b)
+        pieces.append(acc)
+    for lo, hi in zip(lower, upper, strict=True):
+        valid.append(lo < hi and lo != math.inf and hi != -math.inf)
+    stacked = torch.stack(pieces, -1)
+    if all(valid):
+        return stacked, None
+    mask = torch.tensor(valid).expand(stacked.shape)
+    return torch.where(mask, stacked, -math.inf), mask
+
+
+def _enumerate(A: Tensor, B: Tensor, max_cells: int) -> PowerDiagram:
+    """All codes of a MASO (A (K, R, D), B (K, R)) with their centroids and radii."""
+    k, _, d = A.shape
+    valid = torch.isfinite(B)
+    options = [torch.nonzero(valid[j]).flatten() for j in range(k)]
+    if any(o.numel() == 0 for o in options):
+        raise MaxAffineError("a unit has no finite piece (all B = -inf)")
+    count = math.prod(o.numel() for o in options)
+    if count > max_cells:
+        raise MaxAffineError(f"the layer has {count} codes (product of its units' pieces), "
+                             f"more than max_cells={max_cells}; use power_diagram(model, "
+                             "layer, x) for the cells of given inputs")
+    codes = torch.zeros((1, 0), dtype=torch.int64)
+    mu = torch.zeros((1, d), dtype=A.dtype)
+    off = torch.zeros(1, dtype=A.dtype)
+    for j in range(k):
+        opt = options[j]
+        m = codes.shape[0]
+        codes = torch.cat([codes.repeat_interleave(opt.numel(), 0),
+                           opt.repeat(m).unsqueeze(1)], 1)
+        mu = mu.repeat_interleave(opt.numel(), 0) + A[j, opt].repeat(m, 1)
+        off = off.repeat_interleave(opt.numel(), 0) + B[j, opt].repeat(m)
+    rad = mu.pow(2).sum(1) + 2 * off
+    return PowerDiagram(codes, mu, rad)
+
+
+__all__ = ["PowerCells", "PowerDiagram", "face_centroids", "layer_pieces",
+           "layer_power_diagram", "power_diagram"]

@@ -1,0 +1,461 @@
+"""Statistics of the partition: how dense it is around data, and how it bends.
+
+* :func:`local_complexity` -- Humayun, Balestriero & Baraniuk, "Deep Networks
+  Always Grok and Here is Why" (ICML 2024), sec. 3: the number of neurons whose
+  boundary crosses a cross-polytope of radius ``r`` around ``x``, counted from the
+  codes at the polytope's vertices propagated through the network.
+* :func:`boundary_distance` -- per layer, the distance from ``x`` to the nearest
+  boundary of that layer's units, ``min_k |z_k| / ||grad_x z_k||``, with the
+  pre-activations affine on x's region (Balestriero & Baraniuk, ICML 2018, sec. 5).
+* :func:`region_density` -- regions crossed per unit length on the segment between
+  two inputs, from the exact :func:`maxaffine.partition_segment`.
+* :func:`region_sharing` -- how many distinct regions a dataset occupies, per depth.
+* :func:`boundary_curvature` -- the decision boundary on a 2-D slice is a polyline,
+  straight inside a region; the turning angle where it crosses from one region
+  into the next ("Mad Max", Proc. IEEE 2021, sec. 6) is its curvature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .errors import MaxAffineError
+from .graph import SplineGraph, _check_tensor, as_graph, check_input
+from .partition import Partition, _class_cells, _graph_in, partition_segment
+from .power import _pieces
+from .vq import codes_of
+
+_POINTS = 4096  # forward-pass batch bound (points) for chunked evaluations
+
+
+@dataclass
+class LayerStat:
+    """One number per input and layer: ``values`` (N, L) for the layers ``names``."""
+
+    names: tuple[str, ...]
+    values: Tensor
+
+    def __getitem__(self, layer: str | int) -> Tensor:
+        i = layer if isinstance(layer, int) else self._index(layer)
+        return self.values[:, i]
+
+    def _index(self, name: str) -> int:
+        if name not in self.names:
+            raise MaxAffineError(f"no layer {name!r}; layers are {self.names}")
+        return self.names.index(name)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {n: self.values[:, i] for i, n in enumerate(self.names)}
+
+    def to_json(self) -> str:
+        return json.dumps({"names": list(self.names), "values": self.values.tolist()})
+
+
+@dataclass
+class LocalComplexity(LayerStat):
+    """``values`` (N, L) int64: per layer, the units whose code is not constant over
+    the cross-polytope of ``radius`` spanned by ``n_directions`` directions."""
+
+    radius: float = 0.0
+    n_directions: int = 0
+
+    @property
+    def total(self) -> Tensor:
+        """(N,) all layers together."""
+        return self.values.sum(1)
+
+    def plot(self, ax=None, **kwargs):
+        """Histogram of the total local complexity."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3))
+        ax.hist(self.total.numpy(), bins=kwargs.pop("bins", 30), **kwargs)
+        ax.set_xlabel(f"units crossing the neighbourhood (radius {self.radius:g})")
+        ax.set_ylabel("inputs")
+        return ax
+
+
+@dataclass
+class BoundaryDistance(LayerStat):
+    """``values`` (N, L): distance from each input to the nearest boundary of each
+    layer's units, linearised on the input's region (``inf`` if none); ``direction``
+    (N, *input_shape): unit vector from ``x`` towards the nearest boundary overall."""
+
+    direction: Tensor | None = None
+
+    @property
+    def total(self) -> Tensor:
+        """(N,) the distance to the boundary of the input's region (min over layers)."""
+        return self.values.amin(1)
+
+
+@dataclass
+class RegionDensity(LayerStat):
+    """``values`` (N, L) int64: regions on each segment counting layers 1..l (depth
+    l); ``lengths`` (N,) the segments' lengths in input space."""
+
+    lengths: Tensor | None = None
+
+    @property
+    def density(self) -> Tensor:
+        """(N, L) regions per unit length."""
+        return self.values / self.lengths.unsqueeze(1)
+
+    @property
+    def total(self) -> Tensor:
+        """(N,) regions per unit length, all layers."""
+        return self.density[:, -1]
+
+
+@dataclass
+class RegionSharing:
+    """Regions occupied by a dataset. Per layer ``names[l]``: ``regions`` the distinct
+    regions of layers 1..l, ``layer_regions`` the distinct codes of layer l alone,
+    ``shared`` the fraction of samples whose region (layers 1..l) holds another
+    sample; ``region_ids`` (N,) numbers the full-depth regions."""
+
+    names: tuple[str, ...]
+    regions: Tensor
+    layer_regions: Tensor
+    shared: Tensor
+    region_ids: Tensor
+    num_samples: int
+
+
+@dataclass
+class BoundaryCurvature:
+    """Turning angles of a 2-D slice's decision boundary between neighbouring faces.
+
+    ``angles`` (J,): radians in [0, pi] (0: the boundary goes on straight);
+    ``joints`` (J, 2): where, in slice coordinates; ``faces`` (J, 2): the two faces;
+    ``classes`` (J, 2): the class pair the boundary separates in the first face.
+    """
+
+    angles: Tensor
+    joints: Tensor
+    faces: Tensor
+    classes: Tensor
+
+    def summary(self) -> dict[str, float]:
+        deg = torch.rad2deg(self.angles)
+        if deg.numel() == 0:
+            return {"joints": 0}
+        return {"joints": int(deg.numel()), "mean_deg": float(deg.mean()),
+                "median_deg": float(deg.median()), "max_deg": float(deg.max()),
+                "straight_fraction": float((deg < 1.0).double().mean())}
+
+    def plot(self, ax=None, bins: int = 36):
+        """Histogram of the turning angles in degrees."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3))
+        ax.hist(torch.rad2deg(self.angles).numpy(), bins=bins, range=(0, 180))
+        ax.set_xlabel("turning angle of the decision boundary (degrees)")
+        ax.set_ylabel("joints")
+        return ax
+
+
+# ------------------------------------------------------------------- local complexity
+
+
+def local_complexity(model: nn.Module | SplineGraph, x: Tensor, radius: float,
+                     n_directions: int | None = None, *, directions: Tensor | None = None,
+                     seed: int = 0) -> LocalComplexity:
+    """Per layer, the units whose code changes over the cross-polytope around ``x``.
+
+    Humayun et al. (ICML 2024): the neighbourhood of ``x`` is the cross-polytope with
+    vertices ``x +- radius d_j`` for ``n_directions`` orthonormal directions ``d_j``
+    (random, from ``seed``, shared by all inputs; or ``directions`` (P, *input_shape),
+    normalised here). ``x`` and the vertices go through the network in one batched
+    pass, and a unit counts when its code is not the same at all of them (for
+    ReLU: its pre-activation changes sign). In the first layer this is exactly the
+    number of units whose hyperplane meets the polytope; deeper, the polytope is
+    represented by its propagated vertices. Returns (N, L) counts.
+    """
+    graph = as_graph(model, x)
+    check_input(graph, x)
+    if not (isinstance(radius, int | float) and math.isfinite(radius) and radius > 0):
+        raise MaxAffineError(f"radius must be a positive number, got {radius!r}")
+    d = graph.input_dim
+    if directions is None:
+        if n_directions is None or not 1 <= int(n_directions) <= d:
+            raise MaxAffineError(f"n_directions must be in [1, {d}] (the input dimension), "
+                                 f"got {n_directions!r}")
+        gen = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(d, int(n_directions), generator=gen,
+                                           dtype=torch.float64))
+        dirs = q.T
+    else:
+        _check_tensor(directions, "directions")
+        dirs = directions.reshape(directions.shape[0], -1).double()
+        if dirs.shape[1] != d:
+            raise MaxAffineError(f"directions must be (P, {graph.input_shape}), got "
+                                 f"{tuple(directions.shape)}")
+        norms = dirs.norm(dim=1, keepdim=True)
+        if bool((norms == 0).any()):
+            raise MaxAffineError("a direction is zero")
+        dirs = dirs / norms
+    p = dirs.shape[0]
+    steps = torch.cat([torch.zeros(1, d, dtype=torch.float64), dirs, -dirs]) * radius
+    steps = steps.to(x.dtype).reshape(2 * p + 1, *graph.input_shape)
+    per = 2 * p + 1
+    chunk = max(1, _POINTS // per)
+    counts = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], chunk):
+            xs = x[s:s + chunk]
+            pts = (xs.unsqueeze(1) + steps.unsqueeze(0)).reshape(-1, *graph.input_shape)
+            found = graph._run(pts, None, False).codes
+            row = []
+            for unit in graph.units:
+                c = found[unit.name].reshape(xs.shape[0], per, -1)
+                row.append((c != c[:, :1]).any(1).sum(1))
+            counts.append(torch.stack(row, 1) if row else torch.zeros(xs.shape[0], 0,
+                                                                      dtype=torch.int64))
+    return LocalComplexity(graph.unit_names, torch.cat(counts), float(radius), p)
+
+
+# ------------------------------------------------------------------- boundary distance
+
+
+def _unit_margins(unit, inputs: tuple[Tensor, ...], code: Tensor) -> Tensor:
+    """(N, cols) non-negative margins of one layer's units on x's region, each an
+    affine function whose zero set is a boundary of the unit (``inf``: none):
+    elementwise ``|z - b|`` per finite breakpoint b, ``torch.maximum`` ``|b - a|``,
+    max-pool ``z_c - z_j`` for the selected entry c against the window's others."""
+    rule = unit.rule
+    n = code.shape[0]
+    if isinstance(rule, ops.MaxPool):
+        pieces, _ = _pieces(unit, inputs)
+        flat = pieces.reshape(n, -1, pieces.shape[-1])
+        c = code.reshape(n, -1, 1).long()
+        own = torch.arange(flat.shape[-1], device=flat.device) == c
+        m = torch.where(own | ~torch.isfinite(flat), math.inf, flat.gather(2, c) - flat)
+        return m.flatten(1)
+    if isinstance(rule, ops.Maximum):
+        a, b = torch.broadcast_tensors(inputs[0], inputs[1])
+        diff = (b - a).reshape(n, -1)
+        return diff * diff.sign().detach()
+    z = inputs[0].reshape(n, -1)
+    cols = [(z - bp) * (z - bp).sign().detach() for bp in rule.breakpoints()
+            if math.isfinite(bp)]
+    return torch.cat(cols, 1) if cols else z.new_full((n, 0), math.inf)
+
+
+def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
+                      chunk_size: int = 64) -> BoundaryDistance:
+    """Per layer, the distance from ``x`` to the nearest boundary of that layer's units.
+
+    On x's region every unit's pre-activation is affine, so the distance to where
+    its code changes is ``|z_k - b| / ||grad_x z_k||`` (ReLU: ``|z_k| / ||grad z_k||``;
+    Hardtanh: both bounds b; ``torch.maximum(a, b)``: ``|b - a| / ||grad (b - a)||``;
+    max-pool: ``(z_c - z_j) / ||grad (z_c - z_j)||`` for the selected entry c and the
+    window's other entries j); a layer's value is the minimum over its units
+    (``inf`` if no unit depends on x). ``.total``, the minimum over layers, is the
+    exact distance to the boundary of x's region; a single layer's value measures
+    its boundaries as extended linearly from x's region. ``.direction`` is the unit
+    vector from x towards the nearest boundary. Gradient norms are accumulated from
+    forward-mode products over ``chunk_size`` input directions at a time, never
+    storing a Jacobian.
+    """
+    graph = as_graph(model, x)
+    check_input(graph, x)
+    if not graph.units:
+        raise MaxAffineError("the model has no nonlinearity: no boundaries")
+    d = graph.input_dim
+    last = graph.units[-1].name
+    with torch.no_grad():
+        x_codes = graph._run(x, None, False).codes
+    per_sample = max(1, 3 * sum(u.num_units * u.num_pieces for u in graph.units))
+    n_chunk = max(1, int(2e7 // (per_sample * chunk_size)))
+    values, directions = [], []
+    for s in range(0, x.shape[0], n_chunk):
+        xs = x[s:s + n_chunk].detach().clone()  # own storage: a view would make its whole base dual
+        codes_s = {k: v[s:s + n_chunk] for k, v in x_codes.items()}
+
+        def fn(v: Tensor, codes_s: dict = codes_s) -> tuple[Tensor, ...]:
+            ev = graph._run(v, codes_s, True, until=last)
+            return tuple(_unit_margins(u, ev.inputs[u.name], codes_s[u.name])
+                         for u in graph.units)
+
+        with torch.no_grad():
+            margins = tuple(m.detach() for m in fn(xs))
+        sq = [torch.zeros_like(m) for m in margins]
+        for start in range(0, d, chunk_size):
+            stop = min(d, start + chunk_size)
+            basis = torch.zeros((stop - start, d), dtype=x.dtype)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1
+            basis = basis.reshape(stop - start, 1, *graph.input_shape).expand(
+                stop - start, *xs.shape)
+            _, tangents = torch.func.vmap(lambda t, fn=fn, xs=xs: torch.func.jvp(
+                fn, (xs,), (t,)))(basis)
+            for acc, m, t in zip(sq, margins, tangents, strict=True):
+                acc += torch.where(torch.isfinite(m), t.detach(), 0.0).pow(2).sum(0)
+        ratios = []
+        for m, q in zip(margins, sq, strict=True):
+            norm = q.sqrt()
+            live = torch.isfinite(m) & (norm > 1e-12 * (1.0 + norm.amax(1, keepdim=True)))
+            ratios.append(torch.where(live, m / norm.clamp(min=1e-300), math.inf))
+        per_layer = torch.stack([r.amin(1) if r.shape[1] else torch.full(
+            (xs.shape[0],), math.inf, dtype=x.dtype) for r in ratios], 1)
+        values.append(per_layer)
+        directions.append(_towards(fn, xs, ratios, per_layer))
+    return BoundaryDistance(graph.unit_names, torch.cat(values), torch.cat(directions))
+
+
+def _towards(fn, xs: Tensor, ratios: list[Tensor], per_layer: Tensor) -> Tensor:
+    """Unit vectors (N, *in) along minus the gradient of each input's nearest margin."""
+    layer = per_layer.argmin(1)
+    v = xs.clone().requires_grad_(True)
+    with torch.enable_grad():
+        margins = fn(v)
+        picked = v.new_zeros(())
+        for i, (m, r) in enumerate(zip(margins, ratios, strict=True)):
+            rows = torch.nonzero((layer == i) & torch.isfinite(per_layer[:, i])).flatten()
+            if rows.numel():
+                cols = r[rows].argmin(1)
+                picked = picked + m[rows, cols].sum()
+        if not picked.requires_grad:
+            return torch.zeros_like(xs)
+        (g,) = torch.autograd.grad(picked, v)
+    norm = g.flatten(1).norm(dim=1).reshape(-1, *[1] * (g.dim() - 1))
+    return torch.where(norm > 0, -g / norm.clamp(min=1e-300), 0.0).detach()
+
+
+# ------------------------------------------------------------------- density, sharing
+
+
+def region_density(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor) -> RegionDensity:
+    """Regions per unit length on the segments from ``x0`` to ``x1`` (N pairs, or a
+    single pair without batch axis), from the exact segment partition
+    (:func:`maxaffine.partition_segment`, float64). ``values[:, l]`` counts the
+    regions of layers 1..l (depth l); ``.total`` is the density of all layers."""
+    _check_tensor(x0, "x0")
+    _check_tensor(x1, "x1")
+    if x0.shape != x1.shape:
+        raise MaxAffineError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
+                             f"and {tuple(x1.shape)}")
+    base = model.model if isinstance(model, SplineGraph) else model
+    probe = as_graph(model, x0[:1] if x0.dim() > 1 else x0.unsqueeze(0))
+    single = tuple(x0.shape) == probe.input_shape
+    a = (x0.unsqueeze(0) if single else x0).double()
+    b = (x1.unsqueeze(0) if single else x1).double()
+    check_input(probe, a.to(x0.dtype))
+    graph = _graph_in(base, a[:1], torch.float64)
+    counts, lengths = [], []
+    for i in range(a.shape[0]):
+        seg = partition_segment(graph, a[i], b[i])
+        lengths.append(float((b[i] - a[i]).norm()))
+        row, bits = [], seg.codes
+        slices = list(bits.byte_slices().values())
+        packed = bits.bits
+        for s in slices:
+            prefix = packed[:, : s.stop]
+            changes = (prefix[1:] != prefix[:-1]).any(1).sum() if len(prefix) > 1 else 0
+            row.append(1 + int(changes))
+        counts.append(row)
+    return RegionDensity(graph.unit_names, torch.tensor(counts, dtype=torch.int64).reshape(
+        a.shape[0], len(graph.units)), torch.tensor(lengths, dtype=torch.float64))
+
+
+def region_sharing(model: nn.Module | SplineGraph, X: Tensor, *,
+                   batch_size: int = 1024) -> RegionSharing:
+    """How many distinct regions the samples ``X`` occupy, per layer depth."""
+    graph = as_graph(model, X)
+    check_input(graph, X, "X")
+    if not graph.units:
+        raise MaxAffineError("the model has no nonlinearity: one region")
+    parts = []
+    with torch.no_grad():
+        for s in range(0, X.shape[0], batch_size):
+            c = codes_of(graph, graph._run(X[s:s + batch_size], None, False).codes)
+            parts.append(c.bits)
+            slices = list(c.byte_slices().values())
+    packed = torch.cat(parts)
+    regions, alone, shared = [], [], []
+    ids = torch.zeros(X.shape[0], dtype=torch.int64)
+    for s in slices:
+        _, inv, cnt = torch.unique(packed[:, : s.stop], dim=0, return_inverse=True,
+                                   return_counts=True)
+        regions.append(cnt.numel())
+        shared.append(float((cnt[inv] > 1).double().mean()))
+        alone.append(torch.unique(packed[:, s], dim=0).shape[0])
+        ids = inv
+    return RegionSharing(graph.unit_names, torch.tensor(regions), torch.tensor(alone),
+                         torch.tensor(shared, dtype=torch.float64), ids, X.shape[0])
+
+
+# ------------------------------------------------------------------- curvature
+
+
+def boundary_curvature(partition: Partition) -> BoundaryCurvature:
+    """Turning angles of the decision boundary where it passes between faces.
+
+    The boundary of a 2-D slice partition is straight inside each face (the output
+    is affine there); at a point shared by exactly two boundary pieces of two
+    different faces it turns by the angle between their directions (0: straight
+    on). Junctions of three or more classes and the domain's edge are skipped.
+    """
+    if not isinstance(partition, Partition):
+        raise MaxAffineError(f"boundary_curvature takes a maxaffine.Partition, got "
+                             f"{type(partition).__name__}")
+    p = partition
+    segs, faces, pairs = _boundary_pieces(p)
+    empty = BoundaryCurvature(torch.zeros(0, dtype=torch.float64), torch.zeros(0, 2),
+                              torch.zeros(0, 2, dtype=torch.int64),
+                              torch.zeros(0, 2, dtype=torch.int64))
+    if segs.shape[0] < 2:
+        return empty
+    extent = float((p.vertices.max(0).values - p.vertices.min(0).values).max())
+    ends = segs.reshape(-1, 2)  # (2S, 2): start, end of each piece
+    key = torch.round(ends / (1e-8 * extent)).long()
+    _, inv, cnt = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)
+    first = torch.zeros(cnt.numel() + 1, dtype=torch.int64)
+    first[1:] = cnt.cumsum(0)
+    pair_groups = torch.nonzero(cnt == 2).flatten()
+    e1, e2 = order[first[pair_groups]], order[first[pair_groups] + 1]
+    s1, s2 = e1 // 2, e2 // 2
+    keep = faces[s1] != faces[s2]
+    e1, e2, s1, s2 = e1[keep], e2[keep], s1[keep], s2[keep]
+    joint = (ends[e1] + ends[e2]) / 2
+    d1 = ends[e1 ^ 1] - ends[e1]  # away from the joint along each piece
+    d2 = ends[e2 ^ 1] - ends[e2]
+    cos = (d1 * d2).sum(1) / (d1.norm(dim=1) * d2.norm(dim=1))
+    angles = math.pi - torch.arccos(cos.clamp(-1.0, 1.0))
+    return BoundaryCurvature(angles, joint, torch.stack([faces[s1], faces[s2]], 1),
+                             pairs[s1])
+
+
+def _boundary_pieces(p: Partition) -> tuple[Tensor, Tensor, Tensor]:
+    """The decision boundary's pieces (S, 2, 2) with their face (S,) and class pair
+    (S, 2): edges of the class cells on a clip line (as ``Partition.decision_boundary``)."""
+    poly, psize, edge, owner, face = _class_cells(p.vertices, p.faces, p.face_sizes,
+                                                  p.slopes, p.offsets)
+    if poly.shape[0] == 0:
+        return (torch.zeros(0, 2, 2, dtype=p.vertices.dtype),
+                torch.zeros(0, dtype=torch.int64), torch.zeros(0, 2, dtype=torch.int64))
+    m, wn = edge.shape
+    nxt = torch.arange(1, wn + 1).expand(m, wn)
+    nxt = torch.where(nxt >= psize[:, None].clamp(min=1), 0, nxt)
+    q = poly.gather(1, nxt.unsqueeze(-1).expand(m, wn, 2))
+    on = (edge >= 0) & (torch.arange(wn) < psize[:, None]) & (edge < owner[:, None])
+    a, b = poly[on], q[on]
+    pairs = torch.stack([edge[on], owner[:, None].expand(m, wn)[on]], 1)
+    faces = face[:, None].expand(m, wn)[on]
+    extent = float((p.vertices.max(0).values - p.vertices.min(0).values).max())
+    ok = (b - a).norm(dim=1) > 1e-12 * extent
+    return torch.stack([a, b], 1)[ok], faces[ok], pairs[ok]
+
+
+__all__ = ["BoundaryCurvature", "BoundaryDistance", "LayerStat", "LocalComplexity",
+           "RegionDensity", "RegionSharing", "boundary_curvature", "boundary_distance",
+           "local_complexity", "region_density", "region_sharing"]
