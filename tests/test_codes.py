@@ -16,7 +16,14 @@ from torch import Tensor, nn
 
 import maxaffine as ma
 from maxaffine.vq import Codes
-from strategies import INPUT_KINDS, architectures, boundary_distance, locate, margins
+from strategies import (
+    INPUT_KINDS,
+    architectures,
+    boundary_distance,
+    locate,
+    margin_gradients,
+    margins,
+)
 
 DT = torch.float64
 
@@ -41,6 +48,15 @@ def test_codes_constant_inside_and_changed_across_the_nearest_boundary(
     assume(graph.units)
     dist, nearest, grads = boundary_distance(graph, x, found)
     assume(bool(torch.isfinite(dist).all() and (dist > 1e-7).all()))
+    # the nearest boundary must be unique: two units whose boundaries are (nearly)
+    # equally far (e.g. identical pre-activations) would both flip when crossing
+    m, g = margin_gradients(graph, x, found)
+    norm = g.norm(dim=-1)
+    live = (norm > 1e-12 * (1.0 + norm.amax(dim=1, keepdim=True))) & torch.isfinite(m)
+    ratio = torch.where(live, m / norm.clamp_min(1e-300), torch.inf)
+    if ratio.shape[1] > 1:
+        second = ratio.topk(2, dim=1, largest=False).values[:, 1]
+        assume(bool((second > dist * (1 + 1e-4)).all()))
     view = (-1, *[1] * (x.dim() - 1))
 
     # Random perturbations shorter than the distance never change a code.
