@@ -38,6 +38,11 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def subset(self, train: int | None = None, test: int | None = None) -> Dataset:
+        """The first ``train`` training and ``test`` test samples (None: all)."""
+        return Dataset(self.name, self.x_train[:train], self.y_train[:train],
+                       self.x_test[:test], self.y_test[:test], self.num_classes)
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
                 f"input_shape={self.input_shape}, classes={self.num_classes})")

@@ -148,8 +148,7 @@ def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seed: int = 0
     torch.manual_seed(seed)
     data = load_dataset("mnist", seed=seed)
     if quick:
-        data = Dataset(data.name, data.x_train[:512], data.y_train[:512], data.x_test[:256],
-                       data.y_test[:256], data.num_classes)
+        data = data.subset(512, 256)
     epochs = 1 if quick else 4
     net = mlp(data.input_shape, (128, 128), data.num_classes)
     cnn = small_cnn(data.input_shape, data.num_classes, channels=(8, 16))

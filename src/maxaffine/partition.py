@@ -196,7 +196,7 @@ class Partition:
     output's affine map ``f(s, t) = slopes @ (s, t) + offsets`` with ``slopes``
     (F, C, 2), ``offsets`` (F, C). ``decision_boundary`` (S, 2, 2) segments where
     the argmax class changes (or the scalar output is zero) with
-    ``boundary_classes`` (S, 2).
+    ``boundary_classes`` (S, 2) and ``boundary_faces`` (S,), the face of each.
     """
 
     domain: Slice
@@ -213,6 +213,7 @@ class Partition:
     offsets: Tensor
     decision_boundary: Tensor
     boundary_classes: Tensor
+    boundary_faces: Tensor
     seconds: float = 0.0
     graph: SplineGraph | None = field(default=None, repr=False)
 
@@ -744,12 +745,12 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
     view = _FaceView(faces, sizes, vertices.shape[0])
     edges, edge_faces = view.edges()
     edge_layer = _edge_layers(face_codes, edge_faces)
-    segs, pairs = _decision_boundary(vertices, faces, sizes, slopes, offsets)
+    segs, pairs, seg_faces = _decision_boundary(vertices, faces, sizes, slopes, offsets)
     return Partition(
         domain=sl, vertices=vertices, faces=faces, face_sizes=sizes, edges=edges,
         edge_faces=edge_faces, edge_layer=edge_layer, face_codes=face_codes, areas=areas,
         interior=interior, slopes=slopes, offsets=offsets, decision_boundary=segs,
-        boundary_classes=pairs, seconds=seconds, graph=graph,
+        boundary_classes=pairs, boundary_faces=seg_faces, seconds=seconds, graph=graph,
     )
 
 
@@ -818,13 +819,15 @@ def _class_cells(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
 
 
 def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
-                       offsets: Tensor) -> tuple[Tensor, Tensor]:
-    """Segments where the argmax output changes (C > 1) or the output is 0 (C = 1):
-    edges of the class cells (:func:`_class_cells`) that lie on a clip line."""
-    empty = (torch.zeros((0, 2, 2), dtype=vertices.dtype), torch.zeros((0, 2), dtype=torch.int64))
+                       offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Segments (S, 2, 2) where the argmax output changes (C > 1) or the output is 0
+    (C = 1): edges of the class cells (:func:`_class_cells`) that lie on a clip
+    line; with the class pair (S, 2) and the face (S,) of each."""
+    empty = (torch.zeros((0, 2, 2), dtype=vertices.dtype),
+             torch.zeros((0, 2), dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
     if faces.shape[0] == 0:
         return empty
-    poly, psize, edge, owner, _ = _class_cells(vertices, faces, sizes, slopes, offsets)
+    poly, psize, edge, owner, face = _class_cells(vertices, faces, sizes, slopes, offsets)
     if poly.shape[0] == 0:
         return empty
     m, wn = edge.shape
@@ -834,9 +837,10 @@ def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: T
     on = (edge >= 0) & (torch.arange(wn) < psize[:, None]) & (edge < owner[:, None])
     a, b = poly[on], q[on]
     pairs = torch.stack([edge[on], owner[:, None].expand(m, wn)[on]], 1)  # (low, high) class
+    where = face[:, None].expand(m, wn)[on]
     extent = float((vertices.max(0).values - vertices.min(0).values).max())
-    long_enough = (b - a).norm(dim=1) > 1e-12 * extent
-    return torch.stack([a, b], 1)[long_enough], pairs[long_enough]
+    ok = (b - a).norm(dim=1) > 1e-12 * extent
+    return torch.stack([a, b], 1)[ok], pairs[ok], where[ok]
 
 
 # ------------------------------------------------------------------- segments

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import ops
 from .errors import MaxAffineError
 from .graph import SplineGraph, _check_tensor, as_graph, check_input
-from .partition import Partition, _class_cells, _graph_in, partition_segment
+from .partition import Partition, _graph_in, partition_segment
 from .power import _pieces
 from .vq import codes_of
 
@@ -436,24 +436,8 @@ def boundary_curvature(partition: Partition) -> BoundaryCurvature:
 
 
 def _boundary_pieces(p: Partition) -> tuple[Tensor, Tensor, Tensor]:
-    """The decision boundary's pieces (S, 2, 2) with their face (S,) and class pair
-    (S, 2): edges of the class cells on a clip line (as ``Partition.decision_boundary``)."""
-    poly, psize, edge, owner, face = _class_cells(p.vertices, p.faces, p.face_sizes,
-                                                  p.slopes, p.offsets)
-    if poly.shape[0] == 0:
-        return (torch.zeros(0, 2, 2, dtype=p.vertices.dtype),
-                torch.zeros(0, dtype=torch.int64), torch.zeros(0, 2, dtype=torch.int64))
-    m, wn = edge.shape
-    nxt = torch.arange(1, wn + 1).expand(m, wn)
-    nxt = torch.where(nxt >= psize[:, None].clamp(min=1), 0, nxt)
-    q = poly.gather(1, nxt.unsqueeze(-1).expand(m, wn, 2))
-    on = (edge >= 0) & (torch.arange(wn) < psize[:, None]) & (edge < owner[:, None])
-    a, b = poly[on], q[on]
-    pairs = torch.stack([edge[on], owner[:, None].expand(m, wn)[on]], 1)
-    faces = face[:, None].expand(m, wn)[on]
-    extent = float((p.vertices.max(0).values - p.vertices.min(0).values).max())
-    ok = (b - a).norm(dim=1) > 1e-12 * extent
-    return torch.stack([a, b], 1)[ok], faces[ok], pairs[ok]
+    """The decision boundary's pieces (S, 2, 2) with their face (S,) and class pair."""
+    return p.decision_boundary, p.boundary_faces, p.boundary_classes
 
 
 __all__ = ["BoundaryCurvature", "BoundaryDistance", "LayerStat", "LocalComplexity",

@@ -25,6 +25,15 @@ class Experiment:
     run: Callable[[argparse.Namespace], Path]
 
 
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Options every training experiment takes: ``--train-size``, ``--threads``,
+    ``--no-progress``."""
+    p.add_argument("--train-size", type=int, default=None,
+                   help="use only this many training samples (quick runs)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 _MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding", "vq_distance",
                        "training_dynamics"]
 
@@ -38,5 +47,12 @@ def experiments() -> dict[str, Experiment]:
     return out
 
 
-__all__ = ["Experiment", "Table", "experiments", "markdown_to_html", "save_figure",
-           "write_table"]
+__all__ = [
+    "Experiment",
+    "Table",
+    "add_common_arguments",
+    "experiments",
+    "markdown_to_html",
+    "save_figure",
+    "write_table",
+]

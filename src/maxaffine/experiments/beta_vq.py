@@ -30,7 +30,7 @@ from ..inference import soften, vq_posterior
 from ..models import small_cnn
 from ..nn.betavq import BetaVQ, BetaVQPool1d, BetaVQPool2d, _BetaModule, unit_pieces, vq_selection
 from ..training import fit
-from . import Experiment, Table, save_figure, write_table
+from . import Experiment, Table, add_common_arguments, save_figure, write_table
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -141,8 +141,7 @@ def run_grid(datasets: list[str], configs: list[str], seeds: int, epochs: dict[s
     for ds in datasets:
         data = load_dataset(ds)
         if train_size:
-            data = Dataset(data.name, data.x_train[:train_size], data.y_train[:train_size],
-                           data.x_test, data.y_test, data.num_classes)
+            data = data.subset(train=train_size)
         for config in configs:
             for seed in range(seeds):
                 torch.manual_seed(seed)
@@ -186,10 +185,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32])
     p.add_argument("--pool", choices=["max", "beta"], default="max",
                    help="max: keep max-pooling; beta: beta-VQ pooling with the same beta")
-    p.add_argument("--train-size", type=int, default=None, help="use only this many training "
-                   "samples (quick runs)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--no-progress", action="store_true")
+    add_common_arguments(p)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -262,8 +258,7 @@ def demo_section(ctx: DemoContext) -> Section:
             code_rows.append(f"| {beta:g} | {float((post * hard).sum(-1).mean()):.3f} | "
                              f"{agree:.4f} |")
     tuned = soften(cnn, 0.9, learnable=True)
-    sub = data if not ctx.quick else Dataset(data.name, data.x_train[:256], data.y_train[:256],
-                                             data.x_test, data.y_test, data.num_classes)
+    sub = data if not ctx.quick else data.subset(train=256)
     hist = fit(tuned, sub, epochs=1, seed=ctx.seed, progress=False)
     betas = ", ".join(f"{k} {v:.3f}" for k, v in layer_betas(tuned).items())
     text = (

@@ -35,7 +35,7 @@ from ..datasets import Dataset, load_dataset
 from ..models import mlp, small_cnn
 from ..nn.hamming import GHN
 from ..training import fit
-from . import Experiment, Table, save_figure, write_table
+from . import Experiment, Table, add_common_arguments, save_figure, write_table
 
 CONFIGS = ("ghn", "ghn-double", "relu+bn", "relu")
 ARCHS = ("mlp", "cnn")
@@ -116,10 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate the test accuracy every this many iterations (default 8)")
     p.add_argument("--margin", type=float, default=0.1, help="double-thresholding margin")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
-    p.add_argument("--train-size", type=int, default=None, help="use only this many training "
-                   "samples (quick runs)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--no-progress", action="store_true")
+    add_common_arguments(p)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -128,8 +125,7 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     data = load_dataset(args.dataset)
     if args.train_size:
-        data = Dataset(data.name, data.x_train[:args.train_size], data.y_train[:args.train_size],
-                       data.x_test, data.y_test, data.num_classes)
+        data = data.subset(train=args.train_size)
     per_epoch = len(data.x_train) // 64
     runs = []
     for lr in args.lrs:

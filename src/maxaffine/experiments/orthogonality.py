@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..affine import affine_map
-from ..datasets import DATASETS, Dataset, load_dataset
+from ..datasets import DATASETS, load_dataset
 from ..losses import template_gram, template_orthogonality, weight_orthogonality
 from ..models import small_cnn
 from ..training import Penalty, fit
@@ -156,8 +156,7 @@ def run(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, seed=0)
     if args.train_size:
-        data = Dataset(data.name, data.x_train[:args.train_size], data.y_train[:args.train_size],
-                       data.x_test, data.y_test, data.num_classes)
+        data = data.subset(train=args.train_size)
     x_eval = data.x_test[:500]
     runs: list[dict] = []
     models: dict[float, nn.Module] = {}
@@ -262,8 +261,7 @@ def demo_section(ctx: DemoContext) -> Section:
     steps = 5 if ctx.quick else 20
     n = steps * 60  # class-balanced batches hold 60 of 64 for 10 classes
     data = ctx.data
-    sub = Dataset(data.name, data.x_train[:n], data.y_train[:n], data.x_test[:500],
-                  data.y_test[:500], data.num_classes)
+    sub = data.subset(n, 500)
     x_eval = data.x_test[:100]
     lam = 1.0
     mats, rows = {}, ["| fine-tuning | test acc | mean abs cos | template penalty (test) |",

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..datasets import Dataset, load_dataset
 from ..nn.sparse import SparseCodingConv2d, orthogonality_report
 from ..training import fit
-from . import Experiment, Table, save_figure, write_table
+from . import Experiment, Table, add_common_arguments, save_figure, write_table
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -169,10 +169,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-threshold", type=float, default=0.1,
                    help="initial threshold of the sparse coders (default 0.1)")
     p.add_argument("--dataset", default="mnist", choices=["mnist"])
-    p.add_argument("--train-size", type=int, default=None, help="use only this many training "
-                   "samples (quick runs)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--no-progress", action="store_true")
+    add_common_arguments(p)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -181,8 +178,7 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     data = load_dataset(args.dataset)
     if args.train_size:
-        data = Dataset(data.name, data.x_train[:args.train_size], data.y_train[:args.train_size],
-                       data.x_test, data.y_test, data.num_classes)
+        data = data.subset(train=args.train_size)
     runs, first = [], {}
     for config in args.configs:
         for seed in range(args.seeds):

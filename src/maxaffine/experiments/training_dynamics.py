@@ -145,8 +145,7 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     full = load_dataset("mnist", seed=args.seed)
     n = args.train_size
-    data = Dataset(full.name, full.x_train[:n], full.y_train[:n], full.x_test, full.y_test,
-                   full.num_classes)
+    data = full.subset(train=n)
     torch.manual_seed(args.seed)
     model = build(args.arch, data, tuple(args.widths))
     if args.init_scale != 1.0:

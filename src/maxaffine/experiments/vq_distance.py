@@ -129,9 +129,7 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     data = load_dataset("mnist", seed=args.seed)
     if args.train_size or args.test_size:
-        n, m = args.train_size or len(data.x_train), args.test_size or len(data.x_test)
-        data = Dataset(data.name, data.x_train[:n], data.y_train[:n], data.x_test[:m],
-                       data.y_test[:m], data.num_classes)
+        data = data.subset(args.train_size, args.test_size)
     gen = torch.Generator().manual_seed(args.seed)
     shuffled = data.y_train[torch.randperm(len(data.y_train), generator=gen)]
     random_data = Dataset(data.name, data.x_train, shuffled, data.x_test, data.y_test,
