@@ -41,9 +41,9 @@ def plot_templates(amap, n: int = 4, classes=None, ax=None):
             row[j].set_xticks([])
             row[j].set_yticks([])
         if img is not None:
-            row[0].imshow(img.double(), cmap="gray")
+            row[0].imshow(img.double().numpy(), cmap="gray")
         else:
-            row[0].plot(x.flatten().double(), color="k", lw=0.8)
+            row[0].plot(x.flatten().double().numpy(), color="k", lw=0.8)
         row[0].set_ylabel(f"pred {int(pred[i])}", fontsize=8)
         temps = amap.A[i, classes].detach().cpu().double()
         lim = float(temps.abs().max()) or 1.0
@@ -51,9 +51,10 @@ def plot_templates(amap, n: int = 4, classes=None, ax=None):
             t = _as_image(temps[j])
             a = row[j + 1]
             if t is not None and t.dim() == 2:
-                a.imshow(t, cmap="RdBu_r", vmin=-lim, vmax=lim)
+                a.imshow(t.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
             else:
-                a.plot(temps[j].flatten(), color="C3" if c == int(pred[i]) else "C0", lw=0.8)
+                color = "C3" if c == int(pred[i]) else "C0"
+                a.plot(temps[j].flatten().numpy(), color=color, lw=0.8)
                 a.set_ylim(-lim, lim)
             if i == 0:
                 a.set_title(f"class {c}", fontsize=8)

@@ -78,7 +78,7 @@ def affine_section(ctx: DemoContext) -> Section:
             with torch.no_grad():
                 err = float((amap.reconstruct() - m(xd).flatten(1)).abs().max())
             jac = torch.func.vmap(torch.func.jacrev(lambda v, m=m: m(v[None])[0]))(xd[:8])
-            jerr = float((amap.A[:8] - jac).abs().max())
+            jerr = float((amap.A[:8] - jac).abs().max().detach())
             rows.append(f"| {name} | {str(dtype).split('.')[-1]} | {err:.2e} | {jerr:.2e} |")
             model.float()
     amap = affine_map(ctx.cnn, ctx.data.x_test[:4])

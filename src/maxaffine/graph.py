@@ -505,7 +505,7 @@ def _check_tensor(x: Any, what: str) -> None:
         )
     # a finite sum proves every entry finite (25x faster than isfinite().all());
     # only a non-finite sum (NaN / inf, or an overflow) needs the exact check
-    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
         raise MaxAffineError(f"{what} contains {n_nan} NaN and {n_inf} infinite value(s)")

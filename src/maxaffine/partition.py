@@ -355,7 +355,7 @@ class SegmentPartition:
             left = self.offsets[:, c] + self.slopes[:, c] * t[:-1]
             right = self.offsets[:, c] + self.slopes[:, c] * t[1:]
             ys = torch.cat([left[:1], right])
-            ax.plot(t, ys, lw=1, label=f"output {c}")
+            ax.plot(t.numpy(), ys.detach().numpy(), lw=1, label=f"output {c}")
         for b in t[1:-1]:
             ax.axvline(float(b), color="0.85", lw=0.5, zorder=0)
         ax.set_xlabel("t")
