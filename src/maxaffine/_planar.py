@@ -20,6 +20,7 @@ is not cut: no sliver thinner than ``tol`` is ever created.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -327,11 +328,10 @@ def pack_bits(b: Tensor) -> Tensor:
     """Bools (N, K) as int64 words (N, ceil(K / 64)), for cheap OR-reductions."""
     n, k = b.shape
     pad = (-k) % 64
+    by = np.packbits(b.numpy(), axis=1, bitorder="little")  # (N, ceil(K / 8))
     if pad:
-        b = torch.cat([b, b.new_zeros((n, pad))], 1)
-    shifts = torch.arange(8, dtype=torch.uint8)
-    by = (b.reshape(n, -1, 8).to(torch.uint8) << shifts).sum(-1, dtype=torch.uint8)
-    return by.view(torch.int64)
+        by = np.concatenate([by, np.zeros((n, (k + pad) // 8 - by.shape[1]), np.uint8)], 1)
+    return torch.from_numpy(np.ascontiguousarray(by)).view(torch.int64)
 
 
 def unpack_bits(words: Tensor, k: int) -> Tensor:
@@ -343,12 +343,12 @@ def unpack_bits(words: Tensor, k: int) -> Tensor:
 
 def _compact(ext: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """Left-align the kept entries of each row (stable), -1 padded."""
-    sizes = keep.sum(1)
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    pos = torch.cumsum(keep, 1) - 1
+    sizes = pos[:, -1] + 1
     w = int(sizes.max())
-    out = ext.gather(1, order[:, :w])
-    out = torch.where(torch.arange(w) < sizes[:, None], out, -1)
-    return out, sizes
+    out = torch.full((ext.shape[0], w + 1), -1, dtype=ext.dtype)
+    out.scatter_(1, torch.where(keep, pos, w), ext)  # dropped entries land in column w
+    return out[:, :w], sizes
 
 
 def clip_halfplanes(poly: Tensor, sizes: Tensor, normals: Tensor, offsets: Tensor,
