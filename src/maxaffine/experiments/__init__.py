@@ -34,6 +34,17 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def prepare(args: argparse.Namespace, dataset: str, seed: int = 0):
+    """Apply ``--threads`` and load ``dataset``, cut to ``--train-size``."""
+    import torch
+
+    from ..datasets import load_dataset
+
+    torch.set_num_threads(args.threads)
+    data = load_dataset(dataset, seed=seed)
+    return data.subset(train=args.train_size) if args.train_size else data
+
+
 _MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding", "vq_distance",
                        "training_dynamics"]
 

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..datasets import Dataset, load_dataset
+from ..datasets import Dataset
 from ..models import mlp, small_cnn
 from ..nn.hamming import GHN
 from ..training import fit
-from . import Experiment, Table, add_common_arguments, save_figure, write_table
+from . import Experiment, Table, add_common_arguments, prepare, save_figure, write_table
 
 CONFIGS = ("ghn", "ghn-double", "relu+bn", "relu")
 ARCHS = ("mlp", "cnn")
@@ -121,11 +121,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     t0 = time.perf_counter()
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    data = load_dataset(args.dataset)
-    if args.train_size:
-        data = data.subset(train=args.train_size)
+    data = prepare(args, args.dataset)
     per_epoch = len(data.x_train) // 64
     runs = []
     for lr in args.lrs:

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..datasets import Dataset, load_dataset
+from ..datasets import Dataset
 from ..nn.sparse import SparseCodingConv2d, orthogonality_report
 from ..training import fit
-from . import Experiment, Table, add_common_arguments, save_figure, write_table
+from . import Experiment, Table, add_common_arguments, prepare, save_figure, write_table
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -174,11 +174,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     t0 = time.perf_counter()
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    data = load_dataset(args.dataset)
-    if args.train_size:
-        data = data.subset(train=args.train_size)
+    data = prepare(args, args.dataset)
     runs, first = [], {}
     for config in args.configs:
         for seed in range(args.seeds):
