@@ -49,6 +49,7 @@ class Mesh:
         self._origin = torch.zeros(64, dtype=torch.int64)
         self._origin_layer = torch.zeros(64, dtype=torch.int64)
         self._payload = torch.zeros((64, 0), dtype=torch.uint8)
+        self._support = torch.full_like(self._faces, -1)
         self.nf = 1
         self.width = k
 
@@ -119,21 +120,27 @@ class Mesh:
         if need > cap or width > self._faces.shape[1]:
             cap = max(need, 2 * cap) if need > cap else cap
             w = max(width, self._faces.shape[1])
-            faces = torch.full((cap, w), -1, dtype=torch.int64)
-            faces[: self.nf, : self._faces.shape[1]] = self._faces[: self.nf]
-            self._faces = faces
+            for name in ("_faces", "_support"):
+                old = getattr(self, name)
+                buf = torch.full((cap, w), -1, dtype=torch.int64)
+                buf[: self.nf, : old.shape[1]] = old[: self.nf]
+                setattr(self, name, buf)
             for name in ("_sizes", "_origin", "_origin_layer", "_payload"):
                 old = getattr(self, name)
                 new = torch.zeros((cap, *old.shape[1:]), dtype=old.dtype)
                 new[: self.nf] = old[: self.nf]
                 setattr(self, name, new)
 
-    def _write_faces(self, rows: Tensor, polys: Tensor, sizes: Tensor) -> None:
+    def _write_faces(self, rows: Tensor, polys: Tensor, sizes: Tensor,
+                     support: Tensor | None = None) -> None:
         """Overwrite faces ``rows`` (existing or just reserved) with ``polys``."""
         w = polys.shape[1]
         self._reserve_faces(0, w)
         self._faces[rows] = -1
         self._faces[rows, :w] = polys
+        self._support[rows] = -1
+        if support is not None:
+            self._support[rows, :w] = support
         self._sizes[rows] = sizes
         self.width = max(self.width, w)
 
@@ -144,60 +151,134 @@ class Mesh:
         valid = torch.arange(self.width) < self._sizes[rows, None]
         return fv, valid
 
-    def cut(self, rows: Tensor, d: Tensor, tol: float) -> int:
+    def begin_phase(self, n_lines: int) -> None:
+        """Start a round of cuts by up to ``n_lines`` lines (ids 0..n_lines-1).
+
+        Every face edge gets a *support*: the id of the edge of the current
+        subdivision it lies on (its *phase-start edge*); chords cut later get
+        ``n_edges + root * n_lines + line``. A new vertex is identified by
+        (support of the edge it splits, line), so the faces on both sides of an
+        edge share it even when they are cut at different times, in any order.
+        The current faces become the roots (``origin``).
+        """
+        self.mark()
+        fv, valid = self.entries(torch.arange(self.nf))
+        n, w = fv.shape
+        nxt = torch.arange(1, w + 1).expand(n, w)
+        nxt = torch.where(nxt >= self.sizes[:, None].clamp(min=1), 0, nxt)
+        u, v = fv, fv.gather(1, nxt)
+        key = torch.minimum(u, v) * self.nv + torch.maximum(u, v)
+        ukey, inv = torch.unique(key[valid], return_inverse=True)
+        support = torch.full((n, w), -1, dtype=torch.int64)
+        support[valid] = inv
+        self._support = torch.full(self._faces.shape, -1, dtype=torch.int64)
+        self._support[: self.nf, :w] = support
+        self._n_lines = max(1, n_lines)
+        self._chord_base = ukey.shape[0]
+        self._known_keys = torch.zeros(0, dtype=torch.int64)
+        self._known_ids = torch.zeros(0, dtype=torch.int64)
+
+    def cut(self, rows: Tensor, d: Tensor, tol: Tensor | float,
+            line: Tensor | int | None = None) -> int:
         """Split faces ``rows`` along the zero line of a function affine on each.
 
         ``d`` (len(rows), width): the function's values at each face's vertices
-        (padding ignored). Returns the number of faces split. The part where
-        ``d > 0`` keeps the row; the part where ``d < 0`` is appended.
+        (padding ignored); ``tol`` (per row or one). ``line`` (per row, or one
+        int): which line of the current phase (:meth:`begin_phase`) it is, so
+        that faces cut at different times share vertices; without it, new
+        vertices are shared only between the faces of this call that split the
+        same edge (for functions that differ between faces, as in max-pooling).
+        Returns the number of faces split. The part where ``d > 0`` keeps the
+        row; the part where ``d < 0`` is appended.
         """
         fv, valid = self.entries(rows)
+        keyed = line is not None
+        line = torch.as_tensor(-1 if line is None else line).expand(rows.shape)
+        tol = torch.as_tensor(tol, dtype=d.dtype).expand(rows.shape).unsqueeze(1)
         s = (d > tol).to(torch.int8) - (d < -tol).to(torch.int8)
         s = torch.where(valid, s, 0)
         hit = (s > 0).any(1) & (s < 0).any(1)
         if not bool(hit.any()):
             return 0
-        rows, fv, valid, s, d = rows[hit], fv[hit], valid[hit], s[hit], d[hit]
+        rows, fv, valid, s, d, line = rows[hit], fv[hit], valid[hit], s[hit], d[hit], line[hit]
         n, w = fv.shape
         sizes = self._sizes[rows]
+        sup = self._support[rows, :w]
         nxt = torch.arange(1, w + 1).expand(n, w)
         nxt = torch.where(nxt >= sizes[:, None], 0, nxt)
         fv_n, s_n, d_n = fv.gather(1, nxt), s.gather(1, nxt), d.gather(1, nxt)
         crossed = valid & (s * s_n < 0)
         a, b, da, db = fv[crossed], fv_n[crossed], d[crossed], d_n[crossed]
-        swap = a > b
-        lo, hi = torch.where(swap, b, a), torch.where(swap, a, b)
-        dlo, dhi = torch.where(swap, db, da), torch.where(swap, da, db)
-        key = lo * self.nv + hi
-        ukey, inv = torch.unique(key, return_inverse=True)
-        m = ukey.shape[0]
-        rep = torch.full((m,), key.shape[0], dtype=torch.int64)
-        rep.scatter_reduce_(0, inv, torch.arange(key.shape[0]), reduce="amin")
-        lo_r, hi_r = lo[rep], hi[rep]
-        t = (dlo[rep] / (dlo[rep] - dhi[rep])).unsqueeze(1)
-        self._reserve_vertices(m)
-        base = self.nv
-        xy, vals = self._xy, self._vals
-        xy[base: base + m] = xy[lo_r] + t * (xy[hi_r] - xy[lo_r])
-        if vals.shape[1]:
-            vals[base: base + m] = vals[lo_r] + t * (vals[hi_r] - vals[lo_r])
-        self.nv += m
+        if keyed:
+            key = sup[crossed] * self._n_lines + line[:, None].expand(n, w)[crossed]
+        else:
+            key = torch.minimum(a, b) * self.nv + torch.maximum(a, b)
+            self._known_keys = self._known_ids = torch.zeros(0, dtype=torch.int64)
+        ids = self._vertices_for(key, a, b, da, db)
         newid = torch.full_like(fv, -1)
-        newid[crossed] = base + inv
+        newid[crossed] = ids
         ext = torch.stack([fv, newid], 2).reshape(n, 2 * w)
+        ext_sup = torch.stack([sup, sup], 2).reshape(n, 2 * w)  # a crossing continues its edge
         sgn = torch.stack([s, torch.zeros_like(s)], 2).reshape(n, 2 * w)
         ok = torch.stack([valid, crossed], 2).reshape(n, 2 * w)
-        pos, pos_size = _compact(ext, ok & (sgn >= 0))
-        neg, neg_size = _compact(ext, ok & (sgn <= 0))
+        chord = (self._chord_base + self._origin[rows] * self._n_lines + line if keyed
+                 else torch.full_like(line, -1))
+        children = []
+        for keep in (ok & (sgn >= 0), ok & (sgn <= 0)):
+            poly, size = _compact(ext, keep)
+            poly_sup, _ = _compact(ext_sup, keep)
+            on, _ = _compact((sgn == 0).to(torch.int64), keep)
+            # the chord joins the two entries on the line that follow each other
+            wn = poly.shape[1]
+            nxt = torch.arange(1, wn + 1).expand(n, wn)
+            nxt = torch.where(nxt >= size[:, None], 0, nxt)
+            is_chord = (on == 1) & (on.gather(1, nxt) == 1)
+            poly_sup = torch.where(is_chord, chord[:, None], poly_sup)
+            children.append((poly, size, poly_sup))
+        (pos, pos_size, pos_sup), (neg, neg_size, neg_sup) = children
         self._reserve_faces(n, max(pos.shape[1], neg.shape[1]))
         new_rows = torch.arange(self.nf, self.nf + n)
         self._origin[new_rows] = self._origin[rows]
         self._origin_layer[new_rows] = self._origin_layer[rows]
         self._payload[new_rows] = self._payload[rows]
-        self._write_faces(rows, pos, pos_size)
+        self._write_faces(rows, pos, pos_size, pos_sup)
         self.nf += n
-        self._write_faces(new_rows, neg, neg_size)
+        self._write_faces(new_rows, neg, neg_size, neg_sup)
         return n
+
+    def _vertices_for(self, key: Tensor, a: Tensor, b: Tensor, da: Tensor, db: Tensor
+                      ) -> Tensor:
+        """Ids of the crossing vertices ``key`` on edges (a, b) with values (da, db):
+        vertices made earlier in this phase are reused, the others created once
+        (interpolated from the edge's lower-id end, so both faces agree)."""
+        known = self._known_keys
+        at = torch.searchsorted(known, key).clamp(max=max(0, known.shape[0] - 1))
+        found = (known[at] == key) if known.shape[0] else torch.zeros_like(key, dtype=torch.bool)
+        ids = torch.where(found, self._known_ids[at] if known.shape[0] else at, -1)
+        fresh = ~found
+        if bool(fresh.any()):
+            ukey, inv = torch.unique(key[fresh], return_inverse=True)
+            m = ukey.shape[0]
+            rep = torch.full((m,), inv.shape[0], dtype=torch.int64)
+            rep.scatter_reduce_(0, inv, torch.arange(inv.shape[0]), reduce="amin")
+            fa, fb, fda, fdb = a[fresh][rep], b[fresh][rep], da[fresh][rep], db[fresh][rep]
+            swap = fa > fb
+            lo, hi = torch.where(swap, fb, fa), torch.where(swap, fa, fb)
+            dlo, dhi = torch.where(swap, fdb, fda), torch.where(swap, fda, fdb)
+            t = (dlo / (dlo - dhi)).unsqueeze(1)
+            self._reserve_vertices(m)
+            base = self.nv
+            xy, vals = self._xy, self._vals
+            xy[base: base + m] = xy[lo] + t * (xy[hi] - xy[lo])
+            if vals.shape[1]:
+                vals[base: base + m] = vals[lo] + t * (vals[hi] - vals[lo])
+            self.nv += m
+            ids[fresh] = base + inv
+            merged = torch.cat([known, ukey])
+            order = torch.argsort(merged)
+            self._known_keys = merged[order]
+            self._known_ids = torch.cat([self._known_ids, base + torch.arange(m)])[order]
+        return ids
 
     # ----------------------------------------------------------------- merge
     def merge(self, group: Tensor) -> int:
@@ -253,7 +334,7 @@ class Mesh:
         origin, origin_layer = self._origin[src], self._origin_layer[src]
         payload = self._payload[src]
         k = keep.shape[0]
-        for name in ("_faces", "_sizes", "_origin", "_origin_layer", "_payload"):
+        for name in ("_faces", "_support", "_sizes", "_origin", "_origin_layer", "_payload"):
             buf = getattr(self, name)
             buf[:k] = buf[keep].clone()
         self.nf = k

@@ -644,28 +644,48 @@ def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
             return v[index, units]
         return (v[index, units + k] - v[index, units]) * sign
 
-    n_lines, first, marked, done = unit_of.shape[0], 0, 0, k
-    cand = torch.zeros((0, 0), dtype=torch.bool)
-    for li in range(n_lines):
-        j = int(unit_of[li])
-        if li and int(unit_of[li - 1]) != j and _over(mesh, limit, j, k):
-            done = j
+    n_lines = unit_of.shape[0]
+    done = k
+    while True:
+        # a phase: the current faces are roots; each root is cut by the lines that
+        # cross it, in line order, all roots in lockstep (iteration i cuts every
+        # piece of every root by that root's i-th line). Vertices are shared through
+        # canonical keys (Mesh.begin_phase). A new phase starts when the faces have
+        # multiplied, so that roots (and their line lists) stay small.
+        mesh.begin_phase(n_lines)
+        d = values(slice(None), unit_of) - level
+        t = tol[unit_of]
+        both = mesh.reduce(pack_bits(d > t), "or") & mesh.reduce(pack_bits(d < -t), "or")
+        cand = unpack_bits(both, n_lines)  # (roots, lines)
+        if limit is not None and done == k and mesh.nv * mesh.vals.shape[1] > limit:
+            # over the values budget: end this chunk at the first 64-unit boundary
+            # past the earliest unfinished unit (packed codes stay byte-aligned)
+            pending = torch.nonzero(cand.any(0)).flatten()
+            first = int(unit_of[pending[0]]) if pending.numel() else k
+            done = min(k, (first // 64 + 1) * 64)
+        cand &= unit_of < done
+        root, line = torch.nonzero(cand, as_tuple=True)  # sorted by root, then line
+        if root.numel() == 0:
             break
-        if mesh.nf > 2 * marked:
-            # refresh: a unit can only cross faces whose ancestor at the last mark it
-            # crosses; re-mark whenever the faces have doubled
-            mesh.mark()
-            marked, first = mesh.nf, li
-            d = values(slice(None), unit_of[li:]) - level[li:]
-            t = tol[unit_of[li:]]
-            both = mesh.reduce(pack_bits(d > t), "or") & mesh.reduce(pack_bits(d < -t), "or")
-            cand = unpack_bits(both, n_lines - li).t().contiguous()  # (lines, faces)
-        rows = torch.nonzero(cand[li - first][mesh.origin]).flatten()
-        if rows.numel() == 0:
-            continue
-        fv, _ = mesh.entries(rows)
-        d = values(fv.clamp(min=0), torch.tensor(j)) - level[li]
-        mesh.cut(rows, d, float(tol[j]))
+        count = torch.bincount(root, minlength=mesh.nf)
+        start = torch.cumsum(count, 0) - count
+        table = torch.full((mesh.nf, int(count.max())), -1, dtype=torch.int64)
+        table[root, torch.arange(root.shape[0]) - start[root]] = line
+        phase_faces = mesh.nf
+        for it in range(table.shape[1]):
+            active = table[mesh.origin, it]
+            rows = torch.nonzero(active >= 0).flatten()
+            if rows.numel() == 0:
+                continue
+            li = active[rows]
+            fv, _ = mesh.entries(rows)
+            idx = fv.clamp(min=0)
+            units = unit_of[li][:, None].expand_as(idx)
+            vv = mesh.vals[idx, units] if not pair else (
+                mesh.vals[idx, units + k] - mesh.vals[idx, units]) * sign
+            mesh.cut(rows, vv - level[li][:, None], tol[unit_of[li]], li)
+            if mesh.nf > 4 * phase_faces:
+                break  # re-root: the next phase starts from the current faces
     # every face now lies on one side of each line: its code counts the
     # breakpoints some vertex is strictly above
     below = 0 if pair else sum(1 for b in rule.breakpoints() if b == -math.inf)
