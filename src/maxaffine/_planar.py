@@ -107,7 +107,7 @@ class Mesh:
     def _reserve_vertices(self, extra: int) -> None:
         need = self.nv + extra
         if need > self._xy.shape[0]:
-            cap = max(need, 2 * self._xy.shape[0])
+            cap = max(need, 4 * self._xy.shape[0])  # untouched pages cost nothing
             for name in ("_xy", "_vals"):
                 old = getattr(self, name)
                 new = torch.empty((cap, old.shape[1]), dtype=old.dtype)
@@ -269,9 +269,9 @@ class Mesh:
             self._reserve_vertices(m)
             base = self.nv
             xy, vals = self._xy, self._vals
-            xy[base: base + m] = xy[lo] + t * (xy[hi] - xy[lo])
+            torch.lerp(xy[lo], xy[hi], t, out=xy[base: base + m])
             if vals.shape[1]:
-                vals[base: base + m] = vals[lo] + t * (vals[hi] - vals[lo])
+                torch.lerp(vals[lo], vals[hi], t, out=vals[base: base + m])
             self.nv += m
             ids[fresh] = base + inv
             merged = torch.cat([known, ukey])
@@ -349,14 +349,24 @@ class Mesh:
     # --------------------------------------------------------------- queries
     def reduce(self, values: Tensor, op: str) -> Tensor:
         """Reduce per-vertex ``values`` (V, k) over each face's vertices: ``"mean"``,
-        ``"min"``, ``"max"`` or ``"any"`` (bool). One pass per vertex slot, so the
-        temporary memory is (F, k)."""
+        ``"min"``, ``"max"``, or bitwise ``"or"`` / ``"and"`` (ints, bools). One pass
+        per vertex slot, so the temporary memory is (F, k)."""
         fv, valid = self.entries(torch.arange(self.nf))
-        acc = values[fv[:, 0]].clone()
+        acc = values[fv[:, 0]]  # a copy (advanced indexing)
         for i in range(1, self.width):
-            rows = torch.nonzero(valid[:, i]).flatten()
-            if rows.numel() == 0:
+            col = valid[:, i]
+            count = int(col.sum())
+            if count == 0:
                 break
+            if op in ("or", "any", "and") and 2 * count > col.shape[0]:
+                # a dense slot of narrow words: one masked update of every row
+                v = values[fv[:, i].clamp(min=0)]
+                if op == "and":
+                    acc &= torch.where(col.unsqueeze(1), v, -1 if v.dtype != torch.bool else True)
+                else:
+                    acc |= torch.where(col.unsqueeze(1), v, 0)
+                continue
+            rows = torch.nonzero(col).flatten()
             v = values[fv[rows, i]]
             if op == "mean":
                 acc[rows] += v
@@ -364,7 +374,9 @@ class Mesh:
                 acc[rows] = torch.minimum(acc[rows], v)
             elif op == "max":
                 acc[rows] = torch.maximum(acc[rows], v)
-            else:  # "or" (ints, bitwise) / "any" (bools)
+            elif op == "and":
+                acc[rows] &= v
+            else:
                 acc[rows] |= v
         if op == "mean":
             acc /= self.sizes.unsqueeze(1).to(acc.dtype)

@@ -596,15 +596,14 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         scale = mesh.vals[:, : values.ncols].abs().amax(0)
         if isinstance(rule, ops.MaxPool):
             valid_entry = table[sel] >= 0
-            done = _cut_maxpool(mesh, k, pieces, valid_entry, scale, rel_tol, limit)
-            cols = done * pieces
-            means = mesh.reduce(mesh.vals[:, :cols], "mean").reshape(-1, done, pieces)
-            means = means + torch.where(valid_entry[:done], 0.0, -math.inf)
-            # ties (e.g. zeros after a ReLU) go to the first entry, as in F.max_pool;
-            # entries within the tolerance of the maximum count as tied
-            tol = rel_tol * scale[:cols].reshape(done, pieces).amax(1)
-            near = means >= means.amax(-1, keepdim=True) - tol[:, None]
-            code = near.to(torch.int8).argmax(-1)
+            tol = rel_tol * scale[: k * pieces].reshape(k, pieces).amax(1)
+            done = _cut_maxpool(mesh, k, pieces, valid_entry, tol, limit)
+            # every face now has one maximal entry per window (up to ties): the
+            # first entry within the tolerance of the maximum at all its vertices
+            # (ties, e.g. zeros after a ReLU, go to the first, as in F.max_pool)
+            near = mesh.reduce(_near_max_bits(mesh.vals, done, pieces, valid_entry, tol), "and")
+            code = unpack_bits(near, done * pieces).reshape(-1, done, pieces)
+            code = code.to(torch.int8).argmax(-1)
         else:
             code = _cut_lines(mesh, rule, k, scale, rel_tol, limit)
             done = code.shape[1]
@@ -635,17 +634,27 @@ def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
         bps = [b for b in rule.breakpoints() if math.isfinite(b)]
         tol = rel_tol * (scale[:k] + max([abs(b) for b in bps], default=0.0))
     # one line per (unit, breakpoint), unit-major
-    unit_of = torch.arange(k).repeat_interleave(len(bps))
+    nb = len(bps)
+    unit_of = torch.arange(k).repeat_interleave(nb)
     level = torch.tensor(bps, dtype=mesh.vals.dtype).repeat(k)
+    line_tol = tol[unit_of]
 
-    def values(index: Tensor | slice, units: Tensor) -> Tensor:
-        v = mesh.vals
-        if not pair:
-            return v[index, units]
-        return (v[index, units + k] - v[index, units]) * sign
+    def line_values(rows: slice) -> Tensor:
+        """Values (n, lines) of every line's function at vertices ``rows``."""
+        v = mesh.vals[rows]
+        if pair:
+            v = (v[:, k: 2 * k] - v[:, :k]) * sign
+        elif nb == 1:
+            v = v[:, :k]
+        else:
+            v = v[:, unit_of]
+        return v - level if any(bps) else v
 
     n_lines = unit_of.shape[0]
     done = k
+    # each vertex's side of every line, as packed bits (computed once per vertex:
+    # values never change within a layer)
+    above = below = torch.zeros((0, (n_lines + 63) // 64), dtype=torch.int64)
     while True:
         # a phase: the current faces are roots; each root is cut by the lines that
         # cross it, in line order, all roots in lockstep (iteration i cuts every
@@ -653,9 +662,9 @@ def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
         # canonical keys (Mesh.begin_phase). A new phase starts when the faces have
         # multiplied, so that roots (and their line lists) stay small.
         mesh.begin_phase(n_lines)
-        d = values(slice(None), unit_of) - level
-        t = tol[unit_of]
-        both = mesh.reduce(pack_bits(d > t), "or") & mesh.reduce(pack_bits(d < -t), "or")
+        above, below = _side_bits(line_values, line_tol, above, below, mesh.nv)
+        sides = mesh.reduce(torch.cat([above, below], 1), "or")
+        both = sides[:, : above.shape[1]] & sides[:, above.shape[1]:]
         cand = unpack_bits(both, n_lines)  # (roots, lines)
         if limit is not None and done == k and mesh.nv * mesh.vals.shape[1] > limit:
             # over the values budget: end this chunk at the first 64-unit boundary
@@ -683,30 +692,38 @@ def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
             units = unit_of[li][:, None].expand_as(idx)
             vv = mesh.vals[idx, units] if not pair else (
                 mesh.vals[idx, units + k] - mesh.vals[idx, units]) * sign
-            mesh.cut(rows, vv - level[li][:, None], tol[unit_of[li]], li)
+            mesh.cut(rows, vv - level[li][:, None], line_tol[li], li)
             if mesh.nf > 4 * phase_faces:
                 break  # re-root: the next phase starts from the current faces
     # every face now lies on one side of each line: its code counts the
-    # breakpoints some vertex is strictly above
-    below = 0 if pair else sum(1 for b in rule.breakpoints() if b == -math.inf)
-    code = torch.full((mesh.nf, done), below, dtype=torch.uint8)  # -inf: always below
-    units = torch.arange(done)
-    for b in bps:
-        above = mesh.reduce(pack_bits(values(slice(None), units) - b > tol[:done]), "or")
-        code += unpack_bits(above, done)
-    return code
+    # breakpoints some vertex is strictly above (-inf ones: always below)
+    above, below = _side_bits(line_values, line_tol, above, below, mesh.nv)
+    lines_above = unpack_bits(mesh.reduce(above, "or"), n_lines).reshape(mesh.nf, k, nb)
+    base = 0 if pair else sum(1 for b in rule.breakpoints() if b == -math.inf)
+    return (lines_above.sum(2, dtype=torch.uint8) + base)[:, :done]
 
 
-def _cut_maxpool(mesh: Mesh, k: int, pieces: int, valid_entry: Tensor, scale: Tensor,
-                 rel_tol: float, limit: float | None = None) -> int:
+def _side_bits(line_values, line_tol: Tensor, above: Tensor, below: Tensor, nv: int
+               ) -> tuple[Tensor, Tensor]:
+    """Extend the packed ``value > tol`` / ``value < -tol`` bits to vertices ``nv``."""
+    have = above.shape[0]
+    if have == nv:
+        return above, below
+    d = line_values(slice(have, nv))
+    return (torch.cat([above, pack_bits(d > line_tol)]),
+            torch.cat([below, pack_bits(d < -line_tol)]))
+
+
+def _cut_maxpool(mesh: Mesh, k: int, pieces: int, valid_entry: Tensor, tol: Tensor,
+                 limit: float | None = None) -> int:
     """Max-pool units: compare each window entry with the current maximum only.
     Returns how many units were processed (all unless ``limit`` stopped early)."""
     mesh.mark()
     neg = torch.where(valid_entry, 0.0, -math.inf).to(mesh.vals.dtype)  # (k, R)
-    am = (mesh.vals[:, : k * pieces].reshape(-1, k, pieces) + neg).argmax(-1)
-    # candidate (face, unit): the argmax differs between the face's vertices
-    cand = (mesh.reduce(am, "min") != mesh.reduce(am, "max")).t().contiguous()
-    tol_units = rel_tol * scale[: k * pieces].reshape(k, pieces).amax(1)
+    # candidate (face, unit): the entries near the maximum differ between vertices
+    near = _near_max_bits(mesh.vals, k, pieces, valid_entry, tol)
+    varies = mesh.reduce(near, "or") ^ mesh.reduce(near, "and")
+    cand = unpack_bits(varies, k * pieces).reshape(-1, k, pieces).any(2).t().contiguous()
     for j in range(k):
         if _over(mesh, limit, j, k):
             return j
@@ -724,8 +741,22 @@ def _cut_maxpool(mesh: Mesh, k: int, pieces: int, valid_entry: Tensor, scale: Te
             mean[:, r:] = -math.inf
             best = mean.argmax(1)  # current maximum among entries < r
             d = w[..., r] - w.gather(2, best[:, None, None].expand(-1, w.shape[1], 1))[..., 0]
-            mesh.cut(rows, torch.where(valid, d, 0.0), float(tol_units[j]))
+            mesh.cut(rows, torch.where(valid, d, 0.0), float(tol[j]))
     return k
+
+
+def _near_max_bits(vals: Tensor, k: int, pieces: int, valid_entry: Tensor, tol: Tensor,
+                   chunk: int = 4096) -> Tensor:
+    """Packed bits (V, words): window entry within ``tol`` of its window's maximum,
+    for the first ``k`` units' entries (unit-major columns of ``vals``)."""
+    neg = torch.where(valid_entry[:k], 0.0, -math.inf).to(vals.dtype)
+    out = []
+    for i in range(0, vals.shape[0], chunk):
+        w = vals[i: i + chunk, : k * pieces].reshape(-1, k, pieces) + neg
+        near = w >= w.amax(-1, keepdim=True) - tol[:k, None]
+        out.append(pack_bits(near.reshape(-1, k * pieces)))
+    return torch.cat(out) if out else torch.zeros((0, (k * pieces + 63) // 64),
+                                                  dtype=torch.int64)
 
 
 def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
@@ -764,7 +795,7 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
                           faces.shape[0])
     view = _FaceView(faces, sizes, vertices.shape[0])
     edges, edge_faces = view.edges()
-    edge_layer = _edge_layers(face_codes, edge_faces)
+    edge_layer = _edge_layers(payload, face_codes, edge_faces)
     segs, pairs, seg_faces = _decision_boundary(vertices, faces, sizes, slopes, offsets)
     return Partition(
         domain=sl, vertices=vertices, faces=faces, face_sizes=sizes, edges=edges,
@@ -782,21 +813,20 @@ class _FaceView(Mesh):
         self.nf, self.width, self.nv = faces.shape[0], faces.shape[1], nv
 
 
-def _edge_layers(codes: Codes, edge_faces: Tensor) -> Tensor:
-    """First layer whose codes differ across each edge (-1 on the domain boundary)."""
+def _edge_layers(bits: Tensor, codes: Codes, edge_faces: Tensor) -> Tensor:
+    """First layer whose codes differ across each edge (-1 on the domain boundary),
+    from the faces' packed codes ``bits`` (laid out as ``codes.byte_slices()``)."""
     f1, f2 = edge_faces[:, 0], edge_faces[:, 1]
-    inner = f2 >= 0
+    inner = torch.nonzero(f2 >= 0).flatten()
     layer = torch.full((edge_faces.shape[0],), -1, dtype=torch.int64)
-    undecided = inner.clone()
-    for i, v in enumerate(codes.values):
-        if not bool(undecided.any()):
-            break
-        a, b = v[f1[undecided]], v[f2[undecided].clamp(min=0)]
-        differ = (a != b).flatten(1).any(1)
-        idx = torch.nonzero(undecided).flatten()[differ]
-        layer[idx] = i
-        undecided[idx] = False
-    layer[undecided] = len(codes.values)  # no layer differs: numerically merged faces
+    if not codes.names:
+        layer[inner] = 0
+        return layer
+    differ = bits[f1[inner]] != bits[f2[inner]]  # (E, bytes)
+    per_layer = torch.stack([differ[:, s].any(1) for s in codes.byte_slices().values()]
+                            + [torch.ones(inner.shape[0], dtype=torch.bool)], 1)
+    # no layer differs (numerically merged faces): len(names)
+    layer[inner] = per_layer.to(torch.int8).argmax(1)
     return layer
 
 

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -210,6 +211,11 @@ def unpack(packed: Tensor, shapes: Sequence[tuple[int, ...]], bits_per_unit: Seq
             vals = (parts << shifts).sum(-1)
             out.append(vals.reshape(n, *shape) if b > 8 else vals.to(torch.uint8).reshape(
                 n, *shape))
+            continue
+        if b == 1:  # numpy's bit unpacking is several times faster
+            bits = np.unpackbits(chunk.contiguous().numpy(), axis=1, count=units,
+                                 bitorder="little")
+            out.append(torch.from_numpy(bits).reshape(n, *shape))
             continue
         shifts = torch.arange(0, 8, b, dtype=torch.uint8)
         vals = (chunk.unsqueeze(-1) >> shifts) & ((1 << b) - 1)
