@@ -77,6 +77,17 @@ def _check_invariants(model, part):
     inner = part.edge_faces[:, 1] >= 0
     f1, f2 = part.edge_faces[inner, 0], part.edge_faces[inner, 1]
     assert bool((part.codes[f1] != part.codes[f2]).any(1).all())
+    # the subdivision is conforming: an edge with one face lies on the domain's
+    # boundary (no T-junctions, no duplicate vertices), and Euler's V - E + F = 1
+    lone = part.vertices[part.edges[part.edge_faces[:, 1] < 0]].mean(1)  # midpoints
+    b, c = sl.bounds.to(lone.dtype), sl.bounds.roll(-1, 0).to(lone.dtype)
+    rel = lone[:, None, :] - b[None]
+    along = (c - b)[None]
+    t = ((rel * along).sum(2) / (along * along).sum(2)).clamp(0, 1)
+    dist = (rel - t[..., None] * along).norm(dim=2).amin(1)
+    assert float(dist.max()) <= 1e-9 * float((b.max(0).values - b.min(0).values).max())
+    used = torch.unique(part.faces[part.faces >= 0]).shape[0]
+    assert used - part.edges.shape[0] + part.num_regions == 1
     # faces are convex and counter-clockwise
     for i in range(part.num_regions):
         p = part.polygon(i)
@@ -160,6 +171,39 @@ def test_maxpool_window_cells_without_phantom_ties():
     assert sorted(part.face_codes["2"].flatten().tolist()) == [0, 1, 2, 3]
     _check_invariants(net, part)
     _compare_with_reference(net, part)
+
+
+class _TwiceRelu(nn.Module):
+    """The same pre-activations twice: identical lines of different units."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(2, 5), nn.Linear(10, 2)
+
+    def forward(self, x):
+        z = self.lin(x)
+        return self.out(torch.relu(torch.cat([z, z], 1)))
+
+
+def test_identical_lines_and_overlapping_windows_share_vertices():
+    # units with the same boundary (duplicated pre-activations; overlapping
+    # stride-1 max-pool windows comparing the same two inputs) must create one
+    # vertex per crossing, not one per unit: the subdivision stays conforming
+    torch.manual_seed(3)
+    net = _TwiceRelu().to(D64).eval()
+    part = ma.partition_plane(net, ma.Slice.square(-3, 3), progress=False)
+    single = nn.Sequential(net.lin, nn.ReLU())
+    assert part.num_regions == ma.partition_plane(single, ma.Slice.square(-3, 3),
+                                                  progress=False).num_regions
+    _check_invariants(net, part)
+    torch.manual_seed(1)
+    pool = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.MaxPool2d(2, 1), nn.Flatten(),
+                         nn.Linear(2 * 3 * 3, 2)).to(D64).eval()
+    xs = torch.rand(3, 1, 5, 5, dtype=D64, generator=torch.Generator().manual_seed(1))
+    sl = ma.Slice.through(xs[0], xs[1], xs[2], shape="triangle")
+    part = ma.partition_plane(pool, sl, progress=False)
+    _check_invariants(pool, part)
+    _compare_with_reference(pool, part)
 
 
 def test_hardtanh_bands():

@@ -151,17 +151,19 @@ class Mesh:
         valid = torch.arange(self.width) < self._sizes[rows, None]
         return fv, valid
 
-    def begin_phase(self, n_lines: int) -> None:
-        """Start a round of cuts by up to ``n_lines`` lines (ids 0..n_lines-1).
+    def begin_lines(self, n_lines: int) -> None:
+        """Start cutting by up to ``n_lines`` lines (ids 0..n_lines-1), in any order
+        and any number of :meth:`cut` calls.
 
         Every face edge gets a *support*: the id of the edge of the current
-        subdivision it lies on (its *phase-start edge*); chords cut later get
-        ``n_edges + root * n_lines + line``. A new vertex is identified by
-        (support of the edge it splits, line), so the faces on both sides of an
-        edge share it even when they are cut at different times, in any order.
-        The current faces become the roots (``origin``).
+        subdivision it lies on; a chord cut later gets ``n_edges + root * n_lines
+        + line`` with ``root`` its face's :attr:`origin_layer` (a line meets a
+        convex root in one segment). A new vertex is identified by (support of the
+        edge it splits, line): a segment and a line cross at most once, so the
+        faces on both sides of an edge share the vertex even when they are cut at
+        different times, and the subdivision is conforming once every face has
+        been cut by every line crossing it.
         """
-        self.mark()
         fv, valid = self.entries(torch.arange(self.nf))
         n, w = fv.shape
         nxt = torch.arange(1, w + 1).expand(n, w)
@@ -184,7 +186,7 @@ class Mesh:
 
         ``d`` (len(rows), width): the function's values at each face's vertices
         (padding ignored); ``tol`` (per row or one). ``line`` (per row, or one
-        int): which line of the current phase (:meth:`begin_phase`) it is, so
+        int): which line of :meth:`begin_lines` it is, so
         that faces cut at different times share vertices; without it, new
         vertices are shared only between the faces of this call that split the
         same edge (for functions that differ between faces, as in max-pooling).
@@ -221,7 +223,7 @@ class Mesh:
         ext_sup = torch.stack([sup, sup], 2).reshape(n, 2 * w)  # a crossing continues its edge
         sgn = torch.stack([s, torch.zeros_like(s)], 2).reshape(n, 2 * w)
         ok = torch.stack([valid, crossed], 2).reshape(n, 2 * w)
-        chord = (self._chord_base + self._origin[rows] * self._n_lines + line if keyed
+        chord = (self._chord_base + self._origin_layer[rows] * self._n_lines + line if keyed
                  else torch.full_like(line, -1))
         children = []
         for keep in (ok & (sgn >= 0), ok & (sgn <= 0)):
@@ -326,8 +328,32 @@ class Mesh:
         first.scatter_reduce_(0, torch.unique(group[idx], return_inverse=True)[1], idx,
                               reduce="amin")
         keep = torch.nonzero(~multi).flatten()
+        polys, gsize = self._drop_lone_straight(polys, gsize, keep)
         self._compact_faces(keep, polys, gsize, first)
         return n - ug.shape[0]
+
+    def _drop_lone_straight(self, polys: Tensor, sizes: Tensor, others: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+        """Remove from merged polygons the vertices at a straight angle that no other
+        face uses. A merged region keeps the vertices its internal cuts made on its
+        boundary; where the face across that edge was never cut (it was no
+        candidate) such a vertex would be a T-junction."""
+        fv, valid = self.entries(others)
+        uses = torch.bincount(torch.cat([fv[valid], polys[polys >= 0]]), minlength=self.nv)
+        n, w = polys.shape
+        col = torch.arange(w).expand(n, w)
+        size = sizes[:, None].clamp(min=1)
+        real = col < size
+        b = self._xy[polys.clamp(min=0)]
+        a = self._xy[polys.gather(1, (col - 1) % size).clamp(min=0)]
+        c = self._xy[polys.gather(1, (col + 1) % size).clamp(min=0)]
+        u, v = b - a, c - b
+        cross = (u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]).abs()
+        straight = (cross <= 1e-9 * u.norm(dim=-1) * v.norm(dim=-1)) & ((u * v).sum(-1) > 0)
+        drop = real & straight & (uses[polys.clamp(min=0)] == 1)
+        if not bool(drop.any()):
+            return polys, sizes
+        return _compact(polys, real & ~drop)
 
     def _compact_faces(self, keep: Tensor, polys: Tensor, sizes: Tensor, src: Tensor) -> None:
         """Keep faces ``keep`` in order, then append ``polys`` (origins from ``src``)."""
@@ -420,6 +446,8 @@ class Mesh:
 def pack_bits(b: Tensor) -> Tensor:
     """Bools (N, K) as int64 words (N, ceil(K / 64)), for cheap OR-reductions."""
     n, k = b.shape
+    if k == 0:
+        return torch.zeros((n, 0), dtype=torch.int64)
     pad = (-k) % 64
     by = np.packbits(b.numpy(), axis=1, bitorder="little")  # (N, ceil(K / 8))
     if pad:

@@ -594,19 +594,23 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
         scale = mesh.vals[:, : values.ncols].abs().amax(0)
-        if isinstance(rule, ops.MaxPool):
-            valid_entry = table[sel] >= 0
-            tol = rel_tol * scale[: k * pieces].reshape(k, pieces).amax(1)
-            done = _cut_maxpool(mesh, k, pieces, valid_entry, tol, limit)
+        lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel])
+        above, done = _cut_lines(mesh, lines, limit)
+        if lines.window is not None:
             # every face now has one maximal entry per window (up to ties): the
             # first entry within the tolerance of the maximum at all its vertices
             # (ties, e.g. zeros after a ReLU, go to the first, as in F.max_pool)
-            near = mesh.reduce(_near_max_bits(mesh.vals, done, pieces, valid_entry, tol), "and")
+            near = mesh.reduce(lines.near_max(mesh.vals, done), "and")
             code = unpack_bits(near, done * pieces).reshape(-1, done, pieces)
             code = code.to(torch.int8).argmax(-1)
         else:
-            code = _cut_lines(mesh, rule, k, scale, rel_tol, limit)
-            done = code.shape[1]
+            # every face lies on one side of each line: its code counts the
+            # breakpoints some vertex is strictly above (-inf ones: always below)
+            nb = lines.unit.shape[0] // k
+            hit = unpack_bits(mesh.reduce(above, "or"), lines.unit.shape[0])
+            base = 0 if isinstance(rule, ops.Maximum) else sum(
+                1 for b in rule.breakpoints() if b == -math.inf)
+            code = (hit.reshape(mesh.nf, k, nb).sum(2, dtype=torch.uint8) + base)[:, :done]
         # these units' codes are final on every face: later cuts copy them to both halves
         mesh.add_payload(pack([code.to(torch.uint8 if pieces <= 256 else torch.int64)],
                               [unit.bits]))
@@ -614,65 +618,184 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
     values.advance(index)
 
 
-def _over(mesh: Mesh, limit: float | None, units_done: int, k: int) -> bool:
-    """Stop a chunk early: values would outgrow the budget (only at 64-unit steps)."""
-    return (limit is not None and 0 < units_done < k and units_done % 64 == 0
-            and mesh.nv * mesh.vals.shape[1] > limit)
+@dataclass
+class _Lines:
+    """The cut lines of a chunk of ``k`` units, each the zero set of
+    ``vals[:, pos] - vals[:, neg] - level`` (``neg`` -1: no second term), affine
+    on every face of the layer; ``unit`` (L,) owns each line, ``tol`` (L,).
 
+    Elementwise splines: one line per finite breakpoint (``z = b``);
+    ``torch.maximum`` / ``minimum``: ``a = b``; max-pooling: ``e_a = e_b`` for
+    every pair of valid entries of a window (``window`` (k, R): valid entries),
+    cut only in faces where the window's maximal entry varies, so the ties of
+    two non-maximal entries split regions only where they will be merged.
+    """
 
-def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
-               rel_tol: float, limit: float | None = None) -> Tensor:
-    """Units whose boundary is a line in each face: breakpoints of elementwise
-    splines (``z = b``), or ``a = b`` for ``torch.maximum`` / ``minimum``.
-    Returns the codes (F, done) of the first ``done`` units, all of them unless
-    ``limit`` stopped the chunk early."""
-    pair = isinstance(rule, ops.Maximum)
-    sign = -1.0 if isinstance(rule, ops.Minimum) else 1.0
-    if pair:
-        bps, tol = [0.0], rel_tol * (scale[:k] + scale[k:2 * k])
-    else:
+    pos: Tensor
+    neg: Tensor
+    level: Tensor
+    tol: Tensor
+    unit: Tensor
+    window: Tensor | None = None
+    unit_tol: Tensor | None = None
+    pairs: tuple[Tensor, Tensor] | None = None  # max-pooling: entries of each pair
+    ident: Tensor | None = None  # (L,) equal for lines that are the same function
+
+    @classmethod
+    def of(cls, rule: ops.Nonlinearity, k: int, scale: Tensor, rel_tol: float,
+           table: Tensor | None) -> _Lines:
+        """``table`` (k, R): max-pooling windows' input indices (-1: padding)."""
+        units = torch.arange(k)
+        none = torch.full((k,), -1, dtype=torch.int64)
+        if isinstance(rule, ops.MaxPool):
+            window = table >= 0
+            r = window.shape[1]
+            unit_tol = rel_tol * scale[: k * r].reshape(k, r).amax(1)
+            a, b = torch.triu_indices(r, r, 1)
+            # every pair of every window (unit-major); a pair with a padding entry
+            # gets an infinite tolerance: never cut
+            ok = (window[:, a] & window[:, b]).flatten()
+            j = units.repeat_interleave(a.shape[0])
+            tol = torch.where(ok, unit_tol[j], math.inf)
+            zero = torch.zeros(j.shape[0], dtype=scale.dtype)
+            # overlapping windows share pairs of inputs: one line, one identity
+            p, q = table[:, a].flatten(), table[:, b].flatten()
+            pair = torch.minimum(p, q) * (int(table.max()) + 2) + torch.maximum(p, q)
+            ident = torch.unique(pair, return_inverse=True)[1]
+            return cls(j * r + a.repeat(k), j * r + b.repeat(k), zero, tol, j, window,
+                       unit_tol, (a, b), ident)
+        if isinstance(rule, ops.Maximum):
+            # maximum: b - a > 0 picks b (code 1); minimum: a - b > 0 picks b
+            first, second = (units + k, units) if not isinstance(rule, ops.Minimum) else (
+                units, units + k)
+            return cls(first, second, torch.zeros(k, dtype=scale.dtype),
+                       rel_tol * (scale[:k] + scale[k:2 * k]), units)
         bps = [b for b in rule.breakpoints() if math.isfinite(b)]
+        nb = len(bps)
         tol = rel_tol * (scale[:k] + max([abs(b) for b in bps], default=0.0))
-    # one line per (unit, breakpoint), unit-major
-    nb = len(bps)
-    unit_of = torch.arange(k).repeat_interleave(nb)
-    level = torch.tensor(bps, dtype=mesh.vals.dtype).repeat(k)
-    line_tol = tol[unit_of]
+        return cls(units.repeat_interleave(nb), none.repeat_interleave(nb),
+                   torch.tensor(bps, dtype=scale.dtype).repeat(k),
+                   tol.repeat_interleave(nb), units.repeat_interleave(nb))
 
-    def line_values(rows: slice) -> Tensor:
-        """Values (n, lines) of every line's function at vertices ``rows``."""
-        v = mesh.vals[rows]
-        if pair:
-            v = (v[:, k: 2 * k] - v[:, :k]) * sign
-        elif nb == 1:
-            v = v[:, :k]
-        else:
-            v = v[:, unit_of]
-        return v - level if any(bps) else v
+    def __post_init__(self) -> None:
+        n = self.pos.shape[0]
+        if self.ident is None:
+            self.ident = torch.arange(n)
+        self.paired = n > 0 and bool((self.neg >= 0).all())
+        self.plain = not self.paired and bool((self.pos == torch.arange(n)).all())
+        self.shifted = bool((self.level != 0).any())
 
-    n_lines = unit_of.shape[0]
+    def values(self, vals: Tensor, rows: slice) -> Tensor:
+        """(n, L) every line's function at vertices ``rows``."""
+        v = vals[rows]
+        if self.pairs is not None:
+            w = v[:, : self.window.numel()].reshape(v.shape[0], *self.window.shape)
+            return (w[:, :, self.pairs[0]] - w[:, :, self.pairs[1]]).flatten(1)
+        d = v[:, : self.pos.shape[0]] if self.plain else v[:, self.pos]
+        if self.paired:
+            d = d - v[:, self.neg]
+        return d - self.level if self.shifted else d
+
+    def sides(self, vals: Tensor, start: int, stop: int, chunk: int = 4096
+              ) -> tuple[Tensor, Tensor]:
+        """Packed bits (n, words) of ``value > tol`` and ``value < -tol`` for every
+        line at vertices ``start:stop`` (in chunks of vertices, to bound memory)."""
+        above, below = [], []
+        for i in range(start, stop, chunk):
+            d = self.values(vals, slice(i, min(stop, i + chunk)))
+            above.append(pack_bits(d > self.tol))
+            below.append(pack_bits(d < -self.tol))
+        empty = torch.zeros((0, (self.pos.shape[0] + 63) // 64), dtype=torch.int64)
+        return torch.cat([empty, *above]), torch.cat([empty, *below])
+
+    def at(self, vals: Tensor, idx: Tensor, li: Tensor) -> Tensor:
+        """Line ``li[i]``'s function at vertices ``idx[i, :]``."""
+        d = vals[idx, self.pos[li][:, None].expand_as(idx)]
+        if self.paired:
+            d = d - vals[idx, self.neg[li][:, None].expand_as(idx)]
+        return d - self.level[li][:, None] if self.shifted else d
+
+    def possible_max(self, mesh: Mesh, k: int, chunk: int = 2048) -> Tensor:
+        """Max-pooling: (layer-start faces, k, R) bools, window entry ``a`` can be
+        the maximum somewhere in the face: no entry ``c`` exceeds it by more than
+        the tolerance at every vertex (differences are affine on the face, which
+        is convex, so such a ``c`` exceeds it everywhere)."""
+        r = self.window.shape[1]
+        neg = torch.where(self.window[:k], 0.0, -math.inf).to(mesh.vals.dtype)
+        bits = [torch.zeros((0, (k * r * r + 63) // 64), dtype=torch.int64)]
+        for i in range(0, mesh.nv, chunk):
+            w = mesh.vals[i: i + chunk, : k * r].reshape(-1, k, r) + neg
+            over = w.unsqueeze(3) - w.unsqueeze(2) > self.unit_tol[:k, None, None]  # c, a
+            bits.append(pack_bits(over.reshape(-1, k * r * r)))
+        always = unpack_bits(mesh.reduce(torch.cat(bits), "and"), k * r * r)
+        dominated = always.reshape(-1, k, r, r).any(2).to(torch.int8)  # (faces, k, a)
+        layer = torch.ones((int(mesh.origin_layer.max()) + 1, k, r), dtype=torch.int8)
+        index = mesh.origin_layer[:, None, None].expand_as(dominated)
+        layer.scatter_reduce_(0, index, dominated, reduce="amin")
+        return layer == 0
+
+    def near_max(self, vals: Tensor, k: int, chunk: int = 4096) -> Tensor:
+        """Max-pooling: packed bits (V, words), window entry within the tolerance of
+        its window's maximum, for the first ``k`` units (unit-major columns)."""
+        r = self.window.shape[1]
+        neg = torch.where(self.window[:k], 0.0, -math.inf).to(vals.dtype)
+        out = [torch.zeros((0, (k * r + 63) // 64), dtype=torch.int64)]
+        for i in range(0, vals.shape[0], chunk):
+            w = vals[i: i + chunk, : k * r].reshape(-1, k, r) + neg
+            near = w >= w.amax(-1, keepdim=True) - self.unit_tol[:k, None]
+            out.append(pack_bits(near.reshape(-1, k * r)))
+        return torch.cat(out)
+
+
+def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[Tensor, int]:
+    """Cut every face by every line crossing it (no loop over units or faces).
+
+    Returns the packed ``value > tol`` bits (V, words) of every line at every
+    vertex, and how many units were processed: all unless ``limit`` (values held)
+    stopped the chunk early, at a multiple of 64 units.
+    """
+    n_lines = lines.pos.shape[0]
+    k = int(lines.unit[-1]) + 1 if n_lines else 0
+    if lines.window is not None:
+        k = lines.window.shape[0]
     done = k
+    words = (n_lines + 63) // 64
     # each vertex's side of every line, as packed bits (computed once per vertex:
     # values never change within a layer)
-    above = below = torch.zeros((0, (n_lines + 63) // 64), dtype=torch.int64)
-    while True:
+    above = below = torch.zeros((0, words), dtype=torch.int64)
+    possible = None
+    if lines.window is not None:
+        # max-pooling: a pair's line is cut only in the layer-start faces where both
+        # entries can be the window's maximum (all their pieces, so that regions
+        # merged afterwards lie within one layer-start face)
+        r = lines.window.shape[1]
+        maybe = lines.possible_max(mesh, k).reshape(-1, k * r)
+        possible = maybe[:, lines.pos] & maybe[:, lines.neg]  # (layer faces, lines)
+    # vertices are shared through canonical keys (line identities: the same line
+    # of two units, e.g. overlapping pooling windows, makes one vertex per edge;
+    # identical lines of elementwise units are candidates in the same faces, so the
+    # first cuts and the second finds its vertices on the line already)
+    mesh.begin_lines(int(lines.ident.max()) + 1 if n_lines else 0)
+    while n_lines:
         # a phase: the current faces are roots; each root is cut by the lines that
         # cross it, in line order, all roots in lockstep (iteration i cuts every
-        # piece of every root by that root's i-th line). Vertices are shared through
-        # canonical keys (Mesh.begin_phase). A new phase starts when the faces have
-        # multiplied, so that roots (and their line lists) stay small.
-        mesh.begin_phase(n_lines)
-        above, below = _side_bits(line_values, line_tol, above, below, mesh.nv)
+        # piece of every root by that root's i-th line). A new phase starts when the
+        # faces have multiplied, so that roots (and their line lists) stay small.
+        mesh.mark()
+        if above.shape[0] < mesh.nv:
+            more = lines.sides(mesh.vals, above.shape[0], mesh.nv)
+            above, below = torch.cat([above, more[0]]), torch.cat([below, more[1]])
         sides = mesh.reduce(torch.cat([above, below], 1), "or")
-        both = sides[:, : above.shape[1]] & sides[:, above.shape[1]:]
-        cand = unpack_bits(both, n_lines)  # (roots, lines)
+        cand = unpack_bits(sides[:, :words] & sides[:, words:], n_lines)  # (roots, lines)
+        if possible is not None:
+            cand &= possible[mesh.origin_layer]
         if limit is not None and done == k and mesh.nv * mesh.vals.shape[1] > limit:
             # over the values budget: end this chunk at the first 64-unit boundary
             # past the earliest unfinished unit (packed codes stay byte-aligned)
             pending = torch.nonzero(cand.any(0)).flatten()
-            first = int(unit_of[pending[0]]) if pending.numel() else k
+            first = int(lines.unit[pending[0]]) if pending.numel() else k
             done = min(k, (first // 64 + 1) * 64)
-        cand &= unit_of < done
+        cand &= lines.unit < done
         root, line = torch.nonzero(cand, as_tuple=True)  # sorted by root, then line
         if root.numel() == 0:
             break
@@ -688,75 +811,13 @@ def _cut_lines(mesh: Mesh, rule: ops.Nonlinearity, k: int, scale: Tensor,
                 continue
             li = active[rows]
             fv, _ = mesh.entries(rows)
-            idx = fv.clamp(min=0)
-            units = unit_of[li][:, None].expand_as(idx)
-            vv = mesh.vals[idx, units] if not pair else (
-                mesh.vals[idx, units + k] - mesh.vals[idx, units]) * sign
-            mesh.cut(rows, vv - level[li][:, None], line_tol[li], li)
+            mesh.cut(rows, lines.at(mesh.vals, fv.clamp(min=0), li), lines.tol[li],
+                     lines.ident[li])
             if mesh.nf > 4 * phase_faces:
                 break  # re-root: the next phase starts from the current faces
-    # every face now lies on one side of each line: its code counts the
-    # breakpoints some vertex is strictly above (-inf ones: always below)
-    above, below = _side_bits(line_values, line_tol, above, below, mesh.nv)
-    lines_above = unpack_bits(mesh.reduce(above, "or"), n_lines).reshape(mesh.nf, k, nb)
-    base = 0 if pair else sum(1 for b in rule.breakpoints() if b == -math.inf)
-    return (lines_above.sum(2, dtype=torch.uint8) + base)[:, :done]
-
-
-def _side_bits(line_values, line_tol: Tensor, above: Tensor, below: Tensor, nv: int
-               ) -> tuple[Tensor, Tensor]:
-    """Extend the packed ``value > tol`` / ``value < -tol`` bits to vertices ``nv``."""
-    have = above.shape[0]
-    if have == nv:
-        return above, below
-    d = line_values(slice(have, nv))
-    return (torch.cat([above, pack_bits(d > line_tol)]),
-            torch.cat([below, pack_bits(d < -line_tol)]))
-
-
-def _cut_maxpool(mesh: Mesh, k: int, pieces: int, valid_entry: Tensor, tol: Tensor,
-                 limit: float | None = None) -> int:
-    """Max-pool units: compare each window entry with the current maximum only.
-    Returns how many units were processed (all unless ``limit`` stopped early)."""
-    mesh.mark()
-    neg = torch.where(valid_entry, 0.0, -math.inf).to(mesh.vals.dtype)  # (k, R)
-    # candidate (face, unit): the entries near the maximum differ between vertices
-    near = _near_max_bits(mesh.vals, k, pieces, valid_entry, tol)
-    varies = mesh.reduce(near, "or") ^ mesh.reduce(near, "and")
-    cand = unpack_bits(varies, k * pieces).reshape(-1, k, pieces).any(2).t().contiguous()
-    for j in range(k):
-        if _over(mesh, limit, j, k):
-            return j
-        if not bool(cand[j].any()):
-            continue
-        cols = slice(j * pieces, (j + 1) * pieces)
-        for r in range(1, pieces):
-            if not bool(valid_entry[j, r]):
-                continue
-            rows = torch.nonzero(cand[j][mesh.origin]).flatten()
-            fv, valid = mesh.entries(rows)
-            w = mesh.vals[fv.clamp(min=0), cols] + neg[j]  # (n, W, R)
-            mean = (torch.where(valid.unsqueeze(-1), w, 0.0).sum(1)
-                    / mesh.sizes[rows, None].to(w.dtype))
-            mean[:, r:] = -math.inf
-            best = mean.argmax(1)  # current maximum among entries < r
-            d = w[..., r] - w.gather(2, best[:, None, None].expand(-1, w.shape[1], 1))[..., 0]
-            mesh.cut(rows, torch.where(valid, d, 0.0), float(tol[j]))
-    return k
-
-
-def _near_max_bits(vals: Tensor, k: int, pieces: int, valid_entry: Tensor, tol: Tensor,
-                   chunk: int = 4096) -> Tensor:
-    """Packed bits (V, words): window entry within ``tol`` of its window's maximum,
-    for the first ``k`` units' entries (unit-major columns of ``vals``)."""
-    neg = torch.where(valid_entry[:k], 0.0, -math.inf).to(vals.dtype)
-    out = []
-    for i in range(0, vals.shape[0], chunk):
-        w = vals[i: i + chunk, : k * pieces].reshape(-1, k, pieces) + neg
-        near = w >= w.amax(-1, keepdim=True) - tol[:k, None]
-        out.append(pack_bits(near.reshape(-1, k * pieces)))
-    return torch.cat(out) if out else torch.zeros((0, (k * pieces + 63) // 64),
-                                                  dtype=torch.int64)
+    if above.shape[0] < mesh.nv:
+        above = torch.cat([above, lines.sides(mesh.vals, above.shape[0], mesh.nv)[0]])
+    return above, done
 
 
 def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
