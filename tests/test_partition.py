@@ -286,6 +286,24 @@ def test_resume_and_recompute_strategies_agree(monkeypatch):
     for other in (b, c):
         assert {bytes(x.tolist()) for x in a.codes} == {bytes(x.tolist()) for x in other.codes}
         assert abs(float(a.areas.sum()) - float(other.areas.sum())) < 1e-12
+    _check_invariants(net, c)
+
+
+def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
+    # layers of 150 units: recompute mode with a tiny values budget ends chunks of
+    # units early (lines of later units already cut in some faces), and the resume
+    # mode hands over to recompute mid-network; all give the same conforming result
+    net = _mlp([150, 150], seed=5)
+    sl = ma.Slice.square()
+    a = ma.partition_plane(net, sl, progress=False)
+    monkeypatch.setattr(mp, "_RESUME_BUDGET", 1e5)
+    b = ma.partition_plane(net, sl, progress=False)
+    monkeypatch.setattr(mp, "_RESUME_LIMIT", 0)
+    monkeypatch.setattr(mp, "_VALUES_BUDGET", 3e4)
+    c = ma.partition_plane(net, sl, progress=False)
+    for other in (b, c):
+        _check_invariants(net, other)
+        assert {bytes(x.tolist()) for x in a.codes} == {bytes(x.tolist()) for x in other.codes}
 
 
 def test_float32_geometry_and_float32_model():

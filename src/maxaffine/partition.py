@@ -30,6 +30,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,8 @@ class Partition:
     (index into ``unit_names`` of the first layer whose codes differ across the
     edge: the layer that created it; -1 on the domain boundary).
     Per face: ``codes`` (packed, the :class:`maxaffine.Codes` convention; the
-    unpacked ones in ``face_codes``), ``areas``, ``interior`` points, and the
+    unpacked ones in ``face_codes``, made on first use: they take a byte per
+    unit and face), ``areas``, ``interior`` points, and the
     output's affine map ``f(s, t) = slopes @ (s, t) + offsets`` with ``slopes``
     (F, C, 2), ``offsets`` (F, C). ``decision_boundary`` (S, 2, 2) segments where
     the argmax class changes (or the scalar output is zero) with
@@ -206,7 +208,8 @@ class Partition:
     edges: Tensor
     edge_faces: Tensor
     edge_layer: Tensor
-    face_codes: Codes
+    codes: Tensor
+    code_layout: tuple[tuple[str, tuple[int, ...], int, int], ...]  # name, shape, pieces, bits
     areas: Tensor
     interior: Tensor
     slopes: Tensor
@@ -221,13 +224,16 @@ class Partition:
     def num_regions(self) -> int:
         return self.faces.shape[0]
 
-    @property
-    def codes(self) -> Tensor:
-        return self.face_codes.bits
+    @cached_property
+    def face_codes(self) -> Codes:
+        """The faces' codes unpacked, as a :class:`maxaffine.Codes`."""
+        layout = self.code_layout
+        names, shapes, pieces, bits = (tuple(x[i] for x in layout) for i in range(4))
+        return Codes(names, unpack(self.codes, shapes, bits), pieces, bits, self.num_regions)
 
     @property
     def unit_names(self) -> tuple[str, ...]:
-        return self.face_codes.names
+        return tuple(name for name, *_ in self.code_layout)
 
     def polygon(self, i: int) -> Tensor:
         """Corners (k, 2) of face ``i``, counter-clockwise."""
@@ -314,7 +320,7 @@ class Partition:
             path.write_text(self.to_json())
         else:
             state = {k: v for k, v in self.__dict__.items() if isinstance(v, Tensor)}
-            state["face_codes"] = self.face_codes.as_dict()
+            state["code_layout"] = self.code_layout
             torch.save(state, path)
 
 
@@ -430,6 +436,7 @@ def _graph_in(model: nn.Module | SplineGraph, example: Tensor, dtype: torch.dtyp
 
 
 _RESUME_LIMIT = 4096  # values per vertex a paused evaluation may keep (else recompute)
+_RESUME_BUDGET = 8e7  # values a paused evaluation may hold (est.); beyond: recompute
 
 
 class _VertexValues:
@@ -446,8 +453,9 @@ class _VertexValues:
     def __init__(self, graph: SplineGraph, sl: Slice, mesh: Mesh):
         self.graph, self.sl, self.mesh = graph, sl, mesh
         self.pauses = graph._pause_points()
-        sizes = [sum(math.prod(graph._shapes[n][0]) for n in live) for _, live in self.pauses]
-        self.resume = bool(sizes) and max(sizes) <= _RESUME_LIMIT
+        self.sizes = [sum(math.prod(graph._shapes[n][0]) for n in live)
+                      for _, live in self.pauses]
+        self.resume = bool(self.sizes) and max(self.sizes) <= _RESUME_LIMIT
         self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
         self.offset = 0  # where the live columns start
@@ -508,6 +516,13 @@ class _VertexValues:
     def advance(self, index: int) -> None:
         """After unit ``index`` is cut: move the paused evaluation to the next unit."""
         if not self.resume:
+            return
+        if index + 1 < len(self.pauses) and (
+                4 * self.mesh.nv * self.sizes[index + 1] > _RESUME_BUDGET):
+            # the next layer's values at all vertices (which its cuts multiply by a
+            # few) would outgrow the budget: recompute them in chunks from the input
+            self.resume = False
+            self.mesh.set_vals(self.mesh.xy[:, :0])
             return
         env = self._env()
         stop = self.pauses[index + 1][0] if index + 1 < len(self.pauses) else None
@@ -582,6 +597,12 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
                                unit.name))
         table = rule.window_index(tuple(ev.inputs[unit.name][0].shape[1:]))
     n_units = unit.num_units
+    # line identities of the whole layer: vertices are keyed by (edge, line) across
+    # all chunks of units, so a line cut partly in one chunk and finished in the
+    # next still makes one vertex per edge
+    ident = _line_identities(rule, n_units, table)
+    mesh.begin_lines(int(ident.max()) + 1 if ident.numel() else 0)
+    per_line = ident.shape[0] // max(1, n_units)
     start = 0
     while start < n_units:
         # recompute mode holds (vertices x columns) values: chunks of units sized to
@@ -594,7 +615,8 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
         scale = mesh.vals[:, : values.ncols].abs().amax(0)
-        lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel])
+        lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
+                          ident[start * per_line: (start + k) * per_line])
         above, done = _cut_lines(mesh, lines, limit)
         if lines.window is not None:
             # every face now has one maximal entry per window (up to ties): the
@@ -616,6 +638,23 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
                               [unit.bits]))
         start += done
     values.advance(index)
+
+
+def _line_identities(rule: ops.Nonlinearity, n_units: int, table: Tensor | None) -> Tensor:
+    """Ids of every line of a layer (the order of :meth:`_Lines.of`), equal for the
+    same line of two units: overlapping max-pool windows comparing the same two
+    inputs. (Identical lines of elementwise units are candidates in the same faces:
+    the first cuts, and the second finds its vertices on the line already.)"""
+    if isinstance(rule, ops.MaxPool):
+        r = table.shape[1]
+        a, b = torch.triu_indices(r, r, 1)
+        p, q = table[:, a].flatten(), table[:, b].flatten()
+        pair = torch.minimum(p, q) * (int(table.max()) + 2) + torch.maximum(p, q)
+        return torch.unique(pair, return_inverse=True)[1]
+    if isinstance(rule, ops.Maximum):
+        return torch.arange(n_units)
+    nb = sum(1 for b in rule.breakpoints() if math.isfinite(b))
+    return torch.arange(n_units * nb)
 
 
 @dataclass
@@ -643,8 +682,9 @@ class _Lines:
 
     @classmethod
     def of(cls, rule: ops.Nonlinearity, k: int, scale: Tensor, rel_tol: float,
-           table: Tensor | None) -> _Lines:
-        """``table`` (k, R): max-pooling windows' input indices (-1: padding)."""
+           table: Tensor | None, ident: Tensor) -> _Lines:
+        """``table`` (k, R): max-pooling windows' input indices (-1: padding);
+        ``ident``: the lines' identities (:func:`_line_identities`)."""
         units = torch.arange(k)
         none = torch.full((k,), -1, dtype=torch.int64)
         if isinstance(rule, ops.MaxPool):
@@ -658,10 +698,6 @@ class _Lines:
             j = units.repeat_interleave(a.shape[0])
             tol = torch.where(ok, unit_tol[j], math.inf)
             zero = torch.zeros(j.shape[0], dtype=scale.dtype)
-            # overlapping windows share pairs of inputs: one line, one identity
-            p, q = table[:, a].flatten(), table[:, b].flatten()
-            pair = torch.minimum(p, q) * (int(table.max()) + 2) + torch.maximum(p, q)
-            ident = torch.unique(pair, return_inverse=True)[1]
             return cls(j * r + a.repeat(k), j * r + b.repeat(k), zero, tol, j, window,
                        unit_tol, (a, b), ident)
         if isinstance(rule, ops.Maximum):
@@ -669,13 +705,13 @@ class _Lines:
             first, second = (units + k, units) if not isinstance(rule, ops.Minimum) else (
                 units, units + k)
             return cls(first, second, torch.zeros(k, dtype=scale.dtype),
-                       rel_tol * (scale[:k] + scale[k:2 * k]), units)
+                       rel_tol * (scale[:k] + scale[k:2 * k]), units, ident=ident)
         bps = [b for b in rule.breakpoints() if math.isfinite(b)]
         nb = len(bps)
         tol = rel_tol * (scale[:k] + max([abs(b) for b in bps], default=0.0))
         return cls(units.repeat_interleave(nb), none.repeat_interleave(nb),
                    torch.tensor(bps, dtype=scale.dtype).repeat(k),
-                   tol.repeat_interleave(nb), units.repeat_interleave(nb))
+                   tol.repeat_interleave(nb), units.repeat_interleave(nb), ident=ident)
 
     def __post_init__(self) -> None:
         n = self.pos.shape[0]
@@ -771,11 +807,6 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         r = lines.window.shape[1]
         maybe = lines.possible_max(mesh, k).reshape(-1, k * r)
         possible = maybe[:, lines.pos] & maybe[:, lines.neg]  # (layer faces, lines)
-    # vertices are shared through canonical keys (line identities: the same line
-    # of two units, e.g. overlapping pooling windows, makes one vertex per edge;
-    # identical lines of elementwise units are candidates in the same faces, so the
-    # first cuts and the second finds its vertices on the line already)
-    mesh.begin_lines(int(lines.ident.max()) + 1 if n_lines else 0)
     while n_lines:
         # a phase: the current faces are roots; each root is cut by the lines that
         # cross it, in line order, all roots in lockstep (iteration i cuts every
@@ -851,16 +882,15 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
     rhs = torch.einsum("fwi,fwc->fic", rel, (y - ybar.unsqueeze(1)) * w)
     slopes = torch.linalg.solve(gram, rhs).transpose(1, 2)  # (F, C, 2)
     offsets = ybar - torch.einsum("fcd,fd->fc", slopes, interior)
-    values = unpack(payload, [u.code_shape for u in graph.units], [u.bits for u in graph.units])
-    face_codes = codes_of(graph, dict(zip(graph.unit_names, values, strict=True)),
-                          faces.shape[0])
+    layout = tuple((u.name, tuple(u.code_shape), u.num_pieces, u.bits) for u in graph.units)
     view = _FaceView(faces, sizes, vertices.shape[0])
     edges, edge_faces = view.edges()
-    edge_layer = _edge_layers(payload, face_codes, edge_faces)
+    edge_layer = _edge_layers(payload, layout, edge_faces)
     segs, pairs, seg_faces = _decision_boundary(vertices, faces, sizes, slopes, offsets)
     return Partition(
         domain=sl, vertices=vertices, faces=faces, face_sizes=sizes, edges=edges,
-        edge_faces=edge_faces, edge_layer=edge_layer, face_codes=face_codes, areas=areas,
+        edge_faces=edge_faces, edge_layer=edge_layer, codes=payload, code_layout=layout,
+        areas=areas,
         interior=interior, slopes=slopes, offsets=offsets, decision_boundary=segs,
         boundary_classes=pairs, boundary_faces=seg_faces, seconds=seconds, graph=graph,
     )
@@ -874,17 +904,19 @@ class _FaceView(Mesh):
         self.nf, self.width, self.nv = faces.shape[0], faces.shape[1], nv
 
 
-def _edge_layers(bits: Tensor, codes: Codes, edge_faces: Tensor) -> Tensor:
+def _edge_layers(bits: Tensor, layout: tuple, edge_faces: Tensor) -> Tensor:
     """First layer whose codes differ across each edge (-1 on the domain boundary),
-    from the faces' packed codes ``bits`` (laid out as ``codes.byte_slices()``)."""
+    from the faces' packed codes ``bits`` (layers byte-aligned, as ``layout``)."""
     f1, f2 = edge_faces[:, 0], edge_faces[:, 1]
     inner = torch.nonzero(f2 >= 0).flatten()
     layer = torch.full((edge_faces.shape[0],), -1, dtype=torch.int64)
-    if not codes.names:
+    if not layout:
         layer[inner] = 0
         return layer
     differ = bits[f1[inner]] != bits[f2[inner]]  # (E, bytes)
-    per_layer = torch.stack([differ[:, s].any(1) for s in codes.byte_slices().values()]
+    ends = torch.tensor([(math.prod(shape) * b + 7) // 8 for _, shape, _, b in layout]).cumsum(0)
+    per_layer = torch.stack([differ[:, int(a):int(b)].any(1) for a, b in
+                             zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True)]
                             + [torch.ones(inner.shape[0], dtype=torch.bool)], 1)
     # no layer differs (numerically merged faces): len(names)
     layer[inner] = per_layer.to(torch.int8).argmax(1)
