@@ -455,6 +455,18 @@ def pack_bits(b: Tensor) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(by)).view(torch.int64)
 
 
+def set_bits(words: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Rows and indices (< k) of the set bits of :func:`pack_bits` words, sorted by
+    row then index; memory in proportion to the nonzero words only."""
+    row, word = torch.nonzero(words, as_tuple=True)
+    by = words[row, word].contiguous().view(torch.uint8).reshape(-1, 8).numpy()
+    bits = torch.from_numpy(np.unpackbits(by, axis=1, bitorder="little"))  # (m, 64)
+    i, b = torch.nonzero(bits, as_tuple=True)
+    index = word[i] * 64 + b
+    keep = index < k
+    return row[i][keep], index[keep]
+
+
 def unpack_bits(words: Tensor, k: int) -> Tensor:
     """Inverse of :func:`pack_bits`: bools (N, k)."""
     by = words.contiguous().view(torch.uint8)

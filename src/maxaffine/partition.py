@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import ops
-from ._planar import Mesh, clip_halfplanes, pack_bits, unpack_bits
+from ._planar import Mesh, clip_halfplanes, pack_bits, set_bits, unpack_bits
 from .affine import jacobian
 from .errors import MaxAffineError, UnsupportedOperation
 from .graph import SplineGraph, Unit, _check_tensor, as_graph
@@ -418,6 +418,7 @@ def partition_plane(
         bar.set_postfix(regions=mesh.nf)
     bar.close()
     outputs = values.outputs()
+    mesh.set_vals(mesh.xy[:, :0])  # the last layer's values are not needed any more
     return _finish(mesh, graph, sl, outputs, time.perf_counter() - t0)
 
 
@@ -629,9 +630,14 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
             # every face lies on one side of each line: its code counts the
             # breakpoints some vertex is strictly above (-inf ones: always below)
             nb = lines.unit.shape[0] // k
-            hit = unpack_bits(mesh.reduce(above, "or"), lines.unit.shape[0])
+            hit = mesh.reduce(above, "or")
             base = 0 if isinstance(rule, ops.Maximum) else sum(
                 1 for b in rule.breakpoints() if b == -math.inf)
+            if nb == 1 and base == 0 and unit.bits == 1:  # the bits are the packed codes
+                mesh.add_payload(hit.view(torch.uint8)[:, : (done + 7) // 8])
+                start += done
+                continue
+            hit = unpack_bits(hit, lines.unit.shape[0])
             code = (hit.reshape(mesh.nf, k, nb).sum(2, dtype=torch.uint8) + base)[:, :done]
         # these units' codes are final on every face: later cuts copy them to both halves
         mesh.add_payload(pack([code.to(torch.uint8 if pieces <= 256 else torch.int64)],
@@ -817,17 +823,19 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
             more = lines.sides(mesh.vals, above.shape[0], mesh.nv)
             above, below = torch.cat([above, more[0]]), torch.cat([below, more[1]])
         sides = mesh.reduce(torch.cat([above, below], 1), "or")
-        cand = unpack_bits(sides[:, :words] & sides[:, words:], n_lines)  # (roots, lines)
+        # (root, line) pairs where the line crosses the root, sorted by root then line
+        root, line = set_bits(sides[:, :words] & sides[:, words:], n_lines)
         if possible is not None:
-            cand &= possible[mesh.origin_layer]
+            keep = possible[mesh.origin_layer[root], line]
+            root, line = root[keep], line[keep]
         if limit is not None and done == k and mesh.nv * mesh.vals.shape[1] > limit:
             # over the values budget: end this chunk at the first 64-unit boundary
             # past the earliest unfinished unit (packed codes stay byte-aligned)
-            pending = torch.nonzero(cand.any(0)).flatten()
-            first = int(lines.unit[pending[0]]) if pending.numel() else k
+            first = int(lines.unit[line].min()) if line.numel() else k
             done = min(k, (first // 64 + 1) * 64)
-        cand &= lines.unit < done
-        root, line = torch.nonzero(cand, as_tuple=True)  # sorted by root, then line
+        if done < k:
+            keep = lines.unit[line] < done
+            root, line = root[keep], line[keep]
         if root.numel() == 0:
             break
         count = torch.bincount(root, minlength=mesh.nf)
@@ -913,13 +921,16 @@ def _edge_layers(bits: Tensor, layout: tuple, edge_faces: Tensor) -> Tensor:
     if not layout:
         layer[inner] = 0
         return layer
-    differ = bits[f1[inner]] != bits[f2[inner]]  # (E, bytes)
     ends = torch.tensor([(math.prod(shape) * b + 7) // 8 for _, shape, _, b in layout]).cumsum(0)
-    per_layer = torch.stack([differ[:, int(a):int(b)].any(1) for a, b in
-                             zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True)]
-                            + [torch.ones(inner.shape[0], dtype=torch.bool)], 1)
-    # no layer differs (numerically merged faces): len(names)
-    layer[inner] = per_layer.to(torch.int8).argmax(1)
+    bounds = list(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True))
+    step = max(1, int(2**25 // max(1, bits.shape[1])))  # edges per pass: bounded memory
+    for i in range(0, inner.shape[0], step):
+        e = inner[i: i + step]
+        differ = bits[f1[e]] != bits[f2[e]]  # (edges, bytes)
+        per_layer = torch.stack([differ[:, a:b].any(1) for a, b in bounds]
+                                + [torch.ones(e.shape[0], dtype=torch.bool)], 1)
+        # no layer differs (numerically merged faces): len(names)
+        layer[e] = per_layer.to(torch.int8).argmax(1)
     return layer
 
 
