@@ -49,8 +49,9 @@ def _case(name: str, dtype_name: str, queue) -> None:
     if name.startswith("mlp 2-"):
         widths = [int(w) for w in name.split()[1].split("-")] + [1]
         model = _mlp(widths)
-        if "[-4,4]" in name:
-            domain = ma.Slice.square(-4.0, 4.0)
+        if "^2" in name:  # "[-r,r]^2"
+            r = float(name.split("[-")[1].split(",")[0])
+            domain = ma.Slice.square(-r, r)
     else:
         data = load_dataset("mnist")
         torch.manual_seed(0)
@@ -74,7 +75,8 @@ def _case(name: str, dtype_name: str, queue) -> None:
         model = model.float()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    part = ma.partition_plane(model, domain, dtype=dtype, progress=False)
+    part = ma.partition_plane(model, domain, dtype=dtype, progress=False,
+                              max_regions=10_000_000)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put({
@@ -95,7 +97,8 @@ def main() -> None:
     cases = ["mlp 2-32-32-32 (vs reference)", "mlp 2-64-64-64"]
     if not args.quick:
         cases += ["mlp 2-128-128-128", "mlp 2-256-256-256", "mlp 784-256-256-256-10 (MNIST plane)",
-                  "demo cnn (MNIST plane, 2% window)", "mlp 2-256-256-256 [-4,4]^2"]
+                  "demo cnn (MNIST plane, 2% window)", "mlp 2-256-256-256 [-4,4]^2",
+                  "mlp 2-512-512-512 [-3,3]^2"]
     ctx = mp.get_context("spawn")
     rows = []
     for name in cases:

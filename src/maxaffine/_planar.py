@@ -3,14 +3,15 @@
 The geometry behind :func:`maxaffine.partition_plane`, kept separate from the
 ops (which know nothing of polygons). Faces are rows of a padded tensor of
 vertex ids in counter-clockwise order; vertices are shared between faces.
-A *cut* splits every candidate face in which a function that is affine on the
-face changes sign (values given at the face's vertices) along its zero line; the
-new vertex on a crossed edge is created once per edge and shared by both faces
-(edges are keyed by their sorted vertex ids), so the subdivision stays
-conforming. Like edge subdivision (Berzins, ICML 2023) values at new vertices
-are interpolated along the edge, which is exact for a continuous piecewise-affine
-function that is affine on the edge; unlike it, each cut processes all faces
-at once in tensors.
+A *cut* splits faces along the zero line of a function that is affine on each
+(values given at the faces' vertices). Each cut is one of a set of lines
+(:meth:`Mesh.begin_lines`): a new vertex is identified by (the edge of the
+subdivision at the start, or the chord, it lies on; the line), so it is created
+once and shared by the faces on both sides of the edge, even when they are cut
+by that line at different times; the subdivision stays conforming. Like edge
+subdivision (Berzins, ICML 2023) values at new vertices are interpolated along
+the edge, which is exact for a continuous piecewise-affine function that is
+affine on the edge; unlike it, each cut processes many faces at once in tensors.
 
 Degenerate cases are resolved by one rule: a vertex whose value is within
 ``tol`` of zero is *on* the line. It then belongs to both halves, never creates
@@ -97,6 +98,13 @@ class Mesh:
         buf[: self.nv] = vals
         self._vals = buf
 
+    def fresh_vals(self, ncols: int) -> Tensor:
+        """Drop the per-vertex values and return new uninitialised ones (V, ncols),
+        to be filled in place."""
+        self._vals = self._xy[:, :0]
+        self._vals = torch.empty((self._xy.shape[0], ncols), dtype=self._xy.dtype)
+        return self._vals[: self.nv]
+
     def mark(self) -> None:
         self._origin[: self.nf] = torch.arange(self.nf)
 
@@ -136,11 +144,10 @@ class Mesh:
         """Overwrite faces ``rows`` (existing or just reserved) with ``polys``."""
         w = polys.shape[1]
         self._reserve_faces(0, w)
-        self._faces[rows] = -1
-        self._faces[rows, :w] = polys
-        self._support[rows] = -1
-        if support is not None:
-            self._support[rows, :w] = support
+        pad = self._faces.shape[1] - w  # whole rows: one write each
+        self._faces[rows] = torch.nn.functional.pad(polys, (0, pad), value=-1)
+        self._support[rows] = (torch.full_like(self._faces[:1], -1) if support is None
+                               else torch.nn.functional.pad(support, (0, pad), value=-1))
         self._sizes[rows] = sizes
         self.width = max(self.width, w)
 
@@ -226,10 +233,10 @@ class Mesh:
         chord = (self._chord_base + self._origin_layer[rows] * self._n_lines + line if keyed
                  else torch.full_like(line, -1))
         children = []
+        chan = torch.stack([ext, ext_sup, (sgn == 0).to(torch.int64)], 2)  # one compaction
         for keep in (ok & (sgn >= 0), ok & (sgn <= 0)):
-            poly, size = _compact(ext, keep)
-            poly_sup, _ = _compact(ext_sup, keep)
-            on, _ = _compact((sgn == 0).to(torch.int64), keep)
+            both, size = _compact(chan, keep)
+            poly, poly_sup, on = both.unbind(2)
             # the chord joins the two entries on the line that follow each other
             wn = poly.shape[1]
             nxt = torch.arange(1, wn + 1).expand(n, wn)
@@ -475,12 +482,16 @@ def unpack_bits(words: Tensor, k: int) -> Tensor:
 
 
 def _compact(ext: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-    """Left-align the kept entries of each row (stable), -1 padded."""
+    """Left-align the kept entries of each row (stable), -1 padded; ``ext`` (N, K)
+    or (N, K, channels)."""
     pos = torch.cumsum(keep, 1) - 1
     sizes = pos[:, -1] + 1
     w = int(sizes.max())
-    out = torch.full((ext.shape[0], w + 1), -1, dtype=ext.dtype)
-    out.scatter_(1, torch.where(keep, pos, w), ext)  # dropped entries land in column w
+    out = torch.full((ext.shape[0], w + 1, *ext.shape[2:]), -1, dtype=ext.dtype)
+    index = torch.where(keep, pos, w)  # dropped entries land in column w
+    if ext.dim() == 3:
+        index = index.unsqueeze(2).expand_as(ext)
+    out.scatter_(1, index, ext)
     return out[:, :w], sizes
 
 

@@ -10,17 +10,21 @@ segment (:func:`partition_segment`) and on a convex polygon of a 2-D plane
 
 1. The network is continuous, so each nonlinearity's pre-activation at every
    vertex of the current partition comes from one plain batched forward pass.
-2. Inside a face the pre-activation of the next layer is affine, so the face is
-   cut along the zero line of ``z_k - breakpoint`` (ReLU, leaky ReLU, PReLU, abs:
-   0; Hardtanh: both bounds), of ``b - a`` (``torch.maximum``), or, for
-   max-pooling, of ``e_r - e_m`` against the window's current maximum ``e_m``
-   only (no phantom ties between non-maximal entries); faces of one region
-   split by those comparisons are merged at the end of the layer.
-3. All faces are cut at once in tensors (:mod:`maxaffine._planar`); only the
-   faces a unit can cross are visited.
+2. Inside a face (of the layer's start) the pre-activation is affine, so the
+   face's boundaries of this layer are lines: ``z_k = breakpoint`` (ReLU, leaky
+   ReLU, PReLU, abs: 0; Hardtanh: both bounds), ``a = b`` (``torch.maximum``), or,
+   for max-pooling, the ties ``e_a = e_b`` of two window entries that can both be
+   the window's maximum in the face; pieces of one region split by ties of
+   non-maximal entries are merged at the end of the layer.
+3. Every face is cut by the lines crossing it, all faces in lockstep (step i
+   cuts each face by its own i-th line; no Python loop over faces or units).
+   A new vertex is keyed by (the layer-start edge or chord it splits, the line),
+   so the faces on both sides of an edge share it whatever order they are cut
+   in: the subdivision stays conforming (:mod:`maxaffine._planar`).
 
-Codes, interior points, areas and the output's affine map of each face come at
-the end from one forward pass at interior points.
+Each face's codes are read off the sides of the lines at its vertices; the
+output's affine map on a face is fit through the outputs at its vertices (exact:
+the output is affine there).
 """
 
 from __future__ import annotations
@@ -504,14 +508,11 @@ class _VertexValues:
             mesh.set_vals(torch.cat([cols, mesh.vals[:, self.offset:]], 1))
             self.ncols = self.offset = cols.shape[1]
             return
-        per = len(sel) * (unit.num_pieces if isinstance(unit.rule, ops.MaxPool) else 2)
-        vals = torch.empty((mesh.nv, per), dtype=mesh.xy.dtype)
-        width = 0
+        width = len(sel) * (unit.num_pieces if isinstance(unit.rule, ops.MaxPool) else
+                            2 if isinstance(unit.rule, ops.Maximum) else 1)
+        vals = mesh.fresh_vals(width)  # written in place: one copy of the values
         for part, ev in _evaluate(graph, self.sl, mesh.xy, unit.name):
-            c = _columns(unit, ev.inputs[unit.name], sel, table)
-            width = c.shape[1]
-            vals[part, :width] = c
-        mesh.set_vals(vals[:, :width])
+            vals[part] = _columns(unit, ev.inputs[unit.name], sel, table)
         self.ncols = width
 
     def advance(self, index: int) -> None:
