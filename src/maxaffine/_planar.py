@@ -424,13 +424,23 @@ class Mesh:
     def areas(self) -> Tensor:
         """(F,) signed shoelace areas (positive for counter-clockwise faces)."""
         fv, valid = self.entries(torch.arange(self.nf))
-        n, w = fv.shape
-        nxt = torch.arange(1, w + 1).expand(n, w)
-        nxt = torch.where(nxt >= self.sizes[:, None], 0, nxt)
-        p = self._xy[fv.clamp(min=0)]
-        q = self._xy[fv.gather(1, nxt).clamp(min=0)]
-        cross = p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]
-        return 0.5 * (cross * valid).sum(1)
+        first = self._xy[fv[:, 0].clamp(min=0)]
+        total = torch.zeros(self.nf, dtype=self._xy.dtype)
+        for i in range(self.width):  # one vertex slot at a time: memory (F, 2)
+            p = self._xy[fv[:, i].clamp(min=0)]
+            last = i + 1 >= self.width
+            q = first if last else self._xy[fv[:, i + 1].clamp(min=0)]
+            # the edge out of the last vertex closes the polygon at the first
+            q = torch.where(((self.sizes == i + 1) if not last else valid[:, i]).unsqueeze(1),
+                            first, q)
+            cross = p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]
+            total += torch.where(valid[:, i], cross, 0.0)
+        return 0.5 * total
+
+    def release(self) -> None:
+        """Free the buffers (the mesh is unusable afterwards)."""
+        for name in ("_faces", "_support", "_vals", "_payload", "_origin", "_origin_layer"):
+            setattr(self, name, getattr(self, name)[:0])
 
     def edges(self) -> tuple[Tensor, Tensor]:
         """Undirected edges (E, 2) and their faces (E, 2) (-1: domain boundary)."""

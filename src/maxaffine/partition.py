@@ -880,15 +880,25 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
     faces, sizes, payload = mesh.faces[keep], mesh.sizes[keep], mesh.payload[keep]
     areas = areas[keep]
     vertices = mesh.xy.clone()
-    valid = faces >= 0
-    pts = vertices[faces.clamp(min=0)]
-    w = valid.unsqueeze(-1).to(pts.dtype)
-    interior = (pts * w).sum(1) / sizes.unsqueeze(1).to(pts.dtype)
-    rel = (pts - interior.unsqueeze(1)) * w  # (F, W, 2)
-    y = outputs[faces.clamp(min=0)]  # (F, W, C)
-    ybar = (y * w).sum(1) / sizes.unsqueeze(1).to(pts.dtype)
-    gram = torch.einsum("fwi,fwj->fij", rel, rel)
-    rhs = torch.einsum("fwi,fwc->fic", rel, (y - ybar.unsqueeze(1)) * w)
+    mesh.release()  # its buffers are copied: free them before the heavy steps
+    # per vertex slot (memory (F, 2) and (F, C), not (F, W, ...)): means, then the
+    # least-squares plane through the vertices' outputs
+    n = sizes.unsqueeze(1).to(vertices.dtype)
+    interior = torch.zeros((faces.shape[0], 2), dtype=vertices.dtype)
+    ybar = torch.zeros((faces.shape[0], outputs.shape[1]), dtype=outputs.dtype)
+    slots = [(faces[:, i].clamp(min=0), (faces[:, i] >= 0).unsqueeze(1).to(vertices.dtype))
+             for i in range(faces.shape[1])]
+    for v, m in slots:
+        interior += vertices[v] * m
+        ybar += outputs[v] * m
+    interior /= n
+    ybar /= n
+    gram = torch.zeros((faces.shape[0], 2, 2), dtype=vertices.dtype)
+    rhs = torch.zeros((faces.shape[0], 2, outputs.shape[1]), dtype=outputs.dtype)
+    for v, m in slots:
+        rel, dy = (vertices[v] - interior) * m, (outputs[v] - ybar) * m
+        gram += rel.unsqueeze(2) * rel.unsqueeze(1)
+        rhs += rel.unsqueeze(2) * dy.unsqueeze(1)
     slopes = torch.linalg.solve(gram, rhs).transpose(1, 2)  # (F, C, 2)
     offsets = ybar - torch.einsum("fcd,fd->fc", slopes, interior)
     layout = tuple((u.name, tuple(u.code_shape), u.num_pieces, u.bits) for u in graph.units)
