@@ -5,7 +5,7 @@ seconds, regions/s and peak resident memory. The baseline measured in the same r
 is the project's slow per-face clipping reference (tests/reference_partition.py)
 on the small network where it is feasible; its ratio to the fast path is printed.
 
-    python benchmarks/partition.py [--quick] [--dtype float64|float32]
+    python benchmarks/partition.py [--quick] [--dtype float64|float32] [--only NAME]
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ def _case(name: str, dtype_name: str, queue) -> None:
         ref = reference_partition(model.double(), domain)
         reference = (len(ref), time.perf_counter() - t0)
         model = model.float()
+    # one-time costs of the process (kernel initialisation, first tracing) are not
+    # the algorithm's: warm up on a tiny unrelated network first
+    ma.partition_plane(_mlp([2, 8, 8, 1], seed=1), ma.Slice.square(), progress=False)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     part = ma.partition_plane(model, domain, dtype=dtype, progress=False,
@@ -92,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small cases only")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/partition.json")
     args = parser.parse_args()
     cases = ["mlp 2-32-32-32 (vs reference)", "mlp 2-64-64-64"]
@@ -99,6 +103,7 @@ def main() -> None:
         cases += ["mlp 2-128-128-128", "mlp 2-256-256-256", "mlp 784-256-256-256-10 (MNIST plane)",
                   "demo cnn (MNIST plane, 2% window)", "mlp 2-256-256-256 [-4,4]^2",
                   "mlp 2-512-512-512 [-3,3]^2"]
+    cases = [c for c in cases if args.only in c]
     ctx = mp.get_context("spawn")
     rows = []
     for name in cases:

@@ -953,14 +953,20 @@ def _class_cells(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
     sizes (M,), per-edge clip labels (M, W) (the other class, -1 on the face's own
     edges), the class (M,) and the face (M,) of each cell."""
     c = slopes.shape[1]
-    pts = vertices[faces.clamp(min=0)]  # (F, W, 2)
-    valid = faces >= 0
-    out = torch.einsum("fcd,fwd->fwc", slopes, pts) + offsets[:, None, :]
+    # faces whose vertices disagree, one vertex slot at a time (memory (F, C))
+    low = torch.full((faces.shape[0],), c if c > 1 else 1, dtype=torch.int64)
+    high = torch.full((faces.shape[0],), -1 if c > 1 else 0, dtype=torch.int64)
+    for i in range(faces.shape[1]):
+        p = vertices[faces[:, i].clamp(min=0)]
+        out = torch.einsum("fcd,fd->fc", slopes, p) + offsets
+        lab = out.argmax(1) if c > 1 else (out[:, 0] > 0).long() - (out[:, 0] < 0).long()
+        ok = faces[:, i] >= 0
+        low = torch.where(ok, torch.minimum(low, lab), low)
+        high = torch.where(ok, torch.maximum(high, lab), high)
+    mixed = (low != high) if c > 1 else (low < 0) & (high > 0)
+    idx = torch.nonzero(mixed).flatten()
+    pts = vertices[faces[idx].clamp(min=0)]  # (M, W, 2)
     if c == 1:
-        s = out[..., 0]
-        mixed = (torch.where(valid, s, -math.inf).amax(1) > 0) & (
-            torch.where(valid, s, math.inf).amin(1) < 0)
-        idx = torch.nonzero(mixed).flatten()
         fi = idx.repeat_interleave(2)
         owner = torch.tensor([1, 0]).repeat(idx.shape[0])
         sign = (2 * owner - 1).to(slopes.dtype)
@@ -968,9 +974,6 @@ def _class_cells(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
         offs = (offsets[fi, 0] * sign)[:, None]
         labels = (1 - owner)[:, None]
     else:
-        am = out.argmax(2)
-        mixed = torch.where(valid, am, c).amin(1) != torch.where(valid, am, -1).amax(1)
-        idx = torch.nonzero(mixed).flatten()
         cls = torch.arange(c)
         others = torch.stack([torch.cat([cls[:j], cls[j + 1:]]) for j in range(c)])
         fi = idx.repeat_interleave(c)
@@ -978,7 +981,8 @@ def _class_cells(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
         labels = others[owner]  # (n*C, C-1)
         normals = slopes[fi, owner][:, None, :] - slopes[fi[:, None], labels]
         offs = offsets[fi, owner][:, None] - offsets[fi[:, None], labels]
-    poly, psize, edge = clip_halfplanes(pts[fi], sizes[fi], normals, offs, labels)
+    local = torch.arange(idx.shape[0]).repeat_interleave(2 if c == 1 else c)
+    poly, psize, edge = clip_halfplanes(pts[local], sizes[fi], normals, offs, labels)
     keep = psize >= 3
     return poly[keep], psize[keep], edge[keep], owner[keep], fi[keep]
 
