@@ -440,7 +440,7 @@ def _graph_in(model: nn.Module | SplineGraph, example: Tensor, dtype: torch.dtyp
     return as_graph(base, example)
 
 
-_RESUME_LIMIT = 4096  # values per vertex a paused evaluation may keep (else recompute)
+_RESUME_LIMIT = 32768  # values per vertex a paused evaluation may keep (else recompute)
 _RESUME_BUDGET = 8e7  # values a paused evaluation may hold (est.); beyond: recompute
 
 
@@ -461,6 +461,7 @@ class _VertexValues:
         self.sizes = [sum(math.prod(graph._shapes[n][0]) for n in live)
                       for _, live in self.pauses]
         self.resume = bool(self.sizes) and max(self.sizes) <= _RESUME_LIMIT
+        self.start_nv = mesh.nv  # vertices at the current layer's start
         self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
         self.offset = 0  # where the live columns start
@@ -519,10 +520,13 @@ class _VertexValues:
         """After unit ``index`` is cut: move the paused evaluation to the next unit."""
         if not self.resume:
             return
+        growth = min(4.0, self.mesh.nv / max(1, self.start_nv))
+        self.start_nv = self.mesh.nv
         if index + 1 < len(self.pauses) and (
-                4 * self.mesh.nv * self.sizes[index + 1] > _RESUME_BUDGET):
-            # the next layer's values at all vertices (which its cuts multiply by a
-            # few) would outgrow the budget: recompute them in chunks from the input
+                growth * self.mesh.nv * self.sizes[index + 1] > _RESUME_BUDGET):
+            # the next layer's values at all vertices (whose number its cuts multiply,
+            # as the last layer's did, up to 4x) would outgrow the budget: recompute
+            # them in chunks from the input
             self.resume = False
             self.mesh.set_vals(self.mesh.xy[:, :0])
             return
@@ -731,9 +735,11 @@ class _Lines:
     def values(self, vals: Tensor, rows: slice) -> Tensor:
         """(n, L) every line's function at vertices ``rows``."""
         v = vals[rows]
-        if self.pairs is not None:
+        if self.pairs is not None:  # strided slices: no gathers
             w = v[:, : self.window.numel()].reshape(v.shape[0], *self.window.shape)
-            return (w[:, :, self.pairs[0]] - w[:, :, self.pairs[1]]).flatten(1)
+            return torch.stack([w[:, :, a] - w[:, :, b] for a, b in
+                                zip(self.pairs[0].tolist(), self.pairs[1].tolist(),
+                                    strict=True)], 2).flatten(1)
         d = v[:, : self.pos.shape[0]] if self.plain else v[:, self.pos]
         if self.paired:
             d = d - v[:, self.neg]
