@@ -86,7 +86,7 @@ class Mesh:
 
     def add_payload(self, values: Tensor) -> None:
         """Append columns (F, b) of uint8 to every face's payload."""
-        new = torch.zeros((self._faces.shape[0], self._payload.shape[1] + values.shape[1]),
+        new = torch.empty((self._faces.shape[0], self._payload.shape[1] + values.shape[1]),
                           dtype=torch.uint8)
         new[: self.nf, : self._payload.shape[1]] = self._payload[: self.nf]
         new[: self.nf, self._payload.shape[1]:] = values
@@ -94,14 +94,14 @@ class Mesh:
 
     def set_vals(self, vals: Tensor) -> None:
         """Replace the per-vertex values (V, ncols) used by :meth:`cut`."""
-        buf = torch.empty((self._xy.shape[0], vals.shape[1]), dtype=vals.dtype)
-        buf[: self.nv] = vals
-        self._vals = buf
+        self.fresh_vals(vals.shape[1]).copy_(vals)
 
     def fresh_vals(self, ncols: int) -> Tensor:
         """Drop the per-vertex values and return new uninitialised ones (V, ncols),
-        to be filled in place."""
+        to be filled in place. Room is reserved for 4x the vertices (pages not
+        written cost nothing), so cuts rarely copy the values to grow."""
         self._vals = self._xy[:, :0]
+        self._reserve_vertices(3 * self.nv)
         self._vals = torch.empty((self._xy.shape[0], ncols), dtype=self._xy.dtype)
         return self._vals[: self.nv]
 
@@ -128,14 +128,17 @@ class Mesh:
         if need > cap or width > self._faces.shape[1]:
             cap = max(need, 2 * cap) if need > cap else cap
             w = max(width, self._faces.shape[1])
+            # rows past nf are written whole before they are read: leave them
+            # uninitialised (pages never written cost no memory)
             for name in ("_faces", "_support"):
                 old = getattr(self, name)
-                buf = torch.full((cap, w), -1, dtype=torch.int64)
+                buf = torch.empty((cap, w), dtype=torch.int64)
                 buf[: self.nf, : old.shape[1]] = old[: self.nf]
+                buf[: self.nf, old.shape[1]:] = -1
                 setattr(self, name, buf)
             for name in ("_sizes", "_origin", "_origin_layer", "_payload"):
                 old = getattr(self, name)
-                new = torch.zeros((cap, *old.shape[1:]), dtype=old.dtype)
+                new = torch.empty((cap, *old.shape[1:]), dtype=old.dtype)
                 new[: self.nf] = old[: self.nf]
                 setattr(self, name, new)
 
@@ -446,13 +449,18 @@ class Mesh:
         """Undirected edges (E, 2) and their faces (E, 2) (-1: domain boundary)."""
         fv, valid = self.entries(torch.arange(self.nf))
         n, w = fv.shape
-        nxt = torch.arange(1, w + 1).expand(n, w)
-        nxt = torch.where(nxt >= self.sizes[:, None], 0, nxt)
-        u, v = fv[valid], fv.gather(1, nxt)[valid]
-        face = torch.arange(n)[:, None].expand(n, w)[valid]
-        lo, hi = torch.minimum(u, v), torch.maximum(u, v)
-        key = lo * self.nv + hi
+        keys, faces = [], []
+        for i in range(w):  # one vertex slot at a time: no (F, W) temporaries
+            rows = torch.nonzero(valid[:, i]).flatten()
+            u = fv[rows, i]
+            v = fv[rows, i + 1] if i + 1 < w else fv[rows, 0]
+            v = torch.where(self.sizes[rows] == i + 1, fv[rows, 0], v)
+            keys.append(torch.minimum(u, v) * self.nv + torch.maximum(u, v))
+            faces.append(rows)
+        key, face = torch.cat(keys), torch.cat(faces)
+        del keys, faces
         ukey, inv = torch.unique(key, return_inverse=True)
+        del key
         m = ukey.shape[0]
         f1 = torch.full((m,), n, dtype=torch.int64).scatter_reduce(0, inv, face, "amin")
         f2 = torch.full((m,), -1, dtype=torch.int64).scatter_reduce(0, inv, face, "amax")

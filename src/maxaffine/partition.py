@@ -892,16 +892,18 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
     n = sizes.unsqueeze(1).to(vertices.dtype)
     interior = torch.zeros((faces.shape[0], 2), dtype=vertices.dtype)
     ybar = torch.zeros((faces.shape[0], outputs.shape[1]), dtype=outputs.dtype)
-    slots = [(faces[:, i].clamp(min=0), (faces[:, i] >= 0).unsqueeze(1).to(vertices.dtype))
-             for i in range(faces.shape[1])]
-    for v, m in slots:
+    def slots():
+        for i in range(faces.shape[1]):
+            yield faces[:, i].clamp(min=0), (faces[:, i] >= 0).unsqueeze(1).to(vertices.dtype)
+
+    for v, m in slots():
         interior += vertices[v] * m
         ybar += outputs[v] * m
     interior /= n
     ybar /= n
     gram = torch.zeros((faces.shape[0], 2, 2), dtype=vertices.dtype)
     rhs = torch.zeros((faces.shape[0], 2, outputs.shape[1]), dtype=outputs.dtype)
-    for v, m in slots:
+    for v, m in slots():
         rel, dy = (vertices[v] - interior) * m, (outputs[v] - ybar) * m
         gram += rel.unsqueeze(2) * rel.unsqueeze(1)
         rhs += rel.unsqueeze(2) * dy.unsqueeze(1)
