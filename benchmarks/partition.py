@@ -102,7 +102,7 @@ def main() -> None:
     if not args.quick:
         cases += ["mlp 2-128-128-128", "mlp 2-256-256-256", "mlp 784-256-256-256-10 (MNIST plane)",
                   "demo cnn (MNIST plane, 2% window)", "mlp 2-256-256-256 [-4,4]^2",
-                  "mlp 2-512-512-512 [-3,3]^2"]
+                  "mlp 2-512-512-512 [-8,8]^2"]
     cases = [c for c in cases if args.only in c]
     ctx = mp.get_context("spawn")
     rows = []
