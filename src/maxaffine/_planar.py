@@ -471,8 +471,8 @@ class Mesh:
 def pack_bits(b: Tensor) -> Tensor:
     """Bools (N, K) as int64 words (N, ceil(K / 64)), for cheap OR-reductions."""
     n, k = b.shape
-    if k == 0:
-        return torch.zeros((n, 0), dtype=torch.int64)
+    if n == 0 or k == 0:
+        return torch.zeros((n, (k + 63) // 64), dtype=torch.int64)
     pad = (-k) % 64
     by = np.packbits(b.numpy(), axis=1, bitorder="little")  # (N, ceil(K / 8))
     if pad:
@@ -494,6 +494,8 @@ def set_bits(words: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def unpack_bits(words: Tensor, k: int) -> Tensor:
     """Inverse of :func:`pack_bits`: bools (N, k)."""
+    if words.shape[0] == 0:
+        return torch.zeros((0, k), dtype=torch.bool)
     by = words.contiguous().view(torch.uint8)
     bits = (by.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
     return bits.reshape(words.shape[0], -1)[:, :k].bool()
