@@ -100,21 +100,32 @@ def partition_section(ctx: DemoContext) -> Section:
     sl = Slice.through(x[picks[0]], x[picks[1]], x[picks[2]], pad=0.1)
     whole = partition_plane(ctx.mlp, sl, progress=False)
     # the CNN has far more regions (thousands of conv units cut the plane): a window
-    # around x1 of 1% of the distance from x1 to x2
-    zoom = sl.zoom(0, 0.01 * float(sl.anchors[1, 0]))
-    near = partition_plane(ctx.cnn, zoom, progress=False)
+    # of 1% of |x2 - x1| around the point where its prediction first changes on the
+    # segment from x1 to x2 (found by the exact segment partition)
     seg = partition_segment(ctx.cnn, x[picks[0]], x[picks[1]])
-    fig, axes = plt.subplots(1, 3, figsize=(18, 6))
+    mids = (seg.breakpoints[:-1] + seg.breakpoints[1:]) / 2
+    cls = (seg.offsets + seg.slopes * mids.unsqueeze(1)).argmax(1)
+    change = torch.nonzero(cls != cls[0]).flatten()
+    t_star = float(seg.breakpoints[change[0]]) if change.numel() else 0.0
+    length = float(sl.anchors[1, 0])
+    zoom = sl.zoom((t_star * length, 0.0), 0.01 * length)
+    near = partition_plane(ctx.cnn, zoom, progress=False)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 12))
+    axes = axes.flatten()
     whole.plot(ax=axes[0], color_by="region")
     whole.plot(ax=axes[1], color_by="class")
-    near.plot(ax=axes[2], color_by="layer")
+    near.plot(ax=axes[2], color_by="region")
+    near.plot(ax=axes[3], color_by="layer")
     axes[0].set_title(f"MLP: {whole.num_regions} regions on the plane through x1, x2, x3",
                       fontsize=9)
     axes[1].set_title("MLP: predicted class, decision boundary in black", fontsize=9)
-    axes[2].set_title(f"CNN: {near.num_regions} regions in a window around x1, edges "
-                      "coloured by the layer that made them", fontsize=9)
+    axes[2].set_title(f"CNN: {near.num_regions} regions in a window where its prediction "
+                      "changes on the segment x1-x2 (decision boundary bold)", fontsize=9)
+    axes[3].set_title("CNN, same window: edges coloured by the layer that made them",
+                      fontsize=9)
     fig.tight_layout()
-    rows = ["| statistic | MLP, whole plane | CNN, window around x1 |", "|---|---|---|"]
+    rows = ["| statistic | MLP, whole plane | CNN, window on the segment x1-x2 |",
+            "|---|---|---|"]
     a, b = whole.summary(), near.summary()
 
     def fmt(v: object) -> str:
