@@ -677,8 +677,9 @@ class _Lines:
     Elementwise splines: one line per finite breakpoint (``z = b``);
     ``torch.maximum`` / ``minimum``: ``a = b``; max-pooling: ``e_a = e_b`` for
     every pair of valid entries of a window (``window`` (k, R): valid entries),
-    cut only in faces where the window's maximal entry varies, so the ties of
-    two non-maximal entries split regions only where they will be merged.
+    cut only in the layer-start faces where both entries can be the maximum
+    (:meth:`possible_max`); the pieces that ties of two non-maximal entries still
+    split off are merged afterwards.
     """
 
     pos: Tensor
@@ -861,7 +862,7 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
                      lines.ident[li])
             if mesh.nf > 4 * phase_faces:
                 break  # re-root: the next phase starts from the current faces
-    if above.shape[0] < mesh.nv:
+    if above.shape[0] < mesh.nv and lines.window is None:  # max-pool codes: near_max
         above = torch.cat([above, lines.sides(mesh.vals, above.shape[0], mesh.nv)[0]])
     return above, done
 
