@@ -286,10 +286,16 @@ class Mesh:
                 torch.lerp(vals[lo], vals[hi], t, out=vals[base: base + m])
             self.nv += m
             ids[fresh] = base + inv
-            merged = torch.cat([known, ukey])
-            order = torch.argsort(merged)
-            self._known_keys = merged[order]
-            self._known_ids = torch.cat([self._known_ids, base + torch.arange(m)])[order]
+            # merge two sorted key lists (ukey is sorted by torch.unique): each
+            # entry's place is its rank in its own list plus its rank in the other
+            k = known.shape[0]
+            at_old = torch.arange(k) + torch.searchsorted(ukey, known)
+            at_new = torch.arange(m) + torch.searchsorted(known, ukey)
+            keys = torch.empty(k + m, dtype=torch.int64)
+            new_ids = torch.empty(k + m, dtype=torch.int64)
+            keys[at_old], keys[at_new] = known, ukey
+            new_ids[at_old], new_ids[at_new] = self._known_ids, base + torch.arange(m)
+            self._known_keys, self._known_ids = keys, new_ids
         return ids
 
     # ----------------------------------------------------------------- merge
