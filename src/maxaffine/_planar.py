@@ -100,10 +100,14 @@ class Mesh:
         """Drop the per-vertex values and return new uninitialised ones (V, ncols),
         to be filled in place. Room is reserved for 4x the vertices (pages not
         written cost nothing), so cuts rarely copy the values to grow."""
-        self._vals = self._xy[:, :0]
+        self.drop_vals()
         self._reserve_vertices(3 * self.nv)
         self._vals = torch.empty((self._xy.shape[0], ncols), dtype=self._xy.dtype)
         return self._vals[: self.nv]
+
+    def drop_vals(self) -> None:
+        """Free the per-vertex values."""
+        self._vals = self._xy[:, :0]
 
     def mark(self) -> None:
         self._origin[: self.nf] = torch.arange(self.nf)

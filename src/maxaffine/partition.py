@@ -422,7 +422,7 @@ def partition_plane(
         bar.set_postfix(regions=mesh.nf)
     bar.close()
     outputs = values.outputs()
-    mesh.set_vals(mesh.xy[:, :0])  # the last layer's values are not needed any more
+    mesh.drop_vals()  # the last layer's values are not needed any more
     return _finish(mesh, graph, sl, outputs, time.perf_counter() - t0)
 
 
@@ -479,7 +479,11 @@ class _VertexValues:
         live += sorted((n for n in self.pauses[pause][1] if n not in live), key=lambda n: n.name)
         self.live = [(n, tuple(env[n].shape[1:])) for n in live]
         flat = [env[n].reshape(self.mesh.nv, -1) for n in live]
-        self.mesh.set_vals(torch.cat(flat, 1) if flat else self.mesh.xy[:, :0])
+        vals = self.mesh.fresh_vals(sum(f.shape[1] for f in flat))
+        at = 0
+        for f in flat:  # straight into the mesh's buffer: one copy
+            vals[:, at: at + f.shape[1]] = f
+            at += f.shape[1]
         self.ncols = self.offset = 0
 
     def _env(self) -> dict:
@@ -528,7 +532,7 @@ class _VertexValues:
             # as the last layer's did, up to 4x) would outgrow the budget: recompute
             # them in chunks from the input
             self.resume = False
-            self.mesh.set_vals(self.mesh.xy[:, :0])
+            self.mesh.drop_vals()
             return
         env = self._env()
         stop = self.pauses[index + 1][0] if index + 1 < len(self.pauses) else None
