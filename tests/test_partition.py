@@ -204,6 +204,16 @@ def test_identical_lines_and_overlapping_windows_share_vertices():
     part = ma.partition_plane(pool, sl, progress=False)
     _check_invariants(pool, part)
     _compare_with_reference(pool, part)
+    # padding makes entries of equal constants: ties of different pairs are then
+    # the same line in a face, cut from its two sides (vertices welded)
+    torch.manual_seed(7)
+    padded = nn.Sequential(nn.Conv2d(1, 2, 1, padding=1), nn.ReLU(), nn.MaxPool2d(2, 1),
+                           nn.Flatten(), nn.Linear(32, 1)).to(D64).eval()
+    xs = torch.rand(3, 1, 3, 3, dtype=D64, generator=torch.Generator().manual_seed(7))
+    sl = ma.Slice.through(xs[0], xs[1], xs[2], shape="triangle")
+    part = ma.partition_plane(padded, sl, progress=False)
+    _check_invariants(padded, part)
+    _compare_with_reference(padded, part)
 
 
 def test_hardtanh_bands():

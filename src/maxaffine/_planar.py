@@ -302,6 +302,50 @@ class Mesh:
             self._known_keys, self._known_ids = keys, new_ids
         return ids
 
+    def weld(self, eps: float) -> int:
+        """Make vertices closer than ``eps`` one (the lowest id) in every face, and
+        drop the repeated corners that this leaves. Returns how many vertices were
+        merged away (they stay, unused)."""
+        n = self.nv
+        xy = self.xy
+        cell = torch.floor((xy - xy.min(0).values) / eps).long()  # points within eps:
+        width = int(cell[:, 1].max()) + 3                      # same or adjacent cells
+        key = cell[:, 0] * width + cell[:, 1]
+        order = torch.argsort(key)
+        sorted_key = key[order]
+        firsts, seconds = [], []
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                near = key + dx * width + dy
+                lo = torch.searchsorted(sorted_key, near)
+                count = torch.searchsorted(sorted_key, near, right=True) - lo
+                i = torch.repeat_interleave(torch.arange(n), count)
+                start = torch.cumsum(count, 0) - count
+                j = order[lo[i] + torch.arange(i.shape[0]) - start[i]]
+                close = (j > i) & ((xy[i] - xy[j]).norm(dim=1) <= eps)
+                firsts.append(i[close])
+                seconds.append(j[close])
+        i, j = torch.cat(firsts), torch.cat(seconds)
+        if i.numel() == 0:
+            return 0
+        label = torch.arange(n)
+        while True:  # clusters are tiny: a few rounds of min-propagation
+            low = torch.minimum(label[i], label[j])
+            new = label.clone()
+            new.scatter_reduce_(0, i, low, reduce="amin")
+            new.scatter_reduce_(0, j, low, reduce="amin")
+            if torch.equal(new, label):
+                break
+            label = new
+        fv, valid = self.entries(torch.arange(self.nf))
+        fv = torch.where(valid, label[fv.clamp(min=0)], -1)
+        # a corner equal to the one before it (cyclically) goes
+        prev = fv.gather(1, (torch.arange(self.width) - 1).expand_as(fv) % self.sizes[:, None])
+        keep = valid & (fv != prev)
+        polys, sizes = _compact(fv, keep)
+        self._write_faces(torch.arange(self.nf), polys, sizes)
+        return int((label != torch.arange(n)).sum())
+
     # ----------------------------------------------------------------- merge
     def merge(self, group: Tensor) -> int:
         """Merge faces with equal ``group`` ids into one face each.

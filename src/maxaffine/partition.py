@@ -417,6 +417,12 @@ def partition_plane(
             raise MaxAffineError(f"more than max_regions={max_regions} regions at "
                                  f"{unit.name}; shrink the domain or raise max_regions")
         if isinstance(unit.rule, ops.MaxPool):
+            # ties of different pairs of entries can be the same line in a face (two
+            # dead entries, both 0; padding of equal constants): vertices made for it
+            # on the two sides of an edge then coincide (to rounding). Weld them
+            # (within rel_tol of the domain's size), then merge pieces of regions.
+            extent = float((sl.bounds.max(0).values - sl.bounds.min(0).values).max())
+            mesh.weld(rel_tol * extent)
             _merge_regions(mesh, graph, unit)
         bar.update(1)
         bar.set_postfix(regions=mesh.nf)
