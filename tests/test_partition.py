@@ -301,8 +301,9 @@ def test_resume_and_recompute_strategies_agree(monkeypatch):
 
 def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
     # layers of 150 units: recompute mode with a tiny values budget ends chunks of
-    # units early (lines of later units already cut in some faces), and the resume
-    # mode hands over to recompute mid-network; all give the same conforming result
+    # units early (lines of later units already cut in some faces), the resume mode
+    # hands over to recompute mid-network, and lockstep steps are split in batches of
+    # faces; all give the same conforming result
     net = _mlp([150, 150], seed=5)
     sl = ma.Slice.square()
     a = ma.partition_plane(net, sl, progress=False)
@@ -311,7 +312,9 @@ def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
     monkeypatch.setattr(mp, "_RESUME_LIMIT", 0)
     monkeypatch.setattr(mp, "_VALUES_BUDGET", 3e4)
     c = ma.partition_plane(net, sl, progress=False)
-    for other in (b, c):
+    monkeypatch.setattr(mp, "_CUT_ROWS", 64)  # each lockstep step in several calls
+    d = ma.partition_plane(net, sl, progress=False)
+    for other in (b, c, d):
         _check_invariants(net, other)
         assert {bytes(x.tolist()) for x in a.codes} == {bytes(x.tolist()) for x in other.codes}
 

@@ -596,6 +596,7 @@ def _columns(unit: Unit, inputs: tuple[Tensor, ...], sel: Tensor, table: Tensor 
 
 
 _VALUES_BUDGET = 3e7  # per-vertex values held at once in recompute mode (floats)
+_CUT_ROWS = 1 << 16  # faces cut in one call (its temporaries are ~100 bytes per slot)
 
 
 def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
@@ -866,10 +867,12 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
             rows = torch.nonzero(active >= 0).flatten()
             if rows.numel() == 0:
                 continue
-            li = active[rows]
-            fv, _ = mesh.entries(rows)
-            mesh.cut(rows, lines.at(mesh.vals, fv.clamp(min=0), li), lines.tol[li],
-                     lines.ident[li])
+            for part in range(0, rows.shape[0], _CUT_ROWS):  # bounded temporaries
+                r = rows[part: part + _CUT_ROWS]
+                li = active[r]
+                fv, _ = mesh.entries(r)
+                mesh.cut(r, lines.at(mesh.vals, fv.clamp(min=0), li), lines.tol[li],
+                         lines.ident[li])
             if mesh.nf > 4 * phase_faces:
                 break  # re-root: the next phase starts from the current faces
     if above.shape[0] < mesh.nv and lines.window is None:  # max-pool codes: near_max
