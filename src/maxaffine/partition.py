@@ -572,7 +572,7 @@ def _evaluate(graph: SplineGraph, sl: Slice, st: Tensor, until: str | None,
     """Forward passes at slice points, chunked so activations fit in memory.
     Yields ``(slice of st, Evaluation)``."""
     per = max(1, graph.input_dim + sum(u.num_units for u in graph.units) * 3)
-    chunk = max(256, int(2e7 // per))
+    chunk = max(256, int(1e7 // per))
     with torch.no_grad():
         for i in range(0, st.shape[0], chunk):
             yield slice(i, i + chunk), graph._run(sl.to_input(st[i:i + chunk]), None, record,
@@ -595,7 +595,7 @@ def _columns(unit: Unit, inputs: tuple[Tensor, ...], sel: Tensor, table: Tensor 
     return inputs[0].flatten(1)[:, sel]
 
 
-_VALUES_BUDGET = 3e7  # per-vertex values held at once in recompute mode (floats)
+_VALUES_BUDGET = 2e7  # per-vertex values held at once in recompute mode (floats)
 _CUT_ROWS = 1 << 16  # faces cut in one call (its temporaries are ~100 bytes per slot)
 
 
