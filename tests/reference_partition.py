@@ -52,7 +52,10 @@ def _unit_inputs(graph, sl, poly: Poly, name: str) -> list[torch.Tensor]:
     pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     ins = graph.evaluate(sl.to_input(pts), codes=frozen, record=True).inputs[name]
     out = []
-    for z in ins:
+    # the signal(s) only: torch.maximum compares two, the others read their first
+    # input (later ones are parameters, e.g. PReLU's per-channel slope)
+    signals = ins[:2] if isinstance(graph.unit(name).rule, ops.Maximum) else ins[:1]
+    for z in signals:
         z = torch.broadcast_to(z, (3, *ins[0].shape[1:])) if z.dim() else z
         z = z.reshape(3, -1)
         out.append(torch.stack([z[0], z[1] - z[0], z[2] - z[0]]))
