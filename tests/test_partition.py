@@ -14,6 +14,7 @@ from matplotlib.path import Path
 from torch import nn
 
 import maxaffine as ma
+import maxaffine._planar as planar
 import maxaffine.partition as mp
 from reference_partition import reference_partition
 from strategies import architectures
@@ -298,8 +299,8 @@ def test_resume_and_recompute_strategies_agree(monkeypatch):
 def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
     # layers of 150 units: recompute mode with a tiny values budget ends chunks of
     # units early (lines of later units already cut in some faces), the resume mode
-    # hands over to recompute mid-network, and lockstep steps are split in batches of
-    # faces; all give the same conforming result
+    # hands over to recompute mid-network, and the compiled cut loop stops and resumes
+    # to grow its vertex-key table; all give the same conforming result
     net = _mlp([150, 150], seed=5)
     sl = ma.Slice.square()
     a = ma.partition_plane(net, sl, progress=False)
@@ -308,7 +309,7 @@ def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
     monkeypatch.setattr(mp, "_RESUME_LIMIT", 0)
     monkeypatch.setattr(mp, "_VALUES_BUDGET", 3e4)
     c = ma.partition_plane(net, sl, progress=False)
-    monkeypatch.setattr(mp, "_CUT_ROWS", 64)  # each lockstep step in several calls
+    monkeypatch.setattr(planar, "_HASH_START", 2)  # the key table grows many times
     d = ma.partition_plane(net, sl, progress=False)
     for other in (b, c, d):
         _check_invariants(net, other)

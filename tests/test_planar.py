@@ -29,7 +29,9 @@ def test_reductions_over_faces_match_loops():
                         dtype=torch.float64)
     mesh.set_vals(vals)
     mesh.begin_lines(1)
-    mesh.cut(torch.arange(1), vals[:, 0].unsqueeze(0), 1e-12, 0)  # the line x-value 0
+    # the zero line of the first value column
+    one = torch.zeros(1, dtype=torch.int64)
+    mesh.lockstep(one.unsqueeze(1), one, one - 1, torch.zeros(1), torch.full((1,), 1e-12), one)
     assert mesh.nf == 2
     g = torch.Generator().manual_seed(0)
     data = torch.randint(-2**62, 2**62, (mesh.nv, 3), generator=g)

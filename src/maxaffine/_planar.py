@@ -11,7 +11,9 @@ once and shared by the faces on both sides of the edge, even when they are cut
 by that line at different times; the subdivision stays conforming. Like edge
 subdivision (Berzins, ICML 2023) values at new vertices are interpolated along
 the edge, which is exact for a continuous piecewise-affine function that is
-affine on the edge; unlike it, each cut processes many faces at once in tensors.
+affine on the edge; unlike it, each call cuts a whole batch of faces at once
+(:meth:`Mesh.lockstep`, whose step loop is compiled with numba: one pass per
+step instead of dozens of tensor passes over (faces x width) temporaries).
 
 Degenerate cases are resolved by one rule: a vertex whose value is within
 ``tol`` of zero is *on* the line. It then belongs to both halves, never creates
@@ -24,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+
+_HASH_START = 1 << 12  # slots of a layer's vertex-key hash table at first (grows 4x)
 
 
 class Mesh:
@@ -93,7 +97,7 @@ class Mesh:
         self._payload = new
 
     def set_vals(self, vals: Tensor) -> None:
-        """Replace the per-vertex values (V, ncols) used by :meth:`cut`."""
+        """Replace the per-vertex values (V, ncols) used by :meth:`lockstep`."""
         self.fresh_vals(vals.shape[1]).copy_(vals)
 
     def fresh_vals(self, ncols: int) -> Tensor:
@@ -167,7 +171,7 @@ class Mesh:
 
     def begin_lines(self, n_lines: int) -> None:
         """Start cutting by up to ``n_lines`` lines (ids 0..n_lines-1), in any order
-        and any number of :meth:`cut` calls.
+        and any number of :meth:`lockstep` calls.
 
         Every face edge gets a *support*: the id of the edge of the current
         subdivision it lies on; a chord cut later gets ``n_edges + root * n_lines
@@ -191,116 +195,57 @@ class Mesh:
         self._support[: self.nf, :w] = support
         self._n_lines = max(1, n_lines)
         self._chord_base = ukey.shape[0]
-        self._known_keys = torch.zeros(0, dtype=torch.int64)
-        self._known_ids = torch.zeros(0, dtype=torch.int64)
+        # the vertices made so far, by key: an open-addressing hash table (-1: empty)
+        self._hkeys = np.full(_HASH_START, -1, dtype=np.int64)
+        self._hids = np.empty_like(self._hkeys)
+        self._hcount = 0
 
-    def cut(self, rows: Tensor, d: Tensor, tol: Tensor | float,
-            line: Tensor | int | None = None) -> int:
-        """Split faces ``rows`` along the zero line of a function affine on each.
+    def lockstep(self, table: Tensor, pos: Tensor, neg: Tensor, level: Tensor, tol: Tensor,
+                 ident: Tensor, stop_faces: int | None = None) -> bool:
+        """Cut every face by its root's lines in lockstep: iteration ``i`` splits each
+        face ``f`` (present at the iteration's start) along line
+        ``table[origin[f], i]`` (-1: none) where the line crosses it.
 
-        ``d`` (len(rows), width): the function's values at each face's vertices
-        (padding ignored); ``tol`` (per row or one). ``line`` (per row, or one
-        int): which line of :meth:`begin_lines` it is, so
-        that faces cut at different times share vertices; without it, new
-        vertices are shared only between the faces of this call that split the
-        same edge (for functions that differ between faces, as in max-pooling).
-        Returns the number of faces split. The part where ``d > 0`` keeps the
-        row; the part where ``d < 0`` is appended.
+        Line ``l`` is the zero set of ``vals[:, pos[l]] - vals[:, neg[l]] - level[l]``
+        (``neg[l] < 0``: no second term), affine on every face; a vertex within
+        ``tol[l]`` of zero is on it; ``ident[l]`` < the ``n_lines`` of
+        :meth:`begin_lines` identifies it (equal for the same line of two units).
+        The part where the function is positive keeps the row, the other is
+        appended. New vertices get every value column interpolated. Stops early
+        (returns ``True``) after an iteration that left more than ``stop_faces``
+        faces; returns ``False`` when all iterations ran.
         """
-        fv, valid = self.entries(rows)
-        keyed = line is not None
-        line = torch.as_tensor(-1 if line is None else line).expand(rows.shape)
-        tol = torch.as_tensor(tol, dtype=d.dtype).expand(rows.shape).unsqueeze(1)
-        s = (d > tol).to(torch.int8) - (d < -tol).to(torch.int8)
-        s = torch.where(valid, s, 0)
-        hit = (s > 0).any(1) & (s < 0).any(1)
-        if not bool(hit.any()):
-            return 0
-        rows, fv, valid, s, d, line = rows[hit], fv[hit], valid[hit], s[hit], d[hit], line[hit]
-        n, w = fv.shape
-        sizes = self._sizes[rows]
-        sup = self._support[rows, :w]
-        nxt = torch.arange(1, w + 1).expand(n, w)
-        nxt = torch.where(nxt >= sizes[:, None], 0, nxt)
-        fv_n, s_n, d_n = fv.gather(1, nxt), s.gather(1, nxt), d.gather(1, nxt)
-        crossed = valid & (s * s_n < 0)
-        a, b, da, db = fv[crossed], fv_n[crossed], d[crossed], d_n[crossed]
-        if keyed:
-            key = sup[crossed] * self._n_lines + line[:, None].expand(n, w)[crossed]
-        else:
-            key = torch.minimum(a, b) * self.nv + torch.maximum(a, b)
-            self._known_keys = self._known_ids = torch.zeros(0, dtype=torch.int64)
-        ids = self._vertices_for(key, a, b, da, db)
-        newid = torch.full_like(fv, -1)
-        newid[crossed] = ids
-        ext = torch.stack([fv, newid], 2).reshape(n, 2 * w)
-        ext_sup = torch.stack([sup, sup], 2).reshape(n, 2 * w)  # a crossing continues its edge
-        sgn = torch.stack([s, torch.zeros_like(s)], 2).reshape(n, 2 * w)
-        ok = torch.stack([valid, crossed], 2).reshape(n, 2 * w)
-        chord = (self._chord_base + self._origin_layer[rows] * self._n_lines + line if keyed
-                 else torch.full_like(line, -1))
-        children = []
-        chan = torch.stack([ext, ext_sup, (sgn == 0).to(torch.int64)], 2)  # one compaction
-        for keep in (ok & (sgn >= 0), ok & (sgn <= 0)):
-            both, size = _compact(chan, keep)
-            poly, poly_sup, on = both.unbind(2)
-            # the chord joins the two entries on the line that follow each other
-            wn = poly.shape[1]
-            nxt = torch.arange(1, wn + 1).expand(n, wn)
-            nxt = torch.where(nxt >= size[:, None], 0, nxt)
-            is_chord = (on == 1) & (on.gather(1, nxt) == 1)
-            poly_sup = torch.where(is_chord, chord[:, None], poly_sup)
-            children.append((poly, size, poly_sup))
-        (pos, pos_size, pos_sup), (neg, neg_size, neg_sup) = children
-        self._reserve_faces(n, max(pos.shape[1], neg.shape[1]))
-        new_rows = torch.arange(self.nf, self.nf + n)
-        self._origin[new_rows] = self._origin[rows]
-        self._origin_layer[new_rows] = self._origin_layer[rows]
-        self._payload[new_rows] = self._payload[rows]
-        self._write_faces(rows, pos, pos_size, pos_sup)
-        self.nf += n
-        self._write_faces(new_rows, neg, neg_size, neg_sup)
-        return n
+        from . import _cut_kernel as kern  # numba: imported (and compiled) on first use
 
-    def _vertices_for(self, key: Tensor, a: Tensor, b: Tensor, da: Tensor, db: Tensor
-                      ) -> Tensor:
-        """Ids of the crossing vertices ``key`` on edges (a, b) with values (da, db):
-        vertices made earlier in this phase are reused, the others created once
-        (interpolated from the edge's lower-id end, so both faces agree)."""
-        known = self._known_keys
-        at = torch.searchsorted(known, key).clamp(max=max(0, known.shape[0] - 1))
-        found = (known[at] == key) if known.shape[0] else torch.zeros_like(key, dtype=torch.bool)
-        ids = torch.where(found, self._known_ids[at] if known.shape[0] else at, -1)
-        fresh = ~found
-        if bool(fresh.any()):
-            ukey, inv = torch.unique(key[fresh], return_inverse=True)
-            m = ukey.shape[0]
-            rep = torch.full((m,), inv.shape[0], dtype=torch.int64)
-            rep.scatter_reduce_(0, inv, torch.arange(inv.shape[0]), reduce="amin")
-            fa, fb, fda, fdb = a[fresh][rep], b[fresh][rep], da[fresh][rep], db[fresh][rep]
-            swap = fa > fb
-            lo, hi = torch.where(swap, fb, fa), torch.where(swap, fa, fb)
-            dlo, dhi = torch.where(swap, fdb, fda), torch.where(swap, fda, fdb)
-            t = (dlo / (dlo - dhi)).unsqueeze(1)
-            self._reserve_vertices(m)
-            base = self.nv
-            xy, vals = self._xy, self._vals
-            torch.lerp(xy[lo], xy[hi], t, out=xy[base: base + m])
-            if vals.shape[1]:
-                torch.lerp(vals[lo], vals[hi], t, out=vals[base: base + m])
-            self.nv += m
-            ids[fresh] = base + inv
-            # merge two sorted key lists (ukey is sorted by torch.unique): each
-            # entry's place is its rank in its own list plus its rank in the other
-            k = known.shape[0]
-            at_old = torch.arange(k) + torch.searchsorted(ukey, known)
-            at_new = torch.arange(m) + torch.searchsorted(known, ukey)
-            keys = torch.empty(k + m, dtype=torch.int64)
-            new_ids = torch.empty(k + m, dtype=torch.int64)
-            keys[at_old], keys[at_new] = known, ukey
-            new_ids[at_old], new_ids[at_new] = self._known_ids, base + torch.arange(m)
-            self._known_keys, self._known_ids = keys, new_ids
-        return ids
+        dtype = self._xy.dtype
+        table = table.contiguous().numpy()
+        lines = (pos.contiguous().numpy(), neg.contiguous().numpy(),
+                 level.to(dtype).contiguous().numpy(), tol.to(dtype).contiguous().numpy(),
+                 ident.contiguous().numpy())
+        state = np.array([self.nf, self.nv, self.width, 0, 0, self.nf, self._hcount],
+                         dtype=np.int64)
+        stop = np.iinfo(np.int64).max if stop_faces is None else stop_faces
+        while True:
+            status = kern.lockstep(
+                self._faces.numpy(), self._sizes.numpy(), self._support.numpy(),
+                self._origin.numpy(), self._origin_layer.numpy(), self._payload.numpy(),
+                self._xy.numpy(), self._vals.numpy(), table, *lines, self._n_lines,
+                self._chord_base, self._hkeys, self._hids, state, stop)
+            self.nf, self.nv = int(state[kern.NF]), int(state[kern.NV])
+            self.width, self._hcount = int(state[kern.WIDTH]), int(state[kern.HCOUNT])
+            if status == kern.NEED_FACES:
+                self._reserve_faces(64, self.width)
+            elif status == kern.NEED_VERTICES:
+                self._reserve_vertices(64)
+            elif status == kern.NEED_WIDTH:
+                self._reserve_faces(0, self._faces.shape[1] + 4)
+            elif status == kern.NEED_HASH:
+                keys = np.full(4 * self._hkeys.shape[0], -1, dtype=np.int64)
+                ids = np.empty_like(keys)
+                kern.rehash(self._hkeys, self._hids, keys, ids)
+                self._hkeys, self._hids = keys, ids
+            else:
+                return status == kern.STOPPED
 
     def weld(self, eps: float) -> int:
         """Make vertices closer than ``eps`` one (the lowest id) in every face, and

@@ -17,7 +17,8 @@ segment (:func:`partition_segment`) and on a convex polygon of a 2-D plane
    the window's maximum in the face; pieces of one region split by ties of
    non-maximal entries are merged at the end of the layer.
 3. Every face is cut by the lines crossing it, all faces in lockstep (step i
-   cuts each face by its own i-th line; no Python loop over faces or units).
+   cuts each face by its own i-th line; no Python loop over faces or units:
+   the batch's step loop is compiled, :mod:`maxaffine._cut_kernel`).
    A new vertex is keyed by (the layer-start edge or chord it splits, the line),
    so the faces on both sides of an edge share it whatever order they are cut
    in: the subdivision stays conforming (:mod:`maxaffine._planar`).
@@ -596,7 +597,6 @@ def _columns(unit: Unit, inputs: tuple[Tensor, ...], sel: Tensor, table: Tensor 
 
 
 _VALUES_BUDGET = 2e7  # per-vertex values held at once in recompute mode (floats)
-_CUT_ROWS = 1 << 16  # faces cut in one call (its temporaries are ~100 bytes per slot)
 
 
 def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
@@ -769,13 +769,6 @@ class _Lines:
         empty = torch.zeros((0, (self.pos.shape[0] + 63) // 64), dtype=torch.int64)
         return torch.cat([empty, *above]), torch.cat([empty, *below])
 
-    def at(self, vals: Tensor, idx: Tensor, li: Tensor) -> Tensor:
-        """Line ``li[i]``'s function at vertices ``idx[i, :]``."""
-        d = vals[idx, self.pos[li][:, None].expand_as(idx)]
-        if self.paired:
-            d = d - vals[idx, self.neg[li][:, None].expand_as(idx)]
-        return d - self.level[li][:, None] if self.shifted else d
-
     def possible_max(self, mesh: Mesh, k: int, chunk: int = 2048) -> Tensor:
         """Max-pooling: (layer-start faces, k, R) bools, window entry ``a`` can be
         the maximum somewhere in the face: no entry ``c`` exceeds it by more than
@@ -861,20 +854,9 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         start = torch.cumsum(count, 0) - count
         table = torch.full((mesh.nf, int(count.max())), -1, dtype=torch.int64)
         table[root, torch.arange(root.shape[0]) - start[root]] = line
-        phase_faces = mesh.nf
-        for it in range(table.shape[1]):
-            active = table[mesh.origin, it]
-            rows = torch.nonzero(active >= 0).flatten()
-            if rows.numel() == 0:
-                continue
-            for part in range(0, rows.shape[0], _CUT_ROWS):  # bounded temporaries
-                r = rows[part: part + _CUT_ROWS]
-                li = active[r]
-                fv, _ = mesh.entries(r)
-                mesh.cut(r, lines.at(mesh.vals, fv.clamp(min=0), li), lines.tol[li],
-                         lines.ident[li])
-            if mesh.nf > 4 * phase_faces:
-                break  # re-root: the next phase starts from the current faces
+        # re-root when the faces have multiplied: the next phase starts from them
+        mesh.lockstep(table, lines.pos, lines.neg, lines.level, lines.tol, lines.ident,
+                      4 * mesh.nf)
     if above.shape[0] < mesh.nv and lines.window is None:  # max-pool codes: near_max
         above = torch.cat([above, lines.sides(mesh.vals, above.shape[0], mesh.nv)[0]])
     return above, done

@@ -1,0 +1,220 @@
+"""The compiled inner loop of :meth:`maxaffine._planar.Mesh.lockstep` (numba).
+
+One call runs lockstep iterations of cuts over a whole batch of faces: in
+iteration ``i`` every face ``f`` present at the iteration's start is cut by line
+``table[origin[f], i]`` of its root. Each step touches a handful of vertices,
+so doing it in tensors costs dozens of passes over (faces x width) temporaries;
+here it is one pass in compiled code, with the same rules (see ``_planar``):
+
+- line ``l``'s function at vertex ``v``: ``vals[v, pos[l]] - vals[v, neg[l]]``
+  (no second term when ``neg[l] < 0``) ``- level[l]``; a vertex within
+  ``tol[l]`` of zero is *on* the line; a face is split only when it has
+  vertices strictly on both sides;
+- a new vertex is keyed by ``support * n_key + ident[l]`` (the edge of the
+  layer-start subdivision or the chord it splits, and the line) in an
+  open-addressing hash table, so the faces on both sides of an edge share it;
+  it is interpolated from its edge's lower-id end (both faces agree), and every
+  value column is interpolated with it;
+- the part where the function is positive keeps the face's row, the negative
+  part is appended (with the face's origins and payload); an edge of a part
+  joining two entries on the line is the chord, support
+  ``chord_base + origin_layer * n_key + ident``.
+
+The loop stops (and the caller resumes it from ``state``) when a buffer is too
+small, or after an iteration that left more than ``stop_faces`` faces.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# state slots (int64 array shared with the caller)
+NF, NV, WIDTH, IT, FACE, END, HCOUNT = range(7)
+# return codes
+DONE, STOPPED, NEED_FACES, NEED_VERTICES, NEED_WIDTH, NEED_HASH = range(6)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(cache=True, inline="always")
+def _slot(key, shift):
+    return np.int64((np.uint64(key) * _GOLDEN) >> shift)
+
+
+@numba.njit(cache=True)
+def rehash(old_keys, old_ids, keys, ids):
+    """Insert every entry of an old table into a new (empty, -1) one."""
+    mask = keys.shape[0] - 1
+    shift = np.uint64(64 - int(np.log2(keys.shape[0])))
+    for i in range(old_keys.shape[0]):
+        k = old_keys[i]
+        if k < 0:
+            continue
+        h = _slot(k, shift)
+        while keys[h] >= 0:
+            h = (h + 1) & mask
+        keys[h] = k
+        ids[h] = old_ids[i]
+
+
+@numba.njit(cache=True, inline="always")
+def _lerp(a, b, t):
+    # torch.lerp's two-sided form: exact at both ends
+    return a + t * (b - a) if t < 0.5 else b - (b - a) * (1.0 - t)
+
+
+@numba.njit(cache=True)
+def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
+             table, pos, neg, level, tol, ident, n_key, chord_base,
+             hkeys, hids, state, stop_faces):
+    nf, nv, width = state[NF], state[NV], state[WIDTH]
+    it, f, end, hcount = state[IT], state[FACE], state[END], state[HCOUNT]
+    cap_f, cap_w = faces.shape[0], faces.shape[1]
+    cap_v = xy.shape[0]
+    ncols = vals.shape[1]
+    hmask = hkeys.shape[0] - 1
+    hshift = np.uint64(64 - int(np.log2(hkeys.shape[0])))
+    n_iter = table.shape[1]
+    d = np.empty(cap_w, dtype=vals.dtype)
+    s = np.empty(cap_w, dtype=np.int8)
+    ext_v = np.empty(2 * cap_w, dtype=np.int64)
+    ext_s = np.empty(2 * cap_w, dtype=np.int64)
+    ext_on = np.empty(2 * cap_w, dtype=np.bool_)
+    ext_sign = np.empty(2 * cap_w, dtype=np.int8)
+    status = DONE
+    while it < n_iter:
+        while f < end:
+            li = table[origin[f], it]
+            if li < 0:
+                f += 1
+                continue
+            n = sizes[f]
+            p, q, lev, tl = pos[li], neg[li], level[li], tol[li]
+            up = False
+            down = False
+            for j in range(n):
+                v = faces[f, j]
+                x = vals[v, p]
+                if q >= 0:
+                    x = x - vals[v, q]
+                x = x - lev
+                d[j] = x
+                if x > tl:
+                    s[j] = 1
+                    up = True
+                elif x < -tl:
+                    s[j] = -1
+                    down = True
+                else:
+                    s[j] = 0
+            if not (up and down):
+                f += 1
+                continue
+            # room: crossings (new vertices, hash entries), child sizes, one row
+            crossings = 0
+            n_pos = 0
+            n_neg = 0
+            for j in range(n):
+                nx = j + 1 if j + 1 < n else 0
+                if s[j] * s[nx] < 0:
+                    crossings += 1
+                if s[j] >= 0:
+                    n_pos += 1
+                if s[j] <= 0:
+                    n_neg += 1
+            if nf + 1 > cap_f:
+                status = NEED_FACES
+                break
+            if nv + crossings > cap_v:
+                status = NEED_VERTICES
+                break
+            if max(n_pos, n_neg) + crossings > cap_w:
+                status = NEED_WIDTH
+                break
+            if 2 * (hcount + crossings) > hkeys.shape[0]:
+                status = NEED_HASH
+                break
+            ident_l = ident[li]
+            m = 0
+            for j in range(n):
+                nx = j + 1 if j + 1 < n else 0
+                a = faces[f, j]
+                sup = support[f, j]
+                ext_v[m] = a
+                ext_s[m] = sup
+                ext_on[m] = s[j] == 0
+                ext_sign[m] = s[j]
+                m += 1
+                if s[j] * s[nx] < 0:
+                    key = sup * n_key + ident_l
+                    h = _slot(key, hshift)
+                    vid = -1
+                    while hkeys[h] >= 0:
+                        if hkeys[h] == key:
+                            vid = hids[h]
+                            break
+                        h = (h + 1) & hmask
+                    if vid < 0:
+                        b = faces[f, nx]
+                        lo, hi, dlo, dhi = a, b, d[j], d[nx]
+                        if a > b:
+                            lo, hi, dlo, dhi = b, a, d[nx], d[j]
+                        t = dlo / (dlo - dhi)
+                        vid = nv
+                        xy[vid, 0] = _lerp(xy[lo, 0], xy[hi, 0], t)
+                        xy[vid, 1] = _lerp(xy[lo, 1], xy[hi, 1], t)
+                        for c in range(ncols):
+                            vals[vid, c] = _lerp(vals[lo, c], vals[hi, c], t)
+                        nv += 1
+                        hkeys[h] = key
+                        hids[h] = vid
+                        hcount += 1
+                    ext_v[m] = vid
+                    ext_s[m] = sup  # a crossing continues its edge
+                    ext_on[m] = True
+                    ext_sign[m] = 0
+                    m += 1
+            chord = chord_base + origin_layer[f] * n_key + ident_l
+            row = nf
+            nf += 1
+            origin[row] = origin[f]
+            origin_layer[row] = origin_layer[f]
+            for c in range(payload.shape[1]):
+                payload[row, c] = payload[f, c]
+            for side in (-1, 1):  # both parts are read from ext_*, not from the rows
+                target = row if side < 0 else f
+                k = 0
+                first = -1
+                prev = -1
+                for e in range(m):
+                    if ext_sign[e] * side < 0:
+                        continue
+                    if first < 0:
+                        first = e
+                    if prev >= 0:
+                        support[target, k - 1] = chord if ext_on[prev] and ext_on[e] \
+                            else ext_s[prev]
+                    faces[target, k] = ext_v[e]
+                    k += 1
+                    prev = e
+                support[target, k - 1] = chord if ext_on[prev] and ext_on[first] \
+                    else ext_s[prev]
+                for c in range(k, cap_w):
+                    faces[target, c] = -1
+                    support[target, c] = -1
+                sizes[target] = k
+                if k > width:
+                    width = k
+            f += 1
+        if status != DONE:
+            break
+        it += 1
+        f = 0
+        end = nf
+        if nf > stop_faces and it < n_iter:
+            status = STOPPED
+            break
+    state[NF], state[NV], state[WIDTH] = nf, nv, width
+    state[IT], state[FACE], state[END], state[HCOUNT] = it, f, end, hcount
+    return status
