@@ -215,7 +215,7 @@ class Mesh:
         (returns ``True``) after an iteration that left more than ``stop_faces``
         faces; returns ``False`` when all iterations ran.
         """
-        from . import _cut_kernel as kern  # numba: imported (and compiled) on first use
+        from . import _kernels as kern  # numba: imported (and compiled) on first use
 
         dtype = self._xy.dtype
         table = table.contiguous().numpy()
@@ -382,40 +382,17 @@ class Mesh:
         self._write_faces(rows, polys, sizes)
 
     # --------------------------------------------------------------- queries
-    def reduce(self, values: Tensor, op: str) -> Tensor:
-        """Reduce per-vertex ``values`` (V, k) over each face's vertices: ``"mean"``,
-        ``"min"``, ``"max"``, or bitwise ``"or"`` / ``"and"`` (ints, bools). One pass
-        per vertex slot, so the temporary memory is (F, k)."""
-        fv, valid = self.entries(torch.arange(self.nf))
-        acc = values[fv[:, 0]]  # a copy (advanced indexing)
-        for i in range(1, self.width):
-            col = valid[:, i]
-            count = int(col.sum())
-            if count == 0:
-                break
-            if op in ("or", "any", "and") and 2 * count > col.shape[0]:
-                # a dense slot of narrow words: one masked update of every row
-                v = values[fv[:, i].clamp(min=0)]
-                if op == "and":
-                    acc &= torch.where(col.unsqueeze(1), v, -1 if v.dtype != torch.bool else True)
-                else:
-                    acc |= torch.where(col.unsqueeze(1), v, 0)
-                continue
-            rows = torch.nonzero(col).flatten()
-            v = values[fv[rows, i]]
-            if op == "mean":
-                acc[rows] += v
-            elif op == "min":
-                acc[rows] = torch.minimum(acc[rows], v)
-            elif op == "max":
-                acc[rows] = torch.maximum(acc[rows], v)
-            elif op == "and":
-                acc[rows] &= v
-            else:
-                acc[rows] |= v
-        if op == "mean":
-            acc /= self.sizes.unsqueeze(1).to(acc.dtype)
-        return acc
+    def reduce(self, words: Tensor, op: str) -> Tensor:
+        """Bitwise ``"or"`` / ``"and"`` of per-vertex int64 words (V, k) over each
+        face's vertices: (F, k)."""
+        from . import _kernels as kern
+
+        if op not in ("or", "and"):
+            raise ValueError(f"op must be 'or' or 'and', got {op!r}")
+        out = torch.empty((self.nf, words.shape[1]), dtype=torch.int64)
+        kern.face_reduce(self._faces.numpy(), self._sizes.numpy(),
+                         words.to(torch.int64).contiguous().numpy(), op == "and", out.numpy())
+        return out
 
     def centers(self) -> Tensor:
         """(F, 2) vertex means: strictly interior points of non-degenerate faces."""
@@ -425,19 +402,11 @@ class Mesh:
 
     def areas(self) -> Tensor:
         """(F,) signed shoelace areas (positive for counter-clockwise faces)."""
-        fv, valid = self.entries(torch.arange(self.nf))
-        first = self._xy[fv[:, 0].clamp(min=0)]
-        total = torch.zeros(self.nf, dtype=self._xy.dtype)
-        for i in range(self.width):  # one vertex slot at a time: memory (F, 2)
-            p = self._xy[fv[:, i].clamp(min=0)]
-            last = i + 1 >= self.width
-            q = first if last else self._xy[fv[:, i + 1].clamp(min=0)]
-            # the edge out of the last vertex closes the polygon at the first
-            q = torch.where(((self.sizes == i + 1) if not last else valid[:, i]).unsqueeze(1),
-                            first, q)
-            cross = p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]
-            total += torch.where(valid[:, i], cross, 0.0)
-        return 0.5 * total
+        from . import _kernels as kern
+
+        out = torch.empty(self.nf, dtype=self._xy.dtype)
+        kern.face_areas(self._faces.numpy(), self._sizes.numpy(), self._xy.numpy(), out.numpy())
+        return out
 
     def release(self) -> None:
         """Free the buffers (the mesh is unusable afterwards)."""

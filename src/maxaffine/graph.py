@@ -174,7 +174,7 @@ class SplineGraph:
 
     def _walk(self, env: dict[fx.Node, Any], batch: int, start: int,
               codes: dict[str, Tensor] | None, record: bool, until: str | None,
-              stop: int | None = None) -> Evaluation:
+              stop: int | None = None, keep_codes: bool = True) -> Evaluation:
         """The one interpreter loop. Runs steps ``start`` .. ``stop`` (exclusive) on
         ``env`` (node -> value, updated in place), resuming a paused evaluation:
         values of input-dependent nodes before ``start`` must be in ``env`` where
@@ -209,11 +209,14 @@ class SplineGraph:
                 rule: ops.Nonlinearity = step.rule  # type: ignore[assignment]
                 name = step.site.name
                 code = codes.get(name) if codes else None
-                if code is None:
+                if code is None and not keep_codes:
+                    env[node] = rule.forward(*args, **kwargs)
+                elif code is None:
                     code, env[node] = rule.select(*args, **kwargs)
                 else:
                     env[node] = rule.piece(code, *args, **kwargs)
-                found[name] = code
+                if keep_codes:
+                    found[name] = code
                 if record:
                     inputs[name] = tuple(a for a in args if isinstance(a, Tensor))
                 if name == until:

@@ -289,6 +289,9 @@ class ReLU(Elementwise):
         # relu's derivative at 0 is 0, the lower piece, as the code's tie rule
         return (z > 0).view(torch.uint8), torch.relu(z)
 
+    def forward(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.relu(z)
+
 
 class LeakyReLU(Elementwise):
     """``max(a z, z)`` for 0 < a < 1 (pieces {a z, z})."""

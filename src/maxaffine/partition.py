@@ -18,7 +18,7 @@ segment (:func:`partition_segment`) and on a convex polygon of a 2-D plane
    non-maximal entries are merged at the end of the layer.
 3. Every face is cut by the lines crossing it, all faces in lockstep (step i
    cuts each face by its own i-th line; no Python loop over faces or units:
-   the batch's step loop is compiled, :mod:`maxaffine._cut_kernel`).
+   the batch's step loop is compiled, :mod:`maxaffine._kernels`).
    A new vertex is keyed by (the layer-start edge or chord it splits, the line),
    so the faces on both sides of an edge share it whatever order they are cut
    in: the subdivision stays conforming (:mod:`maxaffine._planar`).
@@ -475,7 +475,8 @@ class _VertexValues:
         if self.resume:
             env = {graph._steps[0].node: sl.to_input(mesh.xy)}
             with torch.no_grad():
-                graph._walk(env, mesh.nv, 0, None, False, None, stop=self.pauses[0][0])
+                graph._walk(env, mesh.nv, 0, None, False, None, stop=self.pauses[0][0],
+                           keep_codes=False)
             self._store(env, 0)
 
     def _store(self, env: dict, pause: int) -> None:
@@ -545,7 +546,7 @@ class _VertexValues:
         stop = self.pauses[index + 1][0] if index + 1 < len(self.pauses) else None
         with torch.no_grad():
             ev = self.graph._walk(env, self.mesh.nv, self.pauses[index][0], None, False,
-                                  None, stop=stop)
+                                  None, stop=stop, keep_codes=False)
         if stop is None:
             self.output = ev.output
         else:
@@ -597,6 +598,7 @@ def _columns(unit: Unit, inputs: tuple[Tensor, ...], sel: Tensor, table: Tensor 
 
 
 _VALUES_BUDGET = 2e7  # per-vertex values held at once in recompute mode (floats)
+_REROOT = 4  # a new phase of cuts starts when the faces have multiplied this much
 
 
 def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
@@ -631,7 +633,8 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         sel = torch.arange(start, min(n_units, start + chunk))
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
-        scale = mesh.vals[:, : values.ncols].abs().amax(0)
+        cols = mesh.vals[:, : values.ncols]
+        scale = torch.maximum(cols.amax(0), -cols.amin(0))  # |values|' max, no temporary
         lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
                           ident[start * per_line: (start + k) * per_line])
         above, done = _cut_lines(mesh, lines, limit)
@@ -744,30 +747,18 @@ class _Lines:
         self.plain = not self.paired and bool((self.pos == torch.arange(n)).all())
         self.shifted = bool((self.level != 0).any())
 
-    def values(self, vals: Tensor, rows: slice) -> Tensor:
-        """(n, L) every line's function at vertices ``rows``."""
-        v = vals[rows]
-        if self.pairs is not None:  # strided slices: no gathers
-            w = v[:, : self.window.numel()].reshape(v.shape[0], *self.window.shape)
-            return torch.stack([w[:, :, a] - w[:, :, b] for a, b in
-                                zip(self.pairs[0].tolist(), self.pairs[1].tolist(),
-                                    strict=True)], 2).flatten(1)
-        d = v[:, : self.pos.shape[0]] if self.plain else v[:, self.pos]
-        if self.paired:
-            d = d - v[:, self.neg]
-        return d - self.level if self.shifted else d
-
-    def sides(self, vals: Tensor, start: int, stop: int, chunk: int = 4096
-              ) -> tuple[Tensor, Tensor]:
+    def sides(self, vals: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
         """Packed bits (n, words) of ``value > tol`` and ``value < -tol`` for every
-        line at vertices ``start:stop`` (in chunks of vertices, to bound memory)."""
-        above, below = [], []
-        for i in range(start, stop, chunk):
-            d = self.values(vals, slice(i, min(stop, i + chunk)))
-            above.append(pack_bits(d > self.tol))
-            below.append(pack_bits(d < -self.tol))
-        empty = torch.zeros((0, (self.pos.shape[0] + 63) // 64), dtype=torch.int64)
-        return torch.cat([empty, *above]), torch.cat([empty, *below])
+        line at vertices ``start:stop`` (compiled: no (n, lines) temporaries)."""
+        from . import _kernels as kern
+
+        words = (self.pos.shape[0] + 63) // 64
+        above = torch.empty((max(0, stop - start), words), dtype=torch.int64)
+        below = torch.empty_like(above)
+        kern.side_bits(vals.contiguous().numpy(), start, self.pos.numpy(), self.neg.numpy(),
+                       self.level.to(vals.dtype).numpy(), self.tol.to(vals.dtype).numpy(),
+                       above.numpy(), below.numpy())
+        return above, below
 
     def possible_max(self, mesh: Mesh, k: int, chunk: int = 2048) -> Tensor:
         """Max-pooling: (layer-start faces, k, R) bools, window entry ``a`` can be
@@ -856,7 +847,7 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         table[root, torch.arange(root.shape[0]) - start[root]] = line
         # re-root when the faces have multiplied: the next phase starts from them
         mesh.lockstep(table, lines.pos, lines.neg, lines.level, lines.tol, lines.ident,
-                      4 * mesh.nf)
+                      _REROOT * mesh.nf)
     if above.shape[0] < mesh.nv and lines.window is None:  # max-pool codes: near_max
         above = torch.cat([above, lines.sides(mesh.vals, above.shape[0], mesh.nv)[0]])
     return above, done
@@ -883,28 +874,15 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
     areas = areas[keep]
     vertices = mesh.xy.clone()
     mesh.release()  # its buffers are copied: free them before the heavy steps
-    # per vertex slot (memory (F, 2) and (F, C), not (F, W, ...)): means, then the
-    # least-squares plane through the vertices' outputs
-    n = sizes.unsqueeze(1).to(vertices.dtype)
-    interior = torch.zeros((faces.shape[0], 2), dtype=vertices.dtype)
-    ybar = torch.zeros((faces.shape[0], outputs.shape[1]), dtype=outputs.dtype)
-    def slots():
-        for i in range(faces.shape[1]):
-            yield faces[:, i].clamp(min=0), (faces[:, i] >= 0).unsqueeze(1).to(vertices.dtype)
+    # vertex means, and the least-squares plane through the vertices' outputs
+    from . import _kernels as kern
 
-    for v, m in slots():
-        interior += vertices[v] * m
-        ybar += outputs[v] * m
-    interior /= n
-    ybar /= n
-    gram = torch.zeros((faces.shape[0], 2, 2), dtype=vertices.dtype)
-    rhs = torch.zeros((faces.shape[0], 2, outputs.shape[1]), dtype=outputs.dtype)
-    for v, m in slots():
-        rel, dy = (vertices[v] - interior) * m, (outputs[v] - ybar) * m
-        gram += rel.unsqueeze(2) * rel.unsqueeze(1)
-        rhs += rel.unsqueeze(2) * dy.unsqueeze(1)
-    slopes = torch.linalg.solve(gram, rhs).transpose(1, 2)  # (F, C, 2)
-    offsets = ybar - torch.einsum("fcd,fd->fc", slopes, interior)
+    interior = torch.empty((faces.shape[0], 2), dtype=vertices.dtype)
+    slopes = torch.empty((faces.shape[0], outputs.shape[1], 2), dtype=outputs.dtype)
+    offsets = torch.empty((faces.shape[0], outputs.shape[1]), dtype=outputs.dtype)
+    kern.face_fits(faces.contiguous().numpy(), sizes.contiguous().numpy(), vertices.numpy(),
+                   outputs.contiguous().numpy(), interior.numpy(), slopes.numpy(),
+                   offsets.numpy())
     layout = tuple((u.name, tuple(u.code_shape), u.num_pieces, u.bits) for u in graph.units)
     view = _FaceView(faces, sizes, vertices.shape[0])
     edges, edge_faces = view.edges()
@@ -930,22 +908,13 @@ class _FaceView(Mesh):
 def _edge_layers(bits: Tensor, layout: tuple, edge_faces: Tensor) -> Tensor:
     """First layer whose codes differ across each edge (-1 on the domain boundary),
     from the faces' packed codes ``bits`` (layers byte-aligned, as ``layout``)."""
-    f1, f2 = edge_faces[:, 0], edge_faces[:, 1]
-    inner = torch.nonzero(f2 >= 0).flatten()
-    layer = torch.full((edge_faces.shape[0],), -1, dtype=torch.int64)
-    if not layout:
-        layer[inner] = 0
-        return layer
-    ends = torch.tensor([(math.prod(shape) * b + 7) // 8 for _, shape, _, b in layout]).cumsum(0)
-    bounds = list(zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True))
-    step = max(1, int(2**25 // max(1, bits.shape[1])))  # edges per pass: bounded memory
-    for i in range(0, inner.shape[0], step):
-        e = inner[i: i + step]
-        differ = bits[f1[e]] != bits[f2[e]]  # (edges, bytes)
-        per_layer = torch.stack([differ[:, a:b].any(1) for a, b in bounds]
-                                + [torch.ones(e.shape[0], dtype=torch.bool)], 1)
-        # no layer differs (numerically merged faces): len(names)
-        layer[e] = per_layer.to(torch.int8).argmax(1)
+    from . import _kernels as kern
+
+    layer = torch.empty(edge_faces.shape[0], dtype=torch.int64)
+    ends = torch.tensor([(math.prod(shape) * b + 7) // 8 for _, shape, _, b in layout],
+                        dtype=torch.int64).cumsum(0)
+    kern.edge_layers(bits.contiguous().numpy(), edge_faces[:, 0].contiguous().numpy(),
+                     edge_faces[:, 1].contiguous().numpy(), ends.numpy(), layer.numpy())
     return layer
 
 

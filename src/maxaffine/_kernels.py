@@ -1,10 +1,12 @@
-"""The compiled inner loop of :meth:`maxaffine._planar.Mesh.lockstep` (numba).
+"""Compiled loops over faces and vertices (numba), behind :mod:`maxaffine._planar`
+and :func:`maxaffine.partition_plane`: each replaces dozens of tensor passes
+over (faces x width) temporaries by one pass, and is imported (and compiled,
+cached on disk) on first use.
 
-One call runs lockstep iterations of cuts over a whole batch of faces: in
-iteration ``i`` every face ``f`` present at the iteration's start is cut by line
-``table[origin[f], i]`` of its root. Each step touches a handful of vertices,
-so doing it in tensors costs dozens of passes over (faces x width) temporaries;
-here it is one pass in compiled code, with the same rules (see ``_planar``):
+:func:`lockstep`, the inner loop of :meth:`maxaffine._planar.Mesh.lockstep`:
+one call runs lockstep iterations of cuts over a whole batch of faces: in
+iteration ``i`` every face ``f`` present at the iteration's start is cut by
+line ``table[origin[f], i]`` of its root, with the rules of ``_planar``:
 
 - line ``l``'s function at vertex ``v``: ``vals[v, pos[l]] - vals[v, neg[l]]``
   (no second term when ``neg[l] < 0``) ``- level[l]``; a vertex within
@@ -218,3 +220,135 @@ def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
     state[NF], state[NV], state[WIDTH] = nf, nv, width
     state[IT], state[FACE], state[END], state[HCOUNT] = it, f, end, hcount
     return status
+
+
+@numba.njit(cache=True)
+def side_bits(vals, start, pos, neg, level, tol, above, below):
+    """Packed bits of ``value > tol`` (``above``) and ``value < -tol`` (``below``)
+    of every line at vertices ``start .. start + len(above)`` (bit ``l`` of a row:
+    word ``l // 64``, bit ``l % 64``, as :func:`maxaffine._planar.pack_bits`)."""
+    n_lines = pos.shape[0]
+    paired = False
+    for li in range(n_lines):
+        paired |= neg[li] >= 0
+    for i in range(above.shape[0]):
+        v = start + i
+        for w in range(above.shape[1]):
+            lo = w * 64
+            hi = min(n_lines, lo + 64)
+            a = np.int64(0)
+            b = np.int64(0)
+            for li in range(lo, hi):
+                x = vals[v, pos[li]] - level[li]
+                if paired:
+                    x = vals[v, pos[li]] - vals[v, neg[li]] - level[li]
+                a |= np.int64(x > tol[li]) << np.int64(li - lo)
+                b |= np.int64(x < -tol[li]) << np.int64(li - lo)
+            above[i, w] = a
+            below[i, w] = b
+
+
+@numba.njit(cache=True)
+def face_reduce(faces, sizes, values, use_and, out):
+    """Bitwise OR (or AND) of the rows of ``values`` (V, k) int64 over each face's
+    vertices, into ``out`` (F, k)."""
+    for f in range(out.shape[0]):
+        v = faces[f, 0]
+        for c in range(out.shape[1]):
+            out[f, c] = values[v, c]
+        for j in range(1, sizes[f]):
+            v = faces[f, j]
+            if use_and:
+                for c in range(out.shape[1]):
+                    out[f, c] &= values[v, c]
+            else:
+                for c in range(out.shape[1]):
+                    out[f, c] |= values[v, c]
+
+
+@numba.njit(cache=True)
+def face_areas(faces, sizes, xy, out):
+    """Signed shoelace areas (positive: counter-clockwise) of faces ``0 .. len(out)``."""
+    for f in range(out.shape[0]):
+        n = sizes[f]
+        acc = 0.0
+        for j in range(n):
+            p = faces[f, j]
+            q = faces[f, j + 1] if j + 1 < n else faces[f, 0]
+            acc += xy[p, 0] * xy[q, 1] - xy[p, 1] * xy[q, 0]
+        out[f] = 0.5 * acc
+
+
+@numba.njit(cache=True)
+def face_fits(faces, sizes, xy, outputs, interior, slopes, offsets):
+    """Per face: the vertex mean (``interior``) and the least-squares affine map of
+    ``outputs`` (V, C) through its vertices, ``y = slopes[f] @ p + offsets[f]``
+    (exact when the outputs are affine on the face): normal equations of the
+    centred points, the 2 x 2 system solved in closed form."""
+    c_out = outputs.shape[1]
+    ybar = np.empty(c_out, dtype=outputs.dtype)
+    rx = np.empty(c_out, dtype=outputs.dtype)
+    ry = np.empty(c_out, dtype=outputs.dtype)
+    for f in range(faces.shape[0]):
+        n = sizes[f]
+        mx = 0.0
+        my = 0.0
+        ybar[:] = 0.0
+        for j in range(n):
+            v = faces[f, j]
+            mx += xy[v, 0]
+            my += xy[v, 1]
+            for c in range(c_out):
+                ybar[c] += outputs[v, c]
+        mx /= n
+        my /= n
+        ybar /= n
+        gxx = 0.0
+        gxy = 0.0
+        gyy = 0.0
+        rx[:] = 0.0
+        ry[:] = 0.0
+        for j in range(n):
+            v = faces[f, j]
+            dx = xy[v, 0] - mx
+            dy = xy[v, 1] - my
+            gxx += dx * dx
+            gxy += dx * dy
+            gyy += dy * dy
+            for c in range(c_out):
+                dz = outputs[v, c] - ybar[c]
+                rx[c] += dx * dz
+                ry[c] += dy * dz
+        det = gxx * gyy - gxy * gxy
+        interior[f, 0] = mx
+        interior[f, 1] = my
+        for c in range(c_out):
+            sx = (gyy * rx[c] - gxy * ry[c]) / det
+            sy = (gxx * ry[c] - gxy * rx[c]) / det
+            slopes[f, c, 0] = sx
+            slopes[f, c, 1] = sy
+            offsets[f, c] = ybar[c] - sx * mx - sy * my
+
+
+@numba.njit(cache=True)
+def edge_layers(bits, f1, f2, ends, out):
+    """For each edge with two faces: the first layer (byte ranges ending at
+    ``ends``) where the faces' packed codes differ; ``len(ends)`` if none does;
+    -1 for an edge on the domain boundary (``f2 < 0``)."""
+    for e in range(out.shape[0]):
+        if f2[e] < 0:
+            out[e] = -1
+            continue
+        a = f1[e]
+        b = f2[e]
+        layer = ends.shape[0]
+        start = 0
+        for k in range(ends.shape[0]):
+            for j in range(start, ends[k]):
+                if bits[a, j] != bits[b, j]:
+                    layer = k
+                    break
+            if layer < ends.shape[0]:
+                break
+            start = ends[k]
+        out[e] = layer
