@@ -316,6 +316,31 @@ def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
         assert {bytes(x.tolist()) for x in a.codes} == {bytes(x.tolist()) for x in other.codes}
 
 
+class _ViewedPreActivation(nn.Module):
+    """ReLUs of a slice, a reshape and an identity (eval dropout) of a value that is
+    used again later: the vertex forward passes apply a ReLU in place only to a
+    value nothing else uses or shares."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.drop = nn.Linear(2, 12), nn.Linear(12, 2), nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.a(x)
+        r = torch.relu(h[:, :6])  # a view of h, its one user
+        r2 = torch.relu(h.reshape(-1, 3, 4)).flatten(1)
+        r3 = torch.relu(self.drop(h))  # identity in eval mode: h itself
+        return (self.b(torch.cat([r, h[:, 6:]], 1)) + self.b(r2) + self.b(r3)
+                + h.sum(1, keepdim=True))
+
+
+def test_in_place_forward_passes_spare_shared_values():
+    torch.manual_seed(0)
+    net = _ViewedPreActivation().to(D64).eval()
+    part = ma.partition_plane(net, ma.Slice.square(-2, 2), progress=False)
+    _check_invariants(net, part)
+
+
 def test_float32_geometry_and_float32_model():
     net = _mlp([16, 16], seed=0).float()
     part32 = ma.partition_plane(net, ma.Slice.square(), progress=False, dtype=torch.float32)

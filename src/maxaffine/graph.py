@@ -174,7 +174,8 @@ class SplineGraph:
 
     def _walk(self, env: dict[fx.Node, Any], batch: int, start: int,
               codes: dict[str, Tensor] | None, record: bool, until: str | None,
-              stop: int | None = None, keep_codes: bool = True) -> Evaluation:
+              stop: int | None = None, keep_codes: bool = True,
+              in_place: bool = False) -> Evaluation:
         """The one interpreter loop. Runs steps ``start`` .. ``stop`` (exclusive) on
         ``env`` (node -> value, updated in place), resuming a paused evaluation:
         values of input-dependent nodes before ``start`` must be in ``env`` where
@@ -210,7 +211,10 @@ class SplineGraph:
                 name = step.site.name
                 code = codes.get(name) if codes else None
                 if code is None and not keep_codes:
-                    env[node] = rule.forward(*args, **kwargs)
+                    last_use = in_place and all(
+                        len(a.users) == 1 and a.op not in ("placeholder", "get_attr")
+                        and not _shares_storage(env, a) for a in node.all_input_nodes)
+                    env[node] = (rule.forward_ if last_use else rule.forward)(*args, **kwargs)
                 elif code is None:
                     code, env[node] = rule.select(*args, **kwargs)
                 else:
@@ -252,6 +256,13 @@ class SplineGraph:
 
 
 # ------------------------------------------------------------------------- tracing
+
+
+def _shares_storage(env: dict[fx.Node, Any], node: fx.Node) -> bool:
+    """Whether ``env[node]``'s memory is (part of) another value's, e.g. a view."""
+    ptr = env[node].untyped_storage().data_ptr()
+    return any(isinstance(v, Tensor) and v.untyped_storage().data_ptr() == ptr
+               for n, v in env.items() if n is not node)
 
 
 def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:

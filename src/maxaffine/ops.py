@@ -247,6 +247,10 @@ class Nonlinearity(Rule):
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         return self.select(*args, **kwargs)[1]
 
+    def forward_(self, *args: Any, **kwargs: Any) -> Tensor:
+        """:meth:`forward`, overwriting the input where the rule can (else a copy)."""
+        return self.forward(*args, **kwargs)
+
     def select(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         """``(code, output)`` with the codes not frozen: ``piece(code(x), x)``.  A rule
         may compute the output with a native op instead, when that op's derivative
@@ -291,6 +295,9 @@ class ReLU(Elementwise):
 
     def forward(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return torch.relu(z)
+
+    def forward_(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.relu_(z)
 
 
 class LeakyReLU(Elementwise):

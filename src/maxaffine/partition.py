@@ -476,7 +476,7 @@ class _VertexValues:
             env = {graph._steps[0].node: sl.to_input(mesh.xy)}
             with torch.no_grad():
                 graph._walk(env, mesh.nv, 0, None, False, None, stop=self.pauses[0][0],
-                           keep_codes=False)
+                           keep_codes=False, in_place=True)
             self._store(env, 0)
 
     def _store(self, env: dict, pause: int) -> None:
@@ -546,7 +546,7 @@ class _VertexValues:
         stop = self.pauses[index + 1][0] if index + 1 < len(self.pauses) else None
         with torch.no_grad():
             ev = self.graph._walk(env, self.mesh.nv, self.pauses[index][0], None, False,
-                                  None, stop=stop, keep_codes=False)
+                                  None, stop=stop, keep_codes=False, in_place=True)
         if stop is None:
             self.output = ev.output
         else:
