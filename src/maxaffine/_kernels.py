@@ -10,8 +10,9 @@ line ``table[origin[f], i]`` of its root, with the rules of ``_planar``:
 
 - line ``l``'s function at vertex ``v``: ``vals[v, pos[l]] - vals[v, neg[l]]``
   (no second term when ``neg[l] < 0``) ``- level[l]``; a vertex within
-  ``tol[l]`` of zero is *on* the line; a face is split only when it has
-  vertices strictly on both sides;
+  ``tol[l]`` of zero is *on* the line; the sides are read from the vertices'
+  packed bits ``above`` / ``below`` (:func:`side_bits`; written here for new
+  vertices); a face is split only when it has vertices strictly on both sides;
 - a new vertex is keyed by ``support * n_key + ident[l]`` (the edge of the
   layer-start subdivision or the chord it splits, and the line) in an
   open-addressing hash table, so the faces on both sides of an edge share it;
@@ -68,7 +69,7 @@ def _lerp(a, b, t):
 
 @numba.njit(cache=True)
 def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
-             table, pos, neg, level, tol, ident, n_key, chord_base,
+             above, below, table, pos, neg, level, tol, ident, n_key, chord_base,
              hkeys, hids, state, stop_faces):
     nf, nv, width = state[NF], state[NV], state[WIDTH]
     it, f, end, hcount = state[IT], state[FACE], state[END], state[HCOUNT]
@@ -76,9 +77,9 @@ def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
     cap_v = xy.shape[0]
     ncols = vals.shape[1]
     hmask = hkeys.shape[0] - 1
+    paired = pos.shape[0] > 0 and neg[0] >= 0
     hshift = np.uint64(64 - int(np.log2(hkeys.shape[0])))
     n_iter = table.shape[1]
-    d = np.empty(cap_w, dtype=vals.dtype)
     s = np.empty(cap_w, dtype=np.int8)
     ext_v = np.empty(2 * cap_w, dtype=np.int64)
     ext_s = np.empty(2 * cap_w, dtype=np.int64)
@@ -92,24 +93,18 @@ def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
                 f += 1
                 continue
             n = sizes[f]
-            p, q, lev, tl = pos[li], neg[li], level[li], tol[li]
+            # sides from the vertices' packed bits (small, cache-friendly), not
+            # from their (wide) value rows
+            wd = li >> 6
+            bt = np.int64(li & 63)
             up = False
             down = False
             for j in range(n):
                 v = faces[f, j]
-                x = vals[v, p]
-                if q >= 0:
-                    x = x - vals[v, q]
-                x = x - lev
-                d[j] = x
-                if x > tl:
-                    s[j] = 1
-                    up = True
-                elif x < -tl:
-                    s[j] = -1
-                    down = True
-                else:
-                    s[j] = 0
+                sj = np.int8((above[v, wd] >> bt) & 1) - np.int8((below[v, wd] >> bt) & 1)
+                s[j] = sj
+                up |= sj > 0
+                down |= sj < 0
             if not (up and down):
                 f += 1
                 continue
@@ -159,15 +154,17 @@ def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
                         h = (h + 1) & hmask
                     if vid < 0:
                         b = faces[f, nx]
-                        lo, hi, dlo, dhi = a, b, d[j], d[nx]
-                        if a > b:
-                            lo, hi, dlo, dhi = b, a, d[nx], d[j]
-                        t = dlo / (dlo - dhi)
+                        lo, hi = (a, b) if a < b else (b, a)
+                        p, q, lev = pos[li], neg[li], level[li]
+                        dlo = _line_value(vals, lo, p, q, lev)
+                        t = dlo / (dlo - _line_value(vals, hi, p, q, lev))
                         vid = nv
                         xy[vid, 0] = _lerp(xy[lo, 0], xy[hi, 0], t)
                         xy[vid, 1] = _lerp(xy[lo, 1], xy[hi, 1], t)
                         for c in range(ncols):
                             vals[vid, c] = _lerp(vals[lo, c], vals[hi, c], t)
+                        _vertex_sides(vals, vid, pos, neg, level, tol, paired, above, below,
+                                      vid)
                         nv += 1
                         hkeys[h] = key
                         hids[h] = vid
@@ -222,30 +219,43 @@ def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
     return status
 
 
+@numba.njit(cache=True, inline="always")
+def _line_value(vals, v, p, q, lev):
+    x = vals[v, p]
+    if q >= 0:
+        x = x - vals[v, q]
+    return x - lev
+
+
+@numba.njit(cache=True)
+def _vertex_sides(vals, v, pos, neg, level, tol, paired, above, below, row):
+    """Bits of ``value > tol`` / ``value < -tol`` of every line at vertex ``v``
+    (``paired``: every line has a second term; else none has)."""
+    n_lines = pos.shape[0]
+    for w in range(above.shape[1]):
+        lo = w * 64
+        a = np.int64(0)
+        b = np.int64(0)
+        for li in range(lo, min(n_lines, lo + 64)):
+            if paired:  # hoisted out of the loop by the compiler
+                x = vals[v, pos[li]] - vals[v, neg[li]] - level[li]
+            else:
+                x = vals[v, pos[li]] - level[li]
+            a |= np.int64(x > tol[li]) << np.int64(li - lo)
+            b |= np.int64(x < -tol[li]) << np.int64(li - lo)
+        above[row, w] = a
+        below[row, w] = b
+
+
 @numba.njit(cache=True)
 def side_bits(vals, start, pos, neg, level, tol, above, below):
     """Packed bits of ``value > tol`` (``above``) and ``value < -tol`` (``below``)
     of every line at vertices ``start .. start + len(above)`` (bit ``l`` of a row:
-    word ``l // 64``, bit ``l % 64``, as :func:`maxaffine._planar.pack_bits`)."""
-    n_lines = pos.shape[0]
-    paired = False
-    for li in range(n_lines):
-        paired |= neg[li] >= 0
+    word ``l // 64``, bit ``l % 64``, as :func:`maxaffine._planar.pack_bits`).
+    Lines have a second term (``neg >= 0``) all or none."""
+    paired = pos.shape[0] > 0 and neg[0] >= 0
     for i in range(above.shape[0]):
-        v = start + i
-        for w in range(above.shape[1]):
-            lo = w * 64
-            hi = min(n_lines, lo + 64)
-            a = np.int64(0)
-            b = np.int64(0)
-            for li in range(lo, hi):
-                x = vals[v, pos[li]] - level[li]
-                if paired:
-                    x = vals[v, pos[li]] - vals[v, neg[li]] - level[li]
-                a |= np.int64(x > tol[li]) << np.int64(li - lo)
-                b |= np.int64(x < -tol[li]) << np.int64(li - lo)
-            above[i, w] = a
-            below[i, w] = b
+        _vertex_sides(vals, start + i, pos, neg, level, tol, paired, above, below, i)
 
 
 @numba.njit(cache=True)
@@ -352,3 +362,109 @@ def edge_layers(bits, f1, f2, ends, out):
                 break
             start = ends[k]
         out[e] = layer
+
+
+@numba.njit(cache=True)
+def edge_table(faces, sizes, nv, support):
+    """Number the undirected edges of faces ``0 .. len(sizes)`` in order of their
+    keys ``lo * nv + hi``: writes each face slot's edge id (edge from vertex ``j``
+    to ``j + 1``) into ``support`` (-1 past the face's size) and returns the keys
+    (E,), sorted, and the edges' faces (E, 2): the lowest and highest face using
+    the edge (-1 when only one does). Buckets by lower end vertex, no hashing."""
+    width = support.shape[1]
+    start = np.zeros(nv + 1, dtype=np.int64)
+    for f in range(sizes.shape[0]):
+        k = sizes[f]
+        for j in range(k):
+            u = faces[f, j]
+            v = faces[f, j + 1] if j + 1 < k else faces[f, 0]
+            start[min(u, v) + 1] += 1
+    for i in range(nv):
+        start[i + 1] += start[i]
+    total = start[nv]
+    fill = start[:nv].copy()
+    hi_of = np.empty(total, dtype=np.int64)
+    face_of = np.empty(total, dtype=np.int64)
+    slot_of = np.empty(total, dtype=np.int64)
+    for f in range(sizes.shape[0]):
+        k = sizes[f]
+        for j in range(width):
+            if j >= k:
+                support[f, j] = -1
+                continue
+            u = faces[f, j]
+            v = faces[f, j + 1] if j + 1 < k else faces[f, 0]
+            p = fill[min(u, v)]
+            fill[min(u, v)] += 1
+            hi_of[p] = max(u, v)
+            face_of[p] = f
+            slot_of[p] = f * width + j
+    keys = np.empty(total, dtype=np.int64)
+    edge_faces = np.empty((total, 2), dtype=np.int64)
+    n = 0
+    for lo in range(nv):
+        a = start[lo]
+        b = start[lo + 1]
+        for i in range(a + 1, b):  # insertion sort by (hi, face): buckets are tiny
+            h, fc, sl = hi_of[i], face_of[i], slot_of[i]
+            q = i - 1
+            while q >= a and (hi_of[q] > h or (hi_of[q] == h and face_of[q] > fc)):
+                hi_of[q + 1], face_of[q + 1], slot_of[q + 1] = hi_of[q], face_of[q], slot_of[q]
+                q -= 1
+            hi_of[q + 1], face_of[q + 1], slot_of[q + 1] = h, fc, sl
+        i = a
+        while i < b:
+            j = i + 1
+            while j < b and hi_of[j] == hi_of[i]:
+                j += 1
+            keys[n] = lo * nv + hi_of[i]
+            edge_faces[n, 0] = face_of[i]
+            edge_faces[n, 1] = face_of[j - 1] if face_of[j - 1] != face_of[i] else -1
+            for q in range(i, j):
+                support[slot_of[q] // width, slot_of[q] % width] = n
+            n += 1
+            i = j
+    return keys[:n], edge_faces[:n]
+
+
+@numba.njit(cache=True)
+def crossing_lines(faces, sizes, above, below, n_lines):
+    """(face, line) pairs where the line crosses the face (some vertex strictly
+    above it, some strictly below), sorted by face then line."""
+    words = above.shape[1]
+    up = np.empty(words, dtype=np.int64)
+    down = np.empty(words, dtype=np.int64)
+    cap = 1024
+    face_out = np.empty(cap, dtype=np.int64)
+    line_out = np.empty(cap, dtype=np.int64)
+    m = 0
+    for f in range(sizes.shape[0]):
+        v = faces[f, 0]
+        for w in range(words):
+            up[w] = above[v, w]
+            down[w] = below[v, w]
+        for j in range(1, sizes[f]):
+            v = faces[f, j]
+            for w in range(words):
+                up[w] |= above[v, w]
+                down[w] |= below[v, w]
+        for w in range(words):
+            both = np.uint64(up[w] & down[w])
+            while both != 0:
+                low = both & (~both + np.uint64(1))  # lowest set bit
+                both ^= low
+                b = 0
+                while low > 1:
+                    low >>= np.uint64(1)
+                    b += 1
+                li = w * 64 + b
+                if li >= n_lines:
+                    continue
+                if m == cap:
+                    cap *= 2
+                    face_out = np.concatenate((face_out, np.empty(cap - m, dtype=np.int64)))
+                    line_out = np.concatenate((line_out, np.empty(cap - m, dtype=np.int64)))
+                face_out[m] = f
+                line_out[m] = li
+                m += 1
+    return face_out[:m], line_out[:m]

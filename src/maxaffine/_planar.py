@@ -47,6 +47,7 @@ class Mesh:
         self._xy[:k] = polygon
         self.nv = k
         self._vals = torch.empty((self._xy.shape[0], 0), dtype=dtype)
+        self._above = self._below = torch.empty((self._xy.shape[0], 0), dtype=torch.int64)
         self._faces = torch.full((64, max(8, k + 2)), -1, dtype=torch.int64)
         self._faces[0, :k] = torch.arange(k)
         self._sizes = torch.zeros(64, dtype=torch.int64)
@@ -110,8 +111,9 @@ class Mesh:
         return self._vals[: self.nv]
 
     def drop_vals(self) -> None:
-        """Free the per-vertex values."""
+        """Free the per-vertex values (and the sides of lines read from them)."""
         self._vals = self._xy[:, :0]
+        self._above = self._below = torch.empty((self._xy.shape[0], 0), dtype=torch.int64)
 
     def mark(self) -> None:
         self._origin[: self.nf] = torch.arange(self.nf)
@@ -124,7 +126,7 @@ class Mesh:
         need = self.nv + extra
         if need > self._xy.shape[0]:
             cap = max(need, 4 * self._xy.shape[0])  # untouched pages cost nothing
-            for name in ("_xy", "_vals"):
+            for name in ("_xy", "_vals", "_above", "_below"):
                 old = getattr(self, name)
                 new = torch.empty((cap, old.shape[1]), dtype=old.dtype)
                 new[: self.nv] = old[: self.nv]
@@ -182,46 +184,72 @@ class Mesh:
         different times, and the subdivision is conforming once every face has
         been cut by every line crossing it.
         """
-        fv, valid = self.entries(torch.arange(self.nf))
-        n, w = fv.shape
-        nxt = torch.arange(1, w + 1).expand(n, w)
-        nxt = torch.where(nxt >= self.sizes[:, None].clamp(min=1), 0, nxt)
-        u, v = fv, fv.gather(1, nxt)
-        key = torch.minimum(u, v) * self.nv + torch.maximum(u, v)
-        ukey, inv = torch.unique(key[valid], return_inverse=True)
-        support = torch.full((n, w), -1, dtype=torch.int64)
-        support[valid] = inv
-        self._support = torch.full(self._faces.shape, -1, dtype=torch.int64)
-        self._support[: self.nf, :w] = support
+        from . import _kernels as kern
+
+        self._support = torch.empty(self._faces.shape, dtype=torch.int64)
+        keys, _ = kern.edge_table(self._faces.numpy(), self.sizes.numpy(), self.nv,
+                                  self._support[: self.nf].numpy())
+        self._support[self.nf:] = -1
         self._n_lines = max(1, n_lines)
-        self._chord_base = ukey.shape[0]
+        self._chord_base = keys.shape[0]
         # the vertices made so far, by key: an open-addressing hash table (-1: empty)
         self._hkeys = np.full(_HASH_START, -1, dtype=np.int64)
         self._hids = np.empty_like(self._hkeys)
         self._hcount = 0
 
-    def lockstep(self, table: Tensor, pos: Tensor, neg: Tensor, level: Tensor, tol: Tensor,
-                 ident: Tensor, stop_faces: int | None = None) -> bool:
-        """Cut every face by its root's lines in lockstep: iteration ``i`` splits each
-        face ``f`` (present at the iteration's start) along line
-        ``table[origin[f], i]`` (-1: none) where the line crosses it.
+    def set_lines(self, pos: Tensor, neg: Tensor, level: Tensor, tol: Tensor,
+                  ident: Tensor) -> None:
+        """The lines :meth:`lockstep` cuts along. Line ``l`` is the zero set of
+        ``vals[:, pos[l]] - vals[:, neg[l]] - level[l]`` (``neg[l] < 0``: no second
+        term), affine on every face; a vertex within ``tol[l]`` of zero is on it;
+        ``ident[l]`` < the ``n_lines`` of :meth:`begin_lines` identifies it (equal
+        for the same line of two units). Computes every vertex's sides of every
+        line (:attr:`above`, :attr:`below`); new vertices get theirs as they are
+        made. Call again whenever the values change."""
+        from . import _kernels as kern  # numba: imported (and compiled) on first use
 
-        Line ``l`` is the zero set of ``vals[:, pos[l]] - vals[:, neg[l]] - level[l]``
-        (``neg[l] < 0``: no second term), affine on every face; a vertex within
-        ``tol[l]`` of zero is on it; ``ident[l]`` < the ``n_lines`` of
-        :meth:`begin_lines` identifies it (equal for the same line of two units).
+        dtype = self._xy.dtype
+        self._lines = (pos.contiguous().numpy(), neg.contiguous().numpy(),
+                       level.to(dtype).contiguous().numpy(),
+                       tol.to(dtype).contiguous().numpy(), ident.contiguous().numpy())
+        words = (pos.shape[0] + 63) // 64
+        self._above = torch.empty((self._xy.shape[0], words), dtype=torch.int64)
+        self._below = torch.empty_like(self._above)
+        kern.side_bits(self._vals.numpy(), 0, *self._lines[:4], self.above.numpy(),
+                       self.below.numpy())
+
+    @property
+    def above(self) -> Tensor:
+        """(V, words) packed bits: vertex strictly above each line (by > tol)."""
+        return self._above[: self.nv]
+
+    @property
+    def below(self) -> Tensor:
+        """(V, words) packed bits: vertex strictly below each line."""
+        return self._below[: self.nv]
+
+    def crossings(self, n_lines: int) -> tuple[Tensor, Tensor]:
+        """(face, line) pairs, sorted, where line (of :meth:`set_lines`) crosses the
+        face: some vertex is strictly above it and some strictly below."""
+        from . import _kernels as kern
+
+        face, line = kern.crossing_lines(self._faces.numpy(), self.sizes.numpy(),
+                                         self._above.numpy(), self._below.numpy(), n_lines)
+        return torch.from_numpy(face), torch.from_numpy(line)
+
+    def lockstep(self, table: Tensor, stop_faces: int | None = None) -> bool:
+        """Cut every face by its root's lines (:meth:`set_lines`) in lockstep:
+        iteration ``i`` splits each face ``f`` (present at the iteration's start)
+        along line ``table[origin[f], i]`` (-1: none) where the line crosses it.
+
         The part where the function is positive keeps the row, the other is
         appended. New vertices get every value column interpolated. Stops early
         (returns ``True``) after an iteration that left more than ``stop_faces``
         faces; returns ``False`` when all iterations ran.
         """
-        from . import _kernels as kern  # numba: imported (and compiled) on first use
+        from . import _kernels as kern
 
-        dtype = self._xy.dtype
         table = table.contiguous().numpy()
-        lines = (pos.contiguous().numpy(), neg.contiguous().numpy(),
-                 level.to(dtype).contiguous().numpy(), tol.to(dtype).contiguous().numpy(),
-                 ident.contiguous().numpy())
         state = np.array([self.nf, self.nv, self.width, 0, 0, self.nf, self._hcount],
                          dtype=np.int64)
         stop = np.iinfo(np.int64).max if stop_faces is None else stop_faces
@@ -229,8 +257,9 @@ class Mesh:
             status = kern.lockstep(
                 self._faces.numpy(), self._sizes.numpy(), self._support.numpy(),
                 self._origin.numpy(), self._origin_layer.numpy(), self._payload.numpy(),
-                self._xy.numpy(), self._vals.numpy(), table, *lines, self._n_lines,
-                self._chord_base, self._hkeys, self._hids, state, stop)
+                self._xy.numpy(), self._vals.numpy(), self._above.numpy(),
+                self._below.numpy(), table, *self._lines, self._n_lines, self._chord_base,
+                self._hkeys, self._hids, state, stop)
             self.nf, self.nv = int(state[kern.NF]), int(state[kern.NV])
             self.width, self._hcount = int(state[kern.WIDTH]), int(state[kern.HCOUNT])
             if status == kern.NEED_FACES:
@@ -410,30 +439,19 @@ class Mesh:
 
     def release(self) -> None:
         """Free the buffers (the mesh is unusable afterwards)."""
-        for name in ("_faces", "_support", "_vals", "_payload", "_origin", "_origin_layer"):
+        for name in ("_faces", "_support", "_vals", "_above", "_below", "_payload", "_origin",
+                     "_origin_layer"):
             setattr(self, name, getattr(self, name)[:0])
 
     def edges(self) -> tuple[Tensor, Tensor]:
-        """Undirected edges (E, 2) and their faces (E, 2) (-1: domain boundary)."""
-        fv, valid = self.entries(torch.arange(self.nf))
-        n, w = fv.shape
-        keys, faces = [], []
-        for i in range(w):  # one vertex slot at a time: no (F, W) temporaries
-            rows = torch.nonzero(valid[:, i]).flatten()
-            u = fv[rows, i]
-            v = fv[rows, i + 1] if i + 1 < w else fv[rows, 0]
-            v = torch.where(self.sizes[rows] == i + 1, fv[rows, 0], v)
-            keys.append(torch.minimum(u, v) * self.nv + torch.maximum(u, v))
-            faces.append(rows)
-        key, face = torch.cat(keys), torch.cat(faces)
-        del keys, faces
-        ukey, inv = torch.unique(key, return_inverse=True)
-        del key
-        m = ukey.shape[0]
-        f1 = torch.full((m,), n, dtype=torch.int64).scatter_reduce(0, inv, face, "amin")
-        f2 = torch.full((m,), -1, dtype=torch.int64).scatter_reduce(0, inv, face, "amax")
-        f2 = torch.where(f2 == f1, -1, f2)
-        return torch.stack([ukey // self.nv, ukey % self.nv], 1), torch.stack([f1, f2], 1)
+        """Undirected edges (E, 2), sorted, and their faces (E, 2): lowest and
+        highest face using the edge (-1: domain boundary)."""
+        from . import _kernels as kern
+
+        slots = np.empty((self.nf, self.width), dtype=np.int64)
+        keys, faces = kern.edge_table(self._faces.numpy(), self.sizes.numpy(), self.nv, slots)
+        keys, faces = torch.from_numpy(keys), torch.from_numpy(faces)
+        return torch.stack([keys // self.nv, keys % self.nv], 1), faces
 
 
 def pack_bits(b: Tensor) -> Tensor:
@@ -446,18 +464,6 @@ def pack_bits(b: Tensor) -> Tensor:
     if pad:
         by = np.concatenate([by, np.zeros((n, (k + pad) // 8 - by.shape[1]), np.uint8)], 1)
     return torch.from_numpy(np.ascontiguousarray(by)).view(torch.int64)
-
-
-def set_bits(words: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Rows and indices (< k) of the set bits of :func:`pack_bits` words, sorted by
-    row then index; memory in proportion to the nonzero words only."""
-    row, word = torch.nonzero(words, as_tuple=True)
-    by = words[row, word].contiguous().view(torch.uint8).reshape(-1, 8).numpy()
-    bits = torch.from_numpy(np.unpackbits(by, axis=1, bitorder="little"))  # (m, 64)
-    i, b = torch.nonzero(bits, as_tuple=True)
-    index = word[i] * 64 + b
-    keep = index < k
-    return row[i][keep], index[keep]
 
 
 def unpack_bits(words: Tensor, k: int) -> Tensor:

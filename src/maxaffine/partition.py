@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import ops
-from ._planar import Mesh, clip_halfplanes, pack_bits, set_bits, unpack_bits
+from ._planar import Mesh, clip_halfplanes, pack_bits, unpack_bits
 from .affine import jacobian
 from .errors import MaxAffineError, UnsupportedOperation
 from .graph import SplineGraph, Unit, _check_tensor, as_graph
@@ -747,19 +747,6 @@ class _Lines:
         self.plain = not self.paired and bool((self.pos == torch.arange(n)).all())
         self.shifted = bool((self.level != 0).any())
 
-    def sides(self, vals: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        """Packed bits (n, words) of ``value > tol`` and ``value < -tol`` for every
-        line at vertices ``start:stop`` (compiled: no (n, lines) temporaries)."""
-        from . import _kernels as kern
-
-        words = (self.pos.shape[0] + 63) // 64
-        above = torch.empty((max(0, stop - start), words), dtype=torch.int64)
-        below = torch.empty_like(above)
-        kern.side_bits(vals.contiguous().numpy(), start, self.pos.numpy(), self.neg.numpy(),
-                       self.level.to(vals.dtype).numpy(), self.tol.to(vals.dtype).numpy(),
-                       above.numpy(), below.numpy())
-        return above, below
-
     def possible_max(self, mesh: Mesh, k: int, chunk: int = 2048) -> Tensor:
         """Max-pooling: (layer-start faces, k, R) bools, window entry ``a`` can be
         the maximum somewhere in the face: no entry ``c`` exceeds it by more than
@@ -804,10 +791,9 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
     if lines.window is not None:
         k = lines.window.shape[0]
     done = k
-    words = (n_lines + 63) // 64
     # each vertex's side of every line, as packed bits (computed once per vertex:
-    # values never change within a layer)
-    above = below = torch.zeros((0, words), dtype=torch.int64)
+    # values never change within a layer; the cuts add new vertices' bits)
+    mesh.set_lines(lines.pos, lines.neg, lines.level, lines.tol, lines.ident)
     possible = None
     if lines.window is not None:
         # max-pooling: a pair's line is cut only in the layer-start faces where both
@@ -822,12 +808,8 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         # piece of every root by that root's i-th line). A new phase starts when the
         # faces have multiplied, so that roots (and their line lists) stay small.
         mesh.mark()
-        if above.shape[0] < mesh.nv:
-            more = lines.sides(mesh.vals, above.shape[0], mesh.nv)
-            above, below = torch.cat([above, more[0]]), torch.cat([below, more[1]])
-        sides = mesh.reduce(torch.cat([above, below], 1), "or")
         # (root, line) pairs where the line crosses the root, sorted by root then line
-        root, line = set_bits(sides[:, :words] & sides[:, words:], n_lines)
+        root, line = mesh.crossings(n_lines)
         if possible is not None:
             keep = possible[mesh.origin_layer[root], line]
             root, line = root[keep], line[keep]
@@ -846,11 +828,8 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         table = torch.full((mesh.nf, int(count.max())), -1, dtype=torch.int64)
         table[root, torch.arange(root.shape[0]) - start[root]] = line
         # re-root when the faces have multiplied: the next phase starts from them
-        mesh.lockstep(table, lines.pos, lines.neg, lines.level, lines.tol, lines.ident,
-                      _REROOT * mesh.nf)
-    if above.shape[0] < mesh.nv and lines.window is None:  # max-pool codes: near_max
-        above = torch.cat([above, lines.sides(mesh.vals, above.shape[0], mesh.nv)[0]])
-    return above, done
+        mesh.lockstep(table, _REROOT * mesh.nf)
+    return mesh.above, done
 
 
 def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
