@@ -1,11 +1,22 @@
 """The planar helpers behind partition_plane (packed bits, the compiled side bits,
 crossings, reductions and edge tables), against plain loops."""
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maxaffine._planar import Mesh, pack_bits, unpack_bits
+from maxaffine._planar import Mesh, unpack_bits
+
+
+def pack_bits(b):
+    """Plain reference packing: bools (N, K) -> int64 words, bit i in word i // 64."""
+    n, k = b.shape
+    if n == 0 or k == 0:
+        return torch.zeros((n, (k + 63) // 64), dtype=torch.int64)
+    by = np.packbits(b.numpy(), axis=1, bitorder="little")
+    by = np.concatenate([by, np.zeros((n, 8 * ((k + 63) // 64) - by.shape[1]), np.uint8)], 1)
+    return torch.from_numpy(np.ascontiguousarray(by)).view(torch.int64)
 
 
 @settings(max_examples=40)

@@ -468,3 +468,73 @@ def crossing_lines(faces, sizes, above, below, n_lines):
                 line_out[m] = li
                 m += 1
     return face_out[:m], line_out[:m]
+
+
+@numba.njit(cache=True)
+def window_dominated(faces, sizes, origin_layer, vals, window, unit_tol, out):
+    """Max-pooling: ``out[L, j, a]`` (int8, all 1 on entry) is cleared where entry
+    ``a`` of window ``j`` is not dominated in some face of layer-start face ``L``:
+    no valid entry ``c`` exceeds it by more than ``unit_tol[j]`` at every vertex
+    of the face. Values are unit-major: entry ``a`` of window ``j`` is column
+    ``j * R + a``; padding entries (``window`` False) stay dominated."""
+    k, r = window.shape
+    for f in range(sizes.shape[0]):
+        lay = origin_layer[f]
+        n = sizes[f]
+        for j in range(k):
+            base = j * r
+            for a in range(r):
+                if not window[j, a] or out[lay, j, a] == 0:
+                    continue
+                dominated = False
+                for c in range(r):
+                    if c == a or not window[j, c]:
+                        continue
+                    every = True
+                    for q in range(n):
+                        v = faces[f, q]
+                        if not vals[v, base + c] - vals[v, base + a] > unit_tol[j]:
+                            every = False
+                            break
+                    if every:
+                        dominated = True
+                        break
+                if not dominated:
+                    out[lay, j, a] = 0
+
+
+@numba.njit(cache=True)
+def window_near(vals, window, unit_tol, near):
+    """Max-pooling: packed bits ``near`` (V, words): entry ``a`` of window ``j``
+    (bit ``j * R + a``) is valid and within ``unit_tol[j]`` of the window's
+    maximum at the vertex, for the first ``k`` windows (``words * 64 >= k * R``)."""
+    r = window.shape[1]
+    k = min(window.shape[0], near.shape[1] * 64 // r)
+    for v in range(near.shape[0]):
+        for w in range(near.shape[1]):
+            near[v, w] = 0
+        for j in range(k):
+            base = j * r
+            top = -np.inf
+            for c in range(r):
+                if window[j, c] and vals[v, base + c] > top:
+                    top = vals[v, base + c]
+            for a in range(r):
+                if window[j, a] and vals[v, base + a] >= top - unit_tol[j]:
+                    bit = base + a
+                    near[v, bit >> 6] |= np.int64(1) << np.int64(bit & 63)
+
+
+@numba.njit(cache=True)
+def window_first(words, r, code):
+    """``code[f, j]``: the first entry ``a`` with bit ``j * R + a`` set in row ``f``
+    of ``words`` (0 if none)."""
+    for f in range(code.shape[0]):
+        for j in range(code.shape[1]):
+            chosen = 0
+            for a in range(r):
+                bit = j * r + a
+                if (words[f, bit >> 6] >> np.int64(bit & 63)) & 1:
+                    chosen = a
+                    break
+            code[f, j] = chosen

@@ -454,20 +454,9 @@ class Mesh:
         return torch.stack([keys // self.nv, keys % self.nv], 1), faces
 
 
-def pack_bits(b: Tensor) -> Tensor:
-    """Bools (N, K) as int64 words (N, ceil(K / 64)), for cheap OR-reductions."""
-    n, k = b.shape
-    if n == 0 or k == 0:
-        return torch.zeros((n, (k + 63) // 64), dtype=torch.int64)
-    pad = (-k) % 64
-    by = np.packbits(b.numpy(), axis=1, bitorder="little")  # (N, ceil(K / 8))
-    if pad:
-        by = np.concatenate([by, np.zeros((n, (k + pad) // 8 - by.shape[1]), np.uint8)], 1)
-    return torch.from_numpy(np.ascontiguousarray(by)).view(torch.int64)
-
-
 def unpack_bits(words: Tensor, k: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: bools (N, k)."""
+    """Bools (N, k) from int64 words (N, ceil(k / 64)): bit ``i`` in word
+    ``i // 64``, bit ``i % 64`` (as the compiled side bits write them)."""
     if words.shape[0] == 0:
         return torch.zeros((0, k), dtype=torch.bool)
     by = words.contiguous().view(torch.uint8)

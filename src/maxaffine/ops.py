@@ -448,6 +448,11 @@ class MaxPool(Nonlinearity):
         out, idx = self._pool(x)
         return self._code_of(idx, x), out
 
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        # values only: the maximum does not depend on how ties are broken
+        pool = F.max_pool1d if self.spatial_dims == 1 else F.max_pool2d
+        return pool(x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
+
     def _code_of(self, idx: Tensor, x: Tensor) -> Tensor:
         """Window offsets of the flat argmax indices ``idx`` into ``x``'s planes."""
         d = self.spatial_dims

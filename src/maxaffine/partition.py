@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import ops
-from ._planar import Mesh, clip_halfplanes, pack_bits, unpack_bits
+from ._planar import Mesh, clip_halfplanes, unpack_bits
 from .affine import jacobian
 from .errors import MaxAffineError, UnsupportedOperation
 from .graph import SplineGraph, Unit, _check_tensor, as_graph
@@ -639,12 +639,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
                           ident[start * per_line: (start + k) * per_line])
         above, done = _cut_lines(mesh, lines, limit)
         if lines.window is not None:
-            # every face now has one maximal entry per window (up to ties): the
-            # first entry within the tolerance of the maximum at all its vertices
-            # (ties, e.g. zeros after a ReLU, go to the first, as in F.max_pool)
-            near = mesh.reduce(lines.near_max(mesh.vals, done), "and")
-            code = unpack_bits(near, done * pieces).reshape(-1, done, pieces)
-            code = code.to(torch.int8).argmax(-1)
+            code = lines.window_codes(mesh, done)
         else:
             # every face lies on one side of each line: its code counts the
             # breakpoints some vertex is strictly above (-inf ones: always below)
@@ -747,36 +742,35 @@ class _Lines:
         self.plain = not self.paired and bool((self.pos == torch.arange(n)).all())
         self.shifted = bool((self.level != 0).any())
 
-    def possible_max(self, mesh: Mesh, k: int, chunk: int = 2048) -> Tensor:
-        """Max-pooling: (layer-start faces, k, R) bools, window entry ``a`` can be
+    def possible_max(self, mesh: Mesh, k: int) -> Tensor:
+        """Max-pooling: (layer-start faces, k * R) bools, window entry ``a`` can be
         the maximum somewhere in the face: no entry ``c`` exceeds it by more than
         the tolerance at every vertex (differences are affine on the face, which
         is convex, so such a ``c`` exceeds it everywhere)."""
-        r = self.window.shape[1]
-        neg = torch.where(self.window[:k], 0.0, -math.inf).to(mesh.vals.dtype)
-        bits = [torch.zeros((0, (k * r * r + 63) // 64), dtype=torch.int64)]
-        for i in range(0, mesh.nv, chunk):
-            w = mesh.vals[i: i + chunk, : k * r].reshape(-1, k, r) + neg
-            over = w.unsqueeze(3) - w.unsqueeze(2) > self.unit_tol[:k, None, None]  # c, a
-            bits.append(pack_bits(over.reshape(-1, k * r * r)))
-        always = unpack_bits(mesh.reduce(torch.cat(bits), "and"), k * r * r)
-        dominated = always.reshape(-1, k, r, r).any(2).to(torch.int8)  # (faces, k, a)
-        layer = torch.ones((int(mesh.origin_layer.max()) + 1, k, r), dtype=torch.int8)
-        index = mesh.origin_layer[:, None, None].expand_as(dominated)
-        layer.scatter_reduce_(0, index, dominated, reduce="amin")
-        return layer == 0
+        from . import _kernels as kern
 
-    def near_max(self, vals: Tensor, k: int, chunk: int = 4096) -> Tensor:
-        """Max-pooling: packed bits (V, words), window entry within the tolerance of
-        its window's maximum, for the first ``k`` units (unit-major columns)."""
         r = self.window.shape[1]
-        neg = torch.where(self.window[:k], 0.0, -math.inf).to(vals.dtype)
-        out = [torch.zeros((0, (k * r + 63) // 64), dtype=torch.int64)]
-        for i in range(0, vals.shape[0], chunk):
-            w = vals[i: i + chunk, : k * r].reshape(-1, k, r) + neg
-            near = w >= w.amax(-1, keepdim=True) - self.unit_tol[:k, None]
-            out.append(pack_bits(near.reshape(-1, k * r)))
-        return torch.cat(out)
+        dominated = torch.ones((int(mesh.origin_layer.max()) + 1, k, r), dtype=torch.int8)
+        kern.window_dominated(mesh.faces.contiguous().numpy(), mesh.sizes.numpy(),
+                              mesh.origin_layer.numpy(), mesh.vals.numpy(),
+                              self.window[:k].contiguous().numpy(),
+                              self.unit_tol[:k].contiguous().numpy(), dominated.numpy())
+        return (dominated == 0).reshape(-1, k * r)
+
+    def window_codes(self, mesh: Mesh, k: int) -> Tensor:
+        """Max-pooling, once every face has one maximal entry per window (up to
+        ties): (F, k) the first entry within the tolerance of the window's maximum
+        at all the face's vertices (ties, e.g. zeros after a ReLU, go to the first,
+        as in ``F.max_pool``)."""
+        from . import _kernels as kern
+
+        r = self.window.shape[1]
+        near = torch.empty((mesh.nv, (k * r + 63) // 64), dtype=torch.int64)
+        kern.window_near(mesh.vals.numpy(), self.window[:k].contiguous().numpy(),
+                         self.unit_tol[:k].contiguous().numpy(), near.numpy())
+        code = torch.empty((mesh.nf, k), dtype=torch.int64)
+        kern.window_first(mesh.reduce(near, "and").numpy(), r, code.numpy())
+        return code
 
 
 def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[Tensor, int]:
@@ -799,9 +793,7 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         # max-pooling: a pair's line is cut only in the layer-start faces where both
         # entries can be the window's maximum (all their pieces, so that regions
         # merged afterwards lie within one layer-start face)
-        r = lines.window.shape[1]
-        maybe = lines.possible_max(mesh, k).reshape(-1, k * r)
-        possible = maybe[:, lines.pos] & maybe[:, lines.neg]  # (layer faces, lines)
+        possible = lines.possible_max(mesh, k)  # (layer faces, entries)
     while n_lines:
         # a phase: the current faces are roots; each root is cut by the lines that
         # cross it, in line order, all roots in lockstep (iteration i cuts every
@@ -811,7 +803,8 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         # (root, line) pairs where the line crosses the root, sorted by root then line
         root, line = mesh.crossings(n_lines)
         if possible is not None:
-            keep = possible[mesh.origin_layer[root], line]
+            at = mesh.origin_layer[root]
+            keep = possible[at, lines.pos[line]] & possible[at, lines.neg[line]]
             root, line = root[keep], line[keep]
         if limit is not None and done == k and mesh.nv * mesh.vals.shape[1] > limit:
             # over the values budget: end this chunk at the first 64-unit boundary
