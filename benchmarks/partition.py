@@ -1,11 +1,15 @@
 """Benchmark: exact plane partitions (maxaffine.partition_plane).
 
-Each case runs in a fresh process (so peak memory is its own) and reports regions,
-seconds, regions/s and peak resident memory. The baseline measured in the same run
+Each case runs in a fresh process (so peak memory is its own): a warm-up on a tiny
+network (numba's compiled loops load from their disk cache), then ``--repeat``
+runs (default 3; the big [-r,r]^2 cases once) whose median gives seconds and
+regions/s; the first run's time is printed too. Also regions and peak resident
+memory. The baseline measured in the same run
 is the project's slow per-face clipping reference (tests/reference_partition.py)
 on the small network where it is feasible; its ratio to the fast path is printed.
 
     python benchmarks/partition.py [--quick] [--dtype float64|float32] [--only NAME]
+                                   [--repeat N]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import multiprocessing as mp
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +40,7 @@ def _mlp(widths, seed=0):
     return nn.Sequential(*layers).eval()
 
 
-def _case(name: str, dtype_name: str, queue) -> None:
+def _case(name: str, dtype_name: str, repeat: int, queue) -> None:
     import torch
 
     torch.set_num_threads(2)
@@ -77,13 +82,18 @@ def _case(name: str, dtype_name: str, queue) -> None:
     # the algorithm's: warm up on a tiny unrelated network first
     ma.partition_plane(_mlp([2, 8, 8, 1], seed=1), ma.Slice.square(), progress=False)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    part = ma.partition_plane(model, domain, dtype=dtype, progress=False,
-                              max_regions=10_000_000)
-    seconds = time.perf_counter() - t0
+    times, part = [], None
+    for _ in range(repeat if not name.endswith("^2") else 1):  # the big cases: once
+        part = None  # the last run's result is freed first: peak memory is one run's
+        t0 = time.perf_counter()
+        part = ma.partition_plane(model, domain, dtype=dtype, progress=False,
+                                  max_regions=10_000_000)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put({
         "case": name, "dtype": dtype_name, "regions": part.num_regions, "seconds": seconds,
+        "first_seconds": times[0], "runs": len(times),
         "regions_per_s": part.num_regions / seconds,
         "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - base) / 1024,
         "reference_regions": reference[0] if reference else None,
@@ -95,6 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small cases only")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per case after the warm-up (the [-r,r]^2 cases: one);"
+                             " seconds is their median, first_seconds the first")
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/partition.json")
     args = parser.parse_args()
@@ -108,7 +121,7 @@ def main() -> None:
     rows = []
     for name in cases:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_case, args=(name, args.dtype, queue))
+        proc = ctx.Process(target=_case, args=(name, args.dtype, args.repeat, queue))
         proc.start()
         row = queue.get()
         proc.join()
@@ -119,6 +132,7 @@ def main() -> None:
                      f"{row['reference_seconds']:.2f} s -> fast path "
                      f"{row['reference_seconds'] / row['seconds']:.0f}x faster")
         print(f"{name:<40} {row['regions']:>9} regions {row['seconds']:8.2f} s "
+              f"(first {row['first_seconds']:.2f} s, {row['runs']} runs) "
               f"{row['regions_per_s']:>10.0f} regions/s  peak {row['peak_rss_mb']:7.0f} MB"
               f"{ratio}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def _cut_square(n_lines, paired, seed):
     mesh.begin_lines(n_lines)
     mesh.set_lines(pos, neg, level, tol, pos)
     mesh.mark()
-    mesh.lockstep(torch.arange(n_lines).unsqueeze(0))
+    mesh.lockstep(torch.zeros(n_lines, dtype=torch.int64), torch.arange(n_lines))
     return mesh, pos, neg, level, tol
 
 
@@ -111,7 +111,7 @@ def test_reductions_over_faces_match_loops():
     # the zero line of the first value column
     one = torch.zeros(1, dtype=torch.int64)
     mesh.set_lines(one, one - 1, torch.zeros(1), torch.full((1,), 1e-12), one)
-    mesh.lockstep(one.unsqueeze(1))
+    mesh.lockstep(one, one)
     assert mesh.nf == 2
     g = torch.Generator().manual_seed(0)
     data = torch.randint(-2**62, 2**62, (mesh.nv, 3), generator=g)

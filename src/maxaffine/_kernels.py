@@ -6,7 +6,8 @@ cached on disk) on first use.
 :func:`lockstep`, the inner loop of :meth:`maxaffine._planar.Mesh.lockstep`:
 one call runs lockstep iterations of cuts over a whole batch of faces: in
 iteration ``i`` every face ``f`` present at the iteration's start is cut by
-line ``table[origin[f], i]`` of its root, with the rules of ``_planar``:
+line ``i`` of its root's list (``lines[start[r]:start[r + 1]]`` for root
+``r = origin[f]``), with the rules of ``_planar``:
 
 - line ``l``'s function at vertex ``v``: ``vals[v, pos[l]] - vals[v, neg[l]]``
   (no second term when ``neg[l] < 0``) ``- level[l]``; a vertex within
@@ -69,7 +70,8 @@ def _lerp(a, b, t):
 
 @numba.njit(cache=True)
 def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
-             above, below, table, pos, neg, level, tol, ident, n_key, chord_base,
+             above, below, start, lines, n_iter, pos, neg, level, tol, ident, n_key,
+             chord_base,
              hkeys, hids, state, stop_faces):
     nf, nv, width = state[NF], state[NV], state[WIDTH]
     it, f, end, hcount = state[IT], state[FACE], state[END], state[HCOUNT]
@@ -79,7 +81,6 @@ def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
     hmask = hkeys.shape[0] - 1
     paired = pos.shape[0] > 0 and neg[0] >= 0
     hshift = np.uint64(64 - int(np.log2(hkeys.shape[0])))
-    n_iter = table.shape[1]
     s = np.empty(cap_w, dtype=np.int8)
     ext_v = np.empty(2 * cap_w, dtype=np.int64)
     ext_s = np.empty(2 * cap_w, dtype=np.int64)
@@ -88,10 +89,11 @@ def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
     status = DONE
     while it < n_iter:
         while f < end:
-            li = table[origin[f], it]
-            if li < 0:
+            r = origin[f]
+            if it >= start[r + 1] - start[r]:
                 f += 1
                 continue
+            li = lines[start[r] + it]
             n = sizes[f]
             # sides from the vertices' packed bits (small, cache-friendly), not
             # from their (wide) value rows

@@ -237,10 +237,12 @@ class Mesh:
                                          self._above.numpy(), self._below.numpy(), n_lines)
         return torch.from_numpy(face), torch.from_numpy(line)
 
-    def lockstep(self, table: Tensor, stop_faces: int | None = None) -> bool:
-        """Cut every face by its root's lines (:meth:`set_lines`) in lockstep:
-        iteration ``i`` splits each face ``f`` (present at the iteration's start)
-        along line ``table[origin[f], i]`` (-1: none) where the line crosses it.
+    def lockstep(self, root: Tensor, line: Tensor, stop_faces: int | None = None) -> bool:
+        """Cut every face by its root's lines (:meth:`set_lines`) in lockstep. The
+        (``root``, ``line``) pairs, sorted by root, list each root's lines in
+        order (roots: faces at the last :meth:`mark`); iteration ``i`` splits each
+        face ``f`` (present at the iteration's start) along the ``i``-th line of
+        root ``origin[f]`` where the line crosses it.
 
         The part where the function is positive keeps the row, the other is
         appended. New vertices get every value column interpolated. Stops early
@@ -249,7 +251,11 @@ class Mesh:
         """
         from . import _kernels as kern
 
-        table = table.contiguous().numpy()
+        count = torch.bincount(root, minlength=self.nf)
+        start = torch.zeros(self.nf + 1, dtype=torch.int64)
+        torch.cumsum(count, 0, out=start[1:])
+        n_iter = int(count.max()) if count.numel() else 0
+        start_np, line_np = start.numpy(), line.contiguous().numpy()
         state = np.array([self.nf, self.nv, self.width, 0, 0, self.nf, self._hcount],
                          dtype=np.int64)
         stop = np.iinfo(np.int64).max if stop_faces is None else stop_faces
@@ -258,8 +264,8 @@ class Mesh:
                 self._faces.numpy(), self._sizes.numpy(), self._support.numpy(),
                 self._origin.numpy(), self._origin_layer.numpy(), self._payload.numpy(),
                 self._xy.numpy(), self._vals.numpy(), self._above.numpy(),
-                self._below.numpy(), table, *self._lines, self._n_lines, self._chord_base,
-                self._hkeys, self._hids, state, stop)
+                self._below.numpy(), start_np, line_np, n_iter, *self._lines, self._n_lines,
+                self._chord_base, self._hkeys, self._hids, state, stop)
             self.nf, self.nv = int(state[kern.NF]), int(state[kern.NV])
             self.width, self._hcount = int(state[kern.WIDTH]), int(state[kern.HCOUNT])
             if status == kern.NEED_FACES:

@@ -816,12 +816,8 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
             root, line = root[keep], line[keep]
         if root.numel() == 0:
             break
-        count = torch.bincount(root, minlength=mesh.nf)
-        start = torch.cumsum(count, 0) - count
-        table = torch.full((mesh.nf, int(count.max())), -1, dtype=torch.int64)
-        table[root, torch.arange(root.shape[0]) - start[root]] = line
         # re-root when the faces have multiplied: the next phase starts from them
-        mesh.lockstep(table, _REROOT * mesh.nf)
+        mesh.lockstep(root, line, _REROOT * mesh.nf)
     return mesh.above, done
 
 
