@@ -633,8 +633,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         sel = torch.arange(start, min(n_units, start + chunk))
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
-        cols = mesh.vals[:, : values.ncols]
-        scale = torch.maximum(cols.amax(0), -cols.amin(0))  # |values|' max, no temporary
+        scale = _abs_max(mesh.vals[:, : values.ncols])
         lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
                           ident[start * per_line: (start + k) * per_line])
         above, done = _cut_lines(mesh, lines, limit)
@@ -658,6 +657,12 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
                               [unit.bits]))
         start += done
     values.advance(index)
+
+
+def _abs_max(cols: Tensor) -> Tensor:
+    """Per column, the largest absolute value (no (V, cols) temporary; and no
+    reference to the mesh's buffer outlives the call, so cuts can replace it)."""
+    return torch.maximum(cols.amax(0), -cols.amin(0))
 
 
 def _line_identities(rule: ops.Nonlinearity, n_units: int, table: Tensor | None) -> Tensor:
