@@ -68,7 +68,7 @@ def _lerp(a, b, t):
     return a + t * (b - a) if t < 0.5 else b - (b - a) * (1.0 - t)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def lockstep(faces, sizes, support, origin, origin_layer, payload, xy, vals,
              above, below, start, lines, n_iter, pos, neg, level, tol, ident, n_key,
              chord_base,

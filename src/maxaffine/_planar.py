@@ -23,6 +23,10 @@ is not cut: no sliver thinner than ``tol`` is ever created.
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import threading
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -259,6 +263,12 @@ class Mesh:
         state = np.array([self.nf, self.nv, self.width, 0, 0, self.nf, self._hcount],
                          dtype=np.int64)
         stop = np.iinfo(np.int64).max if stop_faces is None else stop_faces
+        # most crossings make a vertex and a face: let the idle core fault in the
+        # pages they will be written to while the (single-threaded) loop runs
+        helper = _prefault([(self._vals, self.nv), (self._xy, self.nv),
+                            (self._above, self.nv), (self._below, self.nv),
+                            (self._faces, self.nf), (self._support, self.nf),
+                            (self._payload, self.nf)], line.shape[0])
         while True:
             status = kern.lockstep(
                 self._faces.numpy(), self._sizes.numpy(), self._support.numpy(),
@@ -280,6 +290,8 @@ class Mesh:
                 kern.rehash(self._hkeys, self._hids, keys, ids)
                 self._hkeys, self._hids = keys, ids
             else:
+                if helper is not None:
+                    helper.join()
                 return status == kern.STOPPED
 
     def weld(self, eps: float) -> int:
@@ -458,6 +470,53 @@ class Mesh:
         keys, faces = kern.edge_table(self._faces.numpy(), self.sizes.numpy(), self.nv, slots)
         keys, faces = torch.from_numpy(keys), torch.from_numpy(faces)
         return torch.stack([keys // self.nv, keys % self.nv], 1), faces
+
+
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+
+
+def _prefault(buffers: list[tuple[Tensor, int]], rows: int) -> threading.Thread | None:
+    """Start a thread that faults in rows ``[used, used + rows)`` of each (buffer,
+    used) (``madvise(MADV_POPULATE_WRITE)``, which releases the GIL): first writes
+    to fresh memory cost a page fault per 4 KiB, which on virtual machines is a
+    large share of a cut's time. Does nothing where that call is missing."""
+    if _LIBC is None or rows <= 0:
+        return None
+    spans = []
+    for buf, used in buffers:
+        if buf.numel() == 0:
+            continue
+        row = buf.stride(0) * buf.element_size()
+        start = buf.data_ptr() + used * row
+        end = buf.data_ptr() + min(buf.shape[0], used + rows) * row
+        start, end = (start + 4095) // 4096 * 4096, end // 4096 * 4096
+        if end > start:
+            spans.append((start, end - start))
+    if not spans:
+        return None
+
+    def work() -> None:
+        for start, length in spans:
+            if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length),
+                             _MADV_POPULATE_WRITE) != 0:
+                return  # unsupported (old kernel): faults happen as usual
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def _libc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "madvise") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def unpack_bits(words: Tensor, k: int) -> Tensor:
