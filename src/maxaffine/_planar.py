@@ -473,6 +473,7 @@ class Mesh:
 
 
 _MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+_PREFAULT_MIN = 16 << 20  # bytes
 
 
 def _prefault(buffers: list[tuple[Tensor, int]], rows: int) -> threading.Thread | None:
@@ -492,8 +493,8 @@ def _prefault(buffers: list[tuple[Tensor, int]], rows: int) -> threading.Thread 
         start, end = (start + 4095) // 4096 * 4096, end // 4096 * 4096
         if end > start:
             spans.append((start, end - start))
-    if not spans:
-        return None
+    if sum(length for _, length in spans) < _PREFAULT_MIN:
+        return None  # small: a thread would cost more than the faults
 
     def work() -> None:
         for start, length in spans:
