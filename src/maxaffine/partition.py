@@ -743,9 +743,9 @@ class _Lines:
         n = self.pos.shape[0]
         if self.ident is None:
             self.ident = torch.arange(n)
-        self.paired = n > 0 and bool((self.neg >= 0).all())
-        self.plain = not self.paired and bool((self.pos == torch.arange(n)).all())
-        self.shifted = bool((self.level != 0).any())
+        if n and bool((self.neg >= 0).any()) != bool((self.neg >= 0).all()):
+            raise ValueError("lines have a second term all or none (the compiled loops "
+                             "read one flag)")
 
     def possible_max(self, mesh: Mesh, k: int) -> Tensor:
         """Max-pooling: (layer-start faces, k * R) bools, window entry ``a`` can be
