@@ -73,6 +73,16 @@ class Mesh:
         return self._vals[: self.nv]
 
     @property
+    def above(self) -> Tensor:
+        """(V, words) packed bits: vertex strictly above each line (by > tol)."""
+        return self._above[: self.nv]
+
+    @property
+    def below(self) -> Tensor:
+        """(V, words) packed bits: vertex strictly below each line."""
+        return self._below[: self.nv]
+
+    @property
     def faces(self) -> Tensor:
         return self._faces[: self.nf, : self.width]
 
@@ -221,16 +231,6 @@ class Mesh:
         self._below = torch.empty_like(self._above)
         kern.side_bits(self._vals.numpy(), 0, *self._lines[:4], self.above.numpy(),
                        self.below.numpy())
-
-    @property
-    def above(self) -> Tensor:
-        """(V, words) packed bits: vertex strictly above each line (by > tol)."""
-        return self._above[: self.nv]
-
-    @property
-    def below(self) -> Tensor:
-        """(V, words) packed bits: vertex strictly below each line."""
-        return self._below[: self.nv]
 
     def crossings(self, n_lines: int) -> tuple[Tensor, Tensor]:
         """(face, line) pairs, sorted, where line (of :meth:`set_lines`) crosses the
