@@ -341,6 +341,30 @@ def test_in_place_forward_passes_spare_shared_values():
     _check_invariants(net, part)
 
 
+class _KeptValueMoves(nn.Module):
+    """``h`` is kept across two pause points and changes place among the kept
+    values (first at unit 2, after ``c`` at unit 3), both 12 wide: the vertex
+    values are rewritten in the same buffer, and ``c`` must not overwrite ``h``
+    before it is read."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(2, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+        self.l4, self.l5 = nn.Linear(6, 1), nn.Linear(6, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        m = torch.maximum(h, self.l2(h))
+        return self.l4(torch.relu(self.l3(m))) + self.l5(h)
+
+
+def test_values_rewritten_in_place_keep_values_that_move():
+    torch.manual_seed(3)
+    net = _KeptValueMoves().to(D64).eval()
+    part = ma.partition_plane(net, ma.Slice.square(-2, 2), progress=False)
+    _check_invariants(net, part)
+
+
 def test_float32_geometry_and_float32_model():
     net = _mlp([16, 16], seed=0).float()
     part32 = ma.partition_plane(net, ma.Slice.square(), progress=False, dtype=torch.float32)

@@ -343,6 +343,36 @@ def face_fits(faces, sizes, xy, outputs, interior, slopes, offsets):
 
 
 @numba.njit(cache=True)
+def mixed_faces(faces, sizes, xy, slopes, offsets, mixed):
+    """Per face: whether its vertices disagree on the class of the face's affine
+    output ``y = slopes[f] @ p + offsets[f]``: its argmax (C > 1; the first of
+    equal maxima, as ``torch.argmax``), or its sign (C = 1: some vertex has
+    ``y > 0`` and some ``y < 0``)."""
+    c_out = slopes.shape[1]
+    for f in range(sizes.shape[0]):
+        low = c_out
+        high = -1
+        for j in range(sizes[f]):
+            v = faces[f, j]
+            x = xy[v, 0]
+            y = xy[v, 1]
+            if c_out == 1:
+                o = slopes[f, 0, 0] * x + slopes[f, 0, 1] * y + offsets[f, 0]
+                lab = 1 if o > 0 else (-1 if o < 0 else 0)
+            else:
+                lab = 0
+                best = slopes[f, 0, 0] * x + slopes[f, 0, 1] * y + offsets[f, 0]
+                for c in range(1, c_out):
+                    o = slopes[f, c, 0] * x + slopes[f, c, 1] * y + offsets[f, c]
+                    if o > best:
+                        best = o
+                        lab = c
+            low = min(low, lab)
+            high = max(high, lab)
+        mixed[f] = low < 0 and high > 0 if c_out == 1 else low != high
+
+
+@numba.njit(cache=True)
 def edge_layers(bits, f1, f2, ends, out):
     """For each edge with two faces: the first layer (byte ranges ending at
     ``ends``) where the faces' packed codes differ; ``len(ends)`` if none does;

@@ -115,12 +115,19 @@ class Mesh:
         """Replace the per-vertex values (V, ncols) used by :meth:`lockstep`."""
         self.fresh_vals(vals.shape[1]).copy_(vals)
 
-    def fresh_vals(self, ncols: int) -> Tensor:
+    def fresh_vals(self, ncols: int, reuse: bool = False) -> Tensor:
         """Drop the per-vertex values and return new uninitialised ones (V, ncols),
-        to be filled in place. Room is reserved for 4x the vertices (pages not
-        written cost nothing), so cuts rarely copy the values to grow."""
+        to be filled in place. Room is reserved for 16x the vertices (pages not
+        written cost nothing), so cuts rarely copy the values to grow.
+
+        ``reuse``: when the current values have ``ncols`` columns and room for 4x
+        the vertices, return them instead (pages already written cost no page
+        faults): the caller overwrites them row by row, reading each row first."""
+        if reuse and self._vals.shape[1] == ncols and self._vals.shape[0] >= 4 * self.nv:
+            self._above = self._below = torch.empty((self._xy.shape[0], 0), dtype=torch.int64)
+            return self._vals[: self.nv]
         self.drop_vals()
-        self._reserve_vertices(3 * self.nv)
+        self._reserve_vertices(15 * self.nv)
         self._vals = torch.empty((self._xy.shape[0], ncols), dtype=self._xy.dtype)
         return self._vals[: self.nv]
 
@@ -459,7 +466,9 @@ class Mesh:
         """Free the buffers (the mesh is unusable afterwards)."""
         for name in ("_faces", "_support", "_vals", "_above", "_below", "_payload", "_origin",
                      "_origin_layer"):
-            setattr(self, name, getattr(self, name)[:0])
+            buf = getattr(self, name)
+            # an empty tensor, not an empty view (which would keep the buffer alive)
+            setattr(self, name, torch.empty((0, *buf.shape[1:]), dtype=buf.dtype))
 
     def edges(self) -> tuple[Tensor, Tensor]:
         """Undirected edges (E, 2), sorted, and their faces (E, 2): lowest and

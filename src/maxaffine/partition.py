@@ -449,6 +449,7 @@ def _graph_in(model: nn.Module | SplineGraph, example: Tensor, dtype: torch.dtyp
 
 _RESUME_LIMIT = 32768  # values per vertex a paused evaluation may keep (else recompute)
 _RESUME_BUDGET = 8e7  # values a paused evaluation may hold (est.); beyond: recompute
+_CHUNK_VALUES = 1 << 20  # values per vertex x vertices of one chunk of a resumed evaluation
 
 
 class _VertexValues:
@@ -471,27 +472,64 @@ class _VertexValues:
         self.start_nv = mesh.nv  # vertices at the current layer's start
         self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
+        self._scale: Tensor | None = None  # per column of the last resume: max |value|
         self.offset = 0  # where the live columns start
+        self.output: Tensor | None = None
         if self.resume:
-            env = {graph._steps[0].node: sl.to_input(mesh.xy)}
-            with torch.no_grad():
-                graph._walk(env, mesh.nv, 0, None, False, None, stop=self.pauses[0][0],
-                           keep_codes=False, in_place=True)
-            self._store(env, 0)
+            self._resume({graph._steps[0].node: sl.to_input(mesh.xy)}, 0, 0)
 
-    def _store(self, env: dict, pause: int) -> None:
-        """Keep the live values of pause point ``pause`` as the mesh's columns, the
-        unit's own inputs first (so they double as its cut-function inputs)."""
-        first = _input_nodes(self.graph, self.pauses[pause][0])
-        live = [n for n in first if n in self.pauses[pause][1]]
-        live += sorted((n for n in self.pauses[pause][1] if n not in live), key=lambda n: n.name)
-        self.live = [(n, tuple(env[n].shape[1:])) for n in live]
-        flat = [env[n].reshape(self.mesh.nv, -1) for n in live]
-        vals = self.mesh.fresh_vals(sum(f.shape[1] for f in flat))
-        at = 0
-        for f in flat:  # straight into the mesh's buffer: one copy
-            vals[:, at: at + f.shape[1]] = f
-            at += f.shape[1]
+    def _resume(self, env: dict, step: int, pause: int | None) -> None:
+        """Run the evaluation paused at ``step`` (live values ``env``) to pause point
+        ``pause`` (``None``: to the output) at every vertex, and keep the live values
+        there as the mesh's columns, the unit's own inputs first (so they double as
+        its cut-function inputs). Runs in chunks of vertices, each written straight
+        into the new columns: temporaries stay small (reused, in cache) instead of
+        a fresh (V, width) tensor per op, whose first touch costs as much as the
+        arithmetic here."""
+        nv, graph = self.mesh.nv, self.graph
+        if pause is None:
+            live: list = []
+            dest = torch.empty((nv, graph.num_outputs), dtype=self.mesh.xy.dtype)
+            width = graph.num_outputs
+        else:
+            first = _input_nodes(graph, self.pauses[pause][0])
+            live = [n for n in first if n in self.pauses[pause][1]]
+            live += sorted((n for n in self.pauses[pause][1] if n not in live),
+                           key=lambda n: n.name)
+            self.live = [(n, tuple(graph._shapes[n][0])) for n in live]
+            width = self.sizes[pause]
+            # the new values may replace the old ones in the same buffer: a chunk's
+            # rows are read (into the walk's temporaries) before they are written
+            dest = self.mesh.fresh_vals(width, reuse=True)
+        widest = max([width] + [v[:1].numel() for v in env.values()])
+        rows = max(256, _CHUNK_VALUES // max(1, widest))
+        stop = None if pause is None else self.pauses[pause][0]
+        scale = torch.zeros(width, dtype=dest.dtype)
+        with torch.no_grad():
+            for a in range(0, nv, rows):
+                b = min(nv, a + rows)
+                part = {n: v[a:b] for n, v in env.items()}
+                ev = graph._walk(part, b - a, step, None, False, None, stop=stop,
+                                 keep_codes=False, in_place=True)
+                if pause is None:
+                    dest[a:b] = ev.output.reshape(b - a, -1)
+                    continue
+                flat = [part[n].reshape(b - a, -1) for n in live]
+                if any(_same_memory(f, dest) for f in flat):
+                    # a value kept from the last pause, in the buffer being rewritten:
+                    # read them all before writing any
+                    dest[a:b] = torch.cat(flat, 1)
+                else:
+                    at = 0
+                    for f in flat:
+                        dest[a:b, at: at + f.shape[1]] = f
+                        at += f.shape[1]
+                # the cuts' tolerances scale with each column's range: read it while
+                # the chunk is in cache
+                torch.maximum(scale, _abs_max(dest[a:b]), out=scale)
+        if pause is None:
+            self.output = dest
+        self._scale = None if pause is None else scale
         self.ncols = self.offset = 0
 
     def _env(self) -> dict:
@@ -517,16 +555,25 @@ class _VertexValues:
             if in_place:  # the inputs are the first live columns already
                 self.ncols, self.offset = unit.num_units * len(nodes), 0
                 return
+            self._scale = None
             cols = _columns(unit, ins, sel, table)
             mesh.set_vals(torch.cat([cols, mesh.vals[:, self.offset:]], 1))
             self.ncols = self.offset = cols.shape[1]
             return
+        self._scale = None
         width = len(sel) * (unit.num_pieces if isinstance(unit.rule, ops.MaxPool) else
                             2 if isinstance(unit.rule, ops.Maximum) else 1)
         vals = mesh.fresh_vals(width)  # written in place: one copy of the values
         for part, ev in _evaluate(graph, self.sl, mesh.xy, unit.name):
             vals[part] = _columns(unit, ev.inputs[unit.name], sel, table)
         self.ncols = width
+
+    def scale(self) -> Tensor:
+        """(ncols,) the largest absolute value of each cut-function input column at
+        the vertices (kept from the last resume when those are its columns)."""
+        if self._scale is not None and self.offset == 0:
+            return self._scale[: self.ncols].clone()
+        return _abs_max(self.mesh.vals[:, : self.ncols])
 
     def advance(self, index: int) -> None:
         """After unit ``index`` is cut: move the paused evaluation to the next unit."""
@@ -542,24 +589,22 @@ class _VertexValues:
             self.resume = False
             self.mesh.drop_vals()
             return
-        env = self._env()
-        stop = self.pauses[index + 1][0] if index + 1 < len(self.pauses) else None
-        with torch.no_grad():
-            ev = self.graph._walk(env, self.mesh.nv, self.pauses[index][0], None, False,
-                                  None, stop=stop, keep_codes=False, in_place=True)
-        if stop is None:
-            self.output = ev.output
-        else:
-            self._store(env, index + 1)
+        self._resume(self._env(), self.pauses[index][0],
+                     index + 1 if index + 1 < len(self.pauses) else None)
 
     def outputs(self) -> Tensor:
         """(V, C) network outputs at every vertex."""
         if self.resume and self.pauses:
-            return self.output.reshape(self.mesh.nv, -1)
+            assert self.output is not None
+            return self.output
         out = torch.empty((self.mesh.nv, self.graph.num_outputs), dtype=self.mesh.xy.dtype)
         for part, ev in _evaluate(self.graph, self.sl, self.mesh.xy, None, record=False):
             out[part] = ev.output.reshape(ev.output.shape[0], -1)
         return out
+
+
+def _same_memory(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _input_nodes(graph: SplineGraph, step: int) -> list:
@@ -633,7 +678,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         sel = torch.arange(start, min(n_units, start + chunk))
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
-        scale = _abs_max(mesh.vals[:, : values.ncols])
+        scale = values.scale()
         lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
                           ident[start * per_line: (start + k) * per_line])
         above, done = _cut_lines(mesh, lines, limit)
@@ -898,18 +943,13 @@ def _class_cells(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
     ``f <= 0`` (C = 1, classes 1 and 0). Returns the cells' corners (M, W, 2),
     sizes (M,), per-edge clip labels (M, W) (the other class, -1 on the face's own
     edges), the class (M,) and the face (M,) of each cell."""
+    from . import _kernels as kern
+
     c = slopes.shape[1]
-    # faces whose vertices disagree, one vertex slot at a time (memory (F, C))
-    low = torch.full((faces.shape[0],), c if c > 1 else 1, dtype=torch.int64)
-    high = torch.full((faces.shape[0],), -1 if c > 1 else 0, dtype=torch.int64)
-    for i in range(faces.shape[1]):
-        p = vertices[faces[:, i].clamp(min=0)]
-        out = torch.einsum("fcd,fd->fc", slopes, p) + offsets
-        lab = out.argmax(1) if c > 1 else (out[:, 0] > 0).long() - (out[:, 0] < 0).long()
-        ok = faces[:, i] >= 0
-        low = torch.where(ok, torch.minimum(low, lab), low)
-        high = torch.where(ok, torch.maximum(high, lab), high)
-    mixed = (low != high) if c > 1 else (low < 0) & (high > 0)
+    mixed = torch.empty(faces.shape[0], dtype=torch.bool)  # vertices disagree
+    kern.mixed_faces(faces.contiguous().numpy(), sizes.contiguous().numpy(),
+                     vertices.contiguous().numpy(), slopes.contiguous().numpy(),
+                     offsets.contiguous().numpy(), mixed.numpy())
     idx = torch.nonzero(mixed).flatten()
     pts = vertices[faces[idx].clamp(min=0)]  # (M, W, 2)
     if c == 1:
