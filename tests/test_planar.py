@@ -131,3 +131,24 @@ def _fold(x, fn):
     for row in x[1:]:
         acc = fn(acc, row)
     return acc
+
+
+def test_prefault_helper_leaves_data_alone_and_stops():
+    """The page-faulting helper of the cut loop (Linux; a no-op elsewhere): rows it
+    touches keep their contents, rows before ``used`` are not touched, and stop()
+    ends it (early or after it is done) without error."""
+    from maxaffine._planar import _Prefault
+
+    for halt_early in (True, False):
+        buf = torch.empty((4096, 4096), dtype=torch.float64)  # 128 MiB, mostly unwritten
+        buf[:10] = 7.0
+        buf[3000] = 5.0
+        helper = _Prefault([(buf, 10), (buf[:, :8], 10)], 4000)
+        if not halt_early and helper.thread is not None:
+            helper.thread.join()
+        helper.stop()
+        assert helper.thread is None or not helper.thread.is_alive()
+        assert bool((buf[:10] == 7.0).all()) and bool((buf[3000] == 5.0).all())
+    small = _Prefault([(torch.empty((8, 8)), 0)], 8)  # below the size worth a thread
+    assert small.thread is None
+    small.stop()

@@ -272,7 +272,7 @@ class Mesh:
         stop = np.iinfo(np.int64).max if stop_faces is None else stop_faces
         # most crossings make a vertex and a face: let the idle core fault in the
         # pages they will be written to while the (single-threaded) loop runs
-        helper = _prefault([(self._vals, self.nv), (self._xy, self.nv),
+        helper = _Prefault([(self._vals, self.nv), (self._xy, self.nv),
                             (self._above, self.nv), (self._below, self.nv),
                             (self._faces, self.nf), (self._support, self.nf),
                             (self._payload, self.nf)], line.shape[0])
@@ -285,6 +285,8 @@ class Mesh:
                 self._chord_base, self._hkeys, self._hids, state, stop)
             self.nf, self.nv = int(state[kern.NF]), int(state[kern.NV])
             self.width, self._hcount = int(state[kern.WIDTH]), int(state[kern.HCOUNT])
+            if status in (kern.NEED_FACES, kern.NEED_VERTICES, kern.NEED_WIDTH):
+                helper.stop()  # the buffers it works on are about to be replaced
             if status == kern.NEED_FACES:
                 self._reserve_faces(64, self.width)
             elif status == kern.NEED_VERTICES:
@@ -297,8 +299,7 @@ class Mesh:
                 kern.rehash(self._hkeys, self._hids, keys, ids)
                 self._hkeys, self._hids = keys, ids
             else:
-                if helper is not None:
-                    helper.join()
+                helper.stop()
                 return status == kern.STOPPED
 
     def weld(self, eps: float) -> int:
@@ -483,37 +484,51 @@ class Mesh:
 
 _MADV_POPULATE_WRITE = 23  # Linux >= 5.14
 _PREFAULT_MIN = 16 << 20  # bytes
+_PREFAULT_SLICE = 4 << 20  # bytes of the widest buffer per slice
 
 
-def _prefault(buffers: list[tuple[Tensor, int]], rows: int) -> threading.Thread | None:
-    """Start a thread that faults in rows ``[used, used + rows)`` of each (buffer,
-    used) (``madvise(MADV_POPULATE_WRITE)``, which releases the GIL): first writes
+class _Prefault:
+    """A helper thread that faults in rows ``[used, used + rows)`` of each (buffer,
+    used) (``madvise(MADV_POPULATE_WRITE)``, which releases the GIL), all buffers
+    a slice of rows at a time, in the order the cut loop writes them: first writes
     to fresh memory cost a page fault per 4 KiB, which on virtual machines is a
-    large share of a cut's time. Does nothing where that call is missing."""
-    if _LIBC is None or rows <= 0:
-        return None
-    spans = []
-    for buf, used in buffers:
-        if buf.numel() == 0:
-            continue
-        row = buf.stride(0) * buf.element_size()
-        start = buf.data_ptr() + used * row
-        end = buf.data_ptr() + min(buf.shape[0], used + rows) * row
-        start, end = (start + 4095) // 4096 * 4096, end // 4096 * 4096
-        if end > start:
-            spans.append((start, end - start))
-    if sum(length for _, length in spans) < _PREFAULT_MIN:
-        return None  # small: a thread would cost more than the faults
+    large share of a cut's time. :meth:`stop` ends it after the current slice (rows
+    that the cuts did not need are not faulted in, nor waited for)."""
 
-    def work() -> None:
-        for start, length in spans:
-            if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length),
-                             _MADV_POPULATE_WRITE) != 0:
-                return  # unsupported (old kernel): faults happen as usual
+    def __init__(self, buffers: list[tuple[Tensor, int]], rows: int):
+        self.spans = []
+        for buf, used in buffers:
+            if buf.numel() == 0:
+                continue
+            row = buf.stride(0) * buf.element_size()
+            self.spans.append((buf.data_ptr() + used * row, row, min(buf.shape[0] - used, rows)))
+        total = sum(row * n for _, row, n in self.spans)
+        self.thread: threading.Thread | None = None
+        if _LIBC is None or total < _PREFAULT_MIN:
+            return  # small: a thread would cost more than the faults
+        widest = max(row for _, row, _ in self.spans)
+        self.step = max(1, _PREFAULT_SLICE // widest)
+        self.rows = max(n for _, _, n in self.spans)
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    return thread
+    def _work(self) -> None:
+        for lo in range(0, self.rows, self.step):
+            if self.halt.is_set():
+                return
+            for base, row, n in self.spans:
+                start = (base + lo * row + 4095) // 4096 * 4096
+                end = (base + min(n, lo + self.step) * row) // 4096 * 4096
+                if end > start and _LIBC.madvise(
+                        ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                        _MADV_POPULATE_WRITE) != 0:
+                    return  # unsupported (old kernel): faults happen as usual
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.halt.set()
+            self.thread.join()
 
 
 def _libc() -> ctypes.CDLL | None:
