@@ -503,29 +503,59 @@ def crossing_lines(faces, sizes, above, below, n_lines):
 
 
 @numba.njit(cache=True)
-def window_dominated(faces, sizes, origin_layer, vals, window, unit_tol, out):
+def window_dominated(faces, sizes, origin_layer, vals, window, cols, unit_tol, near, top,
+                     out):
     """Max-pooling: ``out[L, j, a]`` (int8, all 1 on entry) is cleared where entry
     ``a`` of window ``j`` is not dominated in some face of layer-start face ``L``:
     no valid entry ``c`` exceeds it by more than ``unit_tol[j]`` at every vertex
-    of the face. Values are unit-major: entry ``a`` of window ``j`` is column
-    ``j * R + a``; padding entries (``window`` False) stay dominated."""
+    of the face. Entry ``a`` of window ``j`` is value column ``cols[j, a]``;
+    padding entries (``window`` False) stay dominated.
+
+    Decided from the vertices' bits (:func:`window_bits`) where they tell: an
+    entry within the tolerance of the maximum at some vertex is not dominated;
+    one that never is, in a window whose maximum is the same entry at every
+    vertex, is (by that entry, by more than the tolerance everywhere). Otherwise
+    the entries are compared at every vertex."""
     k, r = window.shape
+    words = near.shape[1]
+    any_near = np.empty(words, dtype=np.int64)
+    all_top = np.empty(words, dtype=np.int64)
     for f in range(sizes.shape[0]):
         lay = origin_layer[f]
         n = sizes[f]
+        for w in range(words):
+            any_near[w] = 0
+            all_top[w] = -1
+        for q in range(n):
+            v = faces[f, q]
+            for w in range(words):
+                any_near[w] |= near[v, w]
+                all_top[w] &= top[v, w]
         for j in range(k):
-            base = j * r
+            one_top = False
+            for c in range(r):
+                bit = j * r + c
+                if (all_top[bit >> 6] >> np.int64(bit & 63)) & 1:
+                    one_top = True
             for a in range(r):
                 if not window[j, a] or out[lay, j, a] == 0:
+                    continue
+                bit = j * r + a
+                if (any_near[bit >> 6] >> np.int64(bit & 63)) & 1:
+                    out[lay, j, a] = 0
+                    continue
+                if one_top:
                     continue
                 dominated = False
                 for c in range(r):
                     if c == a or not window[j, c]:
                         continue
                     every = True
+                    ca = cols[j, a]
+                    cc = cols[j, c]
                     for q in range(n):
                         v = faces[f, q]
-                        if not vals[v, base + c] - vals[v, base + a] > unit_tol[j]:
+                        if not vals[v, cc] - vals[v, ca] > unit_tol[j]:
                             every = False
                             break
                     if every:
@@ -536,25 +566,37 @@ def window_dominated(faces, sizes, origin_layer, vals, window, unit_tol, out):
 
 
 @numba.njit(cache=True)
-def window_near(vals, window, unit_tol, near):
-    """Max-pooling: packed bits ``near`` (V, words): entry ``a`` of window ``j``
-    (bit ``j * R + a``) is valid and within ``unit_tol[j]`` of the window's
-    maximum at the vertex, for the first ``k`` windows (``words * 64 >= k * R``)."""
-    r = window.shape[1]
-    k = min(window.shape[0], near.shape[1] * 64 // r)
+def window_bits(vals, window, cols, unit_tol, near, top):
+    """Max-pooling, per vertex (row of ``vals``), packed bits (bit ``j * R + a``,
+    for the first ``k`` windows with ``words * 64 >= k * R``) of the valid entries
+    of window ``j`` (value column ``cols[j, a]``): ``near``, within
+    ``unit_tol[j]`` of the window's maximum; ``top`` (unless it has no columns),
+    equal to it."""
+    k, r = window.shape
+    k = min(k, near.shape[1] * 64 // r)
+    words = near.shape[1]
+    want_top = top.shape[1] > 0
+    x = np.empty(r)
+    near_row = np.empty(words, dtype=np.int64)  # bits set in cache, rows written once
+    top_row = np.empty(words, dtype=np.int64)
     for v in range(near.shape[0]):
-        for w in range(near.shape[1]):
-            near[v, w] = 0
+        near_row[:] = 0
+        top_row[:] = 0
         for j in range(k):
-            base = j * r
-            top = -np.inf
+            peak = -np.inf
             for c in range(r):
-                if window[j, c] and vals[v, base + c] > top:
-                    top = vals[v, base + c]
+                x[c] = vals[v, cols[j, c]] if window[j, c] else -np.inf
+                peak = max(peak, x[c])
+            lim = peak - unit_tol[j]
             for a in range(r):
-                if window[j, a] and vals[v, base + a] >= top - unit_tol[j]:
-                    bit = base + a
-                    near[v, bit >> 6] |= np.int64(1) << np.int64(bit & 63)
+                bit = j * r + a
+                shift = np.int64(bit & 63)
+                near_row[bit >> 6] |= np.int64(x[a] >= lim) << shift
+                top_row[bit >> 6] |= np.int64(x[a] == peak) << shift
+        for w in range(words):
+            near[v, w] = near_row[w]
+            if want_top:
+                top[v, w] = top_row[w]
 
 
 @numba.njit(cache=True)

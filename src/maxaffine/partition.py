@@ -473,6 +473,7 @@ class _VertexValues:
         self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
         self._scale: Tensor | None = None  # per column of the last resume: max |value|
+        self.window_cols: Tensor | None = None  # max-pooling read in place: entry columns
         self.offset = 0  # where the live columns start
         self.output: Tensor | None = None
         if self.resume:
@@ -548,19 +549,22 @@ class _VertexValues:
             nodes = _input_nodes(graph, self.pauses[index][0])
             ins = tuple(env[n] for n in nodes)
             shapes = {tuple(t.shape) for t in ins}
-            in_place = (not isinstance(unit.rule, ops.MaxPool) and len(shapes) == 1
-                        and len(set(nodes)) == len(nodes)
+            pool = isinstance(unit.rule, ops.MaxPool)
+            in_place = (len(shapes) == 1 and len(set(nodes)) == len(nodes)
                         and [n for n, _ in self.live[: len(nodes)]] == nodes
-                        and sel.shape[0] == unit.num_units)
+                        and sel.shape[0] == unit.num_units and (not pool or len(nodes) == 1))
             if in_place:  # the inputs are the first live columns already
-                self.ncols, self.offset = unit.num_units * len(nodes), 0
+                self.ncols, self.offset = sum(t[:1].numel() for t in ins), 0
+                # max-pooling reads its window entries where they are (table: the
+                # input's flat index = the column of each entry), not gathered
+                self.window_cols = table if pool else None
                 return
-            self._scale = None
+            self._scale = self.window_cols = None
             cols = _columns(unit, ins, sel, table)
             mesh.set_vals(torch.cat([cols, mesh.vals[:, self.offset:]], 1))
             self.ncols = self.offset = cols.shape[1]
             return
-        self._scale = None
+        self._scale = self.window_cols = None
         width = len(sel) * (unit.num_pieces if isinstance(unit.rule, ops.MaxPool) else
                             2 if isinstance(unit.rule, ops.Maximum) else 1)
         vals = mesh.fresh_vals(width)  # written in place: one copy of the values
@@ -680,7 +684,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         k = sel.shape[0]
         scale = values.scale()
         lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
-                          ident[start * per_line: (start + k) * per_line])
+                          ident[start * per_line: (start + k) * per_line], values.window_cols)
         above, done = _cut_lines(mesh, lines, limit)
         if lines.window is not None:
             code = lines.window_codes(mesh, done)
@@ -748,20 +752,27 @@ class _Lines:
     unit: Tensor
     window: Tensor | None = None
     unit_tol: Tensor | None = None
-    pairs: tuple[Tensor, Tensor] | None = None  # max-pooling: entries of each pair
+    entries: tuple[Tensor, Tensor] | None = None  # max-pooling: (j * R + a) of each pair
     ident: Tensor | None = None  # (L,) equal for lines that are the same function
+    cols: Tensor | None = None  # max-pooling (k, R): value column of each window entry
+    _near: Tensor | None = field(default=None, repr=False)  # bits at the layer's start
 
     @classmethod
     def of(cls, rule: ops.Nonlinearity, k: int, scale: Tensor, rel_tol: float,
-           table: Tensor | None, ident: Tensor) -> _Lines:
+           table: Tensor | None, ident: Tensor, cols: Tensor | None = None) -> _Lines:
         """``table`` (k, R): max-pooling windows' input indices (-1: padding);
-        ``ident``: the lines' identities (:func:`_line_identities`)."""
+        ``ident``: the lines' identities (:func:`_line_identities`); ``cols``
+        (k, R): the value column of each window entry (default: the entries
+        unit-major, ``j * R + a``, as :func:`_columns` gathers them)."""
         units = torch.arange(k)
         none = torch.full((k,), -1, dtype=torch.int64)
         if isinstance(rule, ops.MaxPool):
             window = table >= 0
             r = window.shape[1]
-            unit_tol = rel_tol * scale[: k * r].reshape(k, r).amax(1)
+            if cols is None:
+                cols = torch.arange(k * r).reshape(k, r)
+            cols = torch.where(window, cols, 0)  # padding: any column, never read
+            unit_tol = rel_tol * torch.where(window, scale[cols], 0.0).amax(1)
             a, b = torch.triu_indices(r, r, 1)
             # every pair of every window (unit-major); a pair with a padding entry
             # gets an infinite tolerance: never cut
@@ -769,8 +780,9 @@ class _Lines:
             j = units.repeat_interleave(a.shape[0])
             tol = torch.where(ok, unit_tol[j], math.inf)
             zero = torch.zeros(j.shape[0], dtype=scale.dtype)
-            return cls(j * r + a.repeat(k), j * r + b.repeat(k), zero, tol, j, window,
-                       unit_tol, (a, b), ident)
+            ea, eb = j * r + a.repeat(k), j * r + b.repeat(k)
+            return cls(cols.flatten()[ea], cols.flatten()[eb], zero, tol, j, window,
+                       unit_tol, (ea, eb), ident, cols.contiguous())
         if isinstance(rule, ops.Maximum):
             # maximum: b - a > 0 picks b (code 1); minimum: a - b > 0 picks b
             first, second = (units + k, units) if not isinstance(rule, ops.Minimum) else (
@@ -800,11 +812,14 @@ class _Lines:
         from . import _kernels as kern
 
         r = self.window.shape[1]
+        near, top = self._bits(mesh, k, top=True)
+        self._near = near  # these vertices' values stay: window_codes reuses them
         dominated = torch.ones((int(mesh.origin_layer.max()) + 1, k, r), dtype=torch.int8)
         kern.window_dominated(mesh.faces.contiguous().numpy(), mesh.sizes.numpy(),
                               mesh.origin_layer.numpy(), mesh.vals.numpy(),
-                              self.window[:k].contiguous().numpy(),
-                              self.unit_tol[:k].contiguous().numpy(), dominated.numpy())
+                              self.window[:k].contiguous().numpy(), self.cols[:k].numpy(),
+                              self.unit_tol[:k].contiguous().numpy(), near.numpy(),
+                              top.numpy(), dominated.numpy())
         return (dominated == 0).reshape(-1, k * r)
 
     def window_codes(self, mesh: Mesh, k: int) -> Tensor:
@@ -815,12 +830,29 @@ class _Lines:
         from . import _kernels as kern
 
         r = self.window.shape[1]
-        near = torch.empty((mesh.nv, (k * r + 63) // 64), dtype=torch.int64)
-        kern.window_near(mesh.vals.numpy(), self.window[:k].contiguous().numpy(),
-                         self.unit_tol[:k].contiguous().numpy(), near.numpy())
+        near, _ = self._bits(mesh, k, top=False, reuse=self._near)
         code = torch.empty((mesh.nf, k), dtype=torch.int64)
         kern.window_first(mesh.reduce(near, "and").numpy(), r, code.numpy())
         return code
+
+    def _bits(self, mesh: Mesh, k: int, top: bool, reuse: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """Per vertex, packed bits of the entries near (and equal to) their window's
+        maximum (:func:`maxaffine._kernels.window_bits`); ``reuse``: the near bits
+        of the first vertices, computed before (for at least ``k`` windows)."""
+        from . import _kernels as kern
+
+        words = (k * self.window.shape[1] + 63) // 64
+        near = torch.empty((mesh.nv, words), dtype=torch.int64)
+        tops = torch.empty((mesh.nv, words if top else 0), dtype=torch.int64)
+        start = 0
+        if reuse is not None:
+            start = reuse.shape[0]
+            near[:start] = reuse[:, :words]
+        kern.window_bits(mesh.vals[start:].numpy(), self.window[:k].contiguous().numpy(),
+                         self.cols[:k].numpy(), self.unit_tol[:k].contiguous().numpy(),
+                         near[start:].numpy(), tops[start:].numpy())
+        return near, tops
 
 
 def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[Tensor, int]:
@@ -854,7 +886,7 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
         root, line = mesh.crossings(n_lines)
         if possible is not None:
             at = mesh.origin_layer[root]
-            keep = possible[at, lines.pos[line]] & possible[at, lines.neg[line]]
+            keep = possible[at, lines.entries[0][line]] & possible[at, lines.entries[1][line]]
             root, line = root[keep], line[keep]
         if limit is not None and done == k and mesh.nv * mesh.vals.shape[1] > limit:
             # over the values budget: end this chunk at the first 64-unit boundary
