@@ -138,7 +138,9 @@ def partition_section(ctx: DemoContext) -> Section:
             f"{[int(y[i]) for i in picks]} (x1, x2, x3) into linear regions: every "
             "region's code, area and affine map are known exactly (max-pooling and "
             "batch-norm included). Along the segment from x1 to x2 the CNN crosses "
-            f"{seg.num_regions} regions (exact segment partition).\n\n"
+            f"{seg.num_regions} regions (exact segment partition). The first "
+            "partitions in a fresh environment also compile the partition's loops "
+            "(numba, a few seconds, cached on disk): their seconds include it.\n\n"
             + "\n".join(rows) + "\n\n" + ctx.figure(fig, "partition") + "\n")
     return Section("Exact partitions of a plane of input space", text)
 
