@@ -804,6 +804,15 @@ class _Lines:
             raise ValueError("lines have a second term all or none (the compiled loops "
                              "read one flag)")
 
+    def subset(self, keep: Tensor) -> _Lines:
+        """The lines ``keep`` (bools (L,)), same units and windows."""
+        pick = torch.nonzero(keep).flatten()
+        entries = None if self.entries is None else (self.entries[0][pick],
+                                                     self.entries[1][pick])
+        return _Lines(self.pos[pick], self.neg[pick], self.level[pick], self.tol[pick],
+                      self.unit[pick], self.window, self.unit_tol, entries,
+                      self.ident[pick], self.cols, self._near)
+
     def possible_max(self, mesh: Mesh, k: int) -> Tensor:
         """Max-pooling: (layer-start faces, k * R) bools, window entry ``a`` can be
         the maximum somewhere in the face: no entry ``c`` exceeds it by more than
@@ -867,15 +876,20 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
     if lines.window is not None:
         k = lines.window.shape[0]
     done = k
-    # each vertex's side of every line, as packed bits (computed once per vertex:
-    # values never change within a layer; the cuts add new vertices' bits)
-    mesh.set_lines(lines.pos, lines.neg, lines.level, lines.tol, lines.ident)
     possible = None
     if lines.window is not None:
         # max-pooling: a pair's line is cut only in the layer-start faces where both
         # entries can be the window's maximum (all their pieces, so that regions
-        # merged afterwards lie within one layer-start face)
+        # merged afterwards lie within one layer-start face); the lines of pairs
+        # that never both can (most, in a small domain) are dropped here
         possible = lines.possible_max(mesh, k)  # (layer faces, entries)
+        somewhere = possible.any(0)
+        lines = lines.subset(somewhere[lines.entries[0]] & somewhere[lines.entries[1]]
+                             & torch.isfinite(lines.tol))
+        n_lines = lines.pos.shape[0]
+    # each vertex's side of every line, as packed bits (computed once per vertex:
+    # values never change within a layer; the cuts add new vertices' bits)
+    mesh.set_lines(lines.pos, lines.neg, lines.level, lines.tol, lines.ident)
     while n_lines:
         # a phase: the current faces are roots; each root is cut by the lines that
         # cross it, in line order, all roots in lockstep (iteration i cuts every
