@@ -599,6 +599,36 @@ def window_bits(vals, window, cols, unit_tol, near, top):
                 top[v, w] = top_row[w]
 
 
+@numba.njit(cache=True, nogil=True)
+def window_max(x, table, padded, out):
+    """Max-pooling by window tables: ``out[n, j]`` the largest ``x[n, table[j, a]]``
+    over the entries ``a`` of window ``j`` (``padded``: some are -1, padding,
+    skipped; every window has a valid entry), the first of equal maxima, NaN
+    propagated, as ``F.max_poolNd`` (whose float64 path is several times slower)."""
+    k, r = table.shape
+    for n in range(x.shape[0]):
+        for j in range(k):
+            if padded:
+                peak = np.nan
+                first = True
+                for a in range(r):
+                    t = table[j, a]
+                    if t >= 0:
+                        v = x[n, t]
+                        if first or v > peak or v != v:
+                            peak = v
+                            if v != v:
+                                break
+                        first = False
+            else:
+                peak = x[n, table[j, 0]]
+                for a in range(1, r):
+                    v = x[n, table[j, a]]
+                    if v > peak or v != v:
+                        peak = v
+            out[n, j] = peak
+
+
 @numba.njit(cache=True)
 def window_first(words, r, code):
     """``code[f, j]``: the first entry ``a`` with bit ``j * R + a`` set in row ``f``

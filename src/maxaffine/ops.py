@@ -450,8 +450,29 @@ class MaxPool(Nonlinearity):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         # values only: the maximum does not depend on how ties are broken
+        if (x.dtype == torch.float64 and x.device.type == "cpu" and x.numel() >= 1 << 16
+                and x.dim() == self.spatial_dims + 2
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            # many samples in float64 (e.g. the vertices of a plane partition):
+            # the native kernel is several times slower than a compiled gather
+            from . import _kernels as kern
+
+            table = self._table(tuple(x.shape[1:]))
+            out = torch.empty((x.shape[0], table.shape[0]), dtype=x.dtype)
+            kern.window_max(x.reshape(x.shape[0], -1).contiguous().numpy(), table.numpy(),
+                            bool((table < 0).any()), out.numpy())
+            return out.reshape(x.shape[0], x.shape[1], *self._out_spatial(x.shape[2:]))
         pool = F.max_pool1d if self.spatial_dims == 1 else F.max_pool2d
         return pool(x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def _table(self, in_shape: tuple[int, ...]) -> Tensor:
+        tables = self.__dict__.setdefault("_tables", {})
+        if in_shape not in tables:
+            tables[in_shape] = self.window_index(in_shape)
+        return tables[in_shape]
+
+    def _out_spatial(self, sizes: torch.Size) -> tuple[int, ...]:
+        return tuple(self._pool(torch.zeros((1, 1, *sizes)))[1].shape[2:])
 
     def _code_of(self, idx: Tensor, x: Tensor) -> Tensor:
         """Window offsets of the flat argmax indices ``idx`` into ``x``'s planes."""
