@@ -457,22 +457,23 @@ class MaxPool(Nonlinearity):
             # the native kernel is several times slower than a compiled gather
             from . import _kernels as kern
 
-            table = self._table(tuple(x.shape[1:]))
+            table, padded, out_shape = self._table(tuple(x.shape[1:]))
             out = torch.empty((x.shape[0], table.shape[0]), dtype=x.dtype)
             kern.window_max(x.reshape(x.shape[0], -1).contiguous().numpy(), table.numpy(),
-                            bool((table < 0).any()), out.numpy())
-            return out.reshape(x.shape[0], x.shape[1], *self._out_spatial(x.shape[2:]))
+                            padded, out.numpy())
+            return out.reshape(x.shape[0], *out_shape)
         pool = F.max_pool1d if self.spatial_dims == 1 else F.max_pool2d
         return pool(x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
 
-    def _table(self, in_shape: tuple[int, ...]) -> Tensor:
+    def _table(self, in_shape: tuple[int, ...]) -> tuple[Tensor, bool, tuple[int, ...]]:
+        """Window table (:meth:`window_index`), whether it has padding, and the
+        output's shape (C, *out_spatial), per input shape (cached)."""
         tables = self.__dict__.setdefault("_tables", {})
         if in_shape not in tables:
-            tables[in_shape] = self.window_index(in_shape)
+            table = self.window_index(in_shape)
+            out = self._pool(torch.zeros((1, 1, *in_shape[1:])))[1].shape[2:]
+            tables[in_shape] = (table, bool((table < 0).any()), (in_shape[0], *out))
         return tables[in_shape]
-
-    def _out_spatial(self, sizes: torch.Size) -> tuple[int, ...]:
-        return tuple(self._pool(torch.zeros((1, 1, *sizes)))[1].shape[2:])
 
     def _code_of(self, idx: Tensor, x: Tensor) -> Tensor:
         """Window offsets of the flat argmax indices ``idx`` into ``x``'s planes."""
