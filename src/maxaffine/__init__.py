@@ -7,7 +7,7 @@ conditioned on its input it is the affine map ``f(x) = A[x] x + B[x]``.
 
 from .affine import AffineMap, affine_map
 from .distances import vq_distance, vq_knn
-from .errors import MaxAffineError, UnsupportedOperation
+from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
 from .graph import SplineGraph, trace
 from .inference import soften, vq_posterior
 from .ops import register_op, supported_ops
@@ -28,6 +28,8 @@ __all__ = [
     "AffineMap",
     "Codes",
     "MaxAffineError",
+    "MaxAffineTypeError",
+    "MaxAffineWarning",
     "Partition",
     "SegmentPartition",
     "Slice",

@@ -11,6 +11,18 @@ class MaxAffineError(ValueError):
     """Bad input to a maxaffine function: wrong shape, dtype, NaN, degenerate geometry."""
 
 
+class MaxAffineTypeError(MaxAffineError, TypeError):
+    """An argument of the wrong type (a string where a number is expected, ...).
+
+    Both a :class:`MaxAffineError` and a ``TypeError``, so code written for either
+    Python convention catches it."""
+
+
+class MaxAffineWarning(UserWarning):
+    """A result is exact only up to a stated limit (e.g. regions below the
+    partition's tolerance): the message says how many, which limit, what to do."""
+
+
 class UnsupportedOperation(MaxAffineError):
     """The model contains operations that are not affine or piecewise-affine.
 
