@@ -284,10 +284,12 @@ def face_areas(faces, sizes, xy, out):
     for f in range(out.shape[0]):
         n = sizes[f]
         acc = 0.0
-        for j in range(n):
+        o = faces[f, 0]  # from the first corner: no cancellation far from the origin
+        for j in range(1, n - 1):
             p = faces[f, j]
-            q = faces[f, j + 1] if j + 1 < n else faces[f, 0]
-            acc += xy[p, 0] * xy[q, 1] - xy[p, 1] * xy[q, 0]
+            q = faces[f, j + 1]
+            acc += ((xy[p, 0] - xy[o, 0]) * (xy[q, 1] - xy[o, 1])
+                    - (xy[p, 1] - xy[o, 1]) * (xy[q, 0] - xy[o, 0]))
         out[f] = 0.5 * acc
 
 
@@ -629,16 +631,196 @@ def window_max(x, table, padded, out):
             out[n, j] = peak
 
 
+@numba.njit(cache=True, inline="always")
+def _valid_bits(n_lines, w):
+    """Mask of the bits of word ``w`` that are lines (< ``n_lines``)."""
+    rem = n_lines - 64 * w
+    if rem >= 64:
+        return np.int64(-1)
+    if rem <= 0:
+        return np.int64(0)
+    return np.int64((np.uint64(1) << np.uint64(rem)) - np.uint64(1))
+
+
+@numba.njit(cache=True, inline="always")
+def _low_bit(word):
+    """Index of the lowest set bit of a nonzero uint64."""
+    low = word & (~word + np.uint64(1))
+    b = 0
+    while low > 1:
+        low >>= np.uint64(1)
+        b += 1
+    return b
+
+
 @numba.njit(cache=True)
-def window_first(words, r, code):
-    """``code[f, j]``: the first entry ``a`` with bit ``j * R + a`` set in row ``f``
-    of ``words`` (0 if none)."""
+def face_signs(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, out):
+    """Per face (rows of ``out``, packed like the side bits): bit ``l`` set iff line
+    ``l``'s function is positive at the face's vertex mean (the face's interior
+    point). A face lies on one side of every line; where all its vertices are
+    strictly on one side the sign is that side's, and where some vertex is *on*
+    the line (within its tolerance) the sign is that of the mean of the vertex
+    values (the value at the vertex mean: the function is affine on the face), so
+    a face thinner than the tolerance still gets its interior's code; a mean
+    within ``tol / 8`` of zero counts as zero (rounding: vertices made on a line
+    carry values of ~1e-19, not 0), i.e. the lower piece."""
+    words = out.shape[1]
+    paired = pos.shape[0] > 0 and neg[0] >= 0
+    for f in range(out.shape[0]):
+        n = sizes[f]
+        for w in range(words):
+            up = np.int64(0)
+            on = np.int64(0)
+            for j in range(n):
+                v = faces[f, j]
+                up |= above[v, w]
+                on |= ~(above[v, w] | below[v, w])
+            on &= _valid_bits(n_lines, w)
+            bits = up & ~on
+            todo = np.uint64(on)
+            while todo != 0:
+                b = _low_bit(todo)
+                todo &= todo - np.uint64(1)
+                li = w * 64 + b
+                acc = 0.0
+                for j in range(n):
+                    v = faces[f, j]
+                    x = vals[v, pos[li]] - level[li]
+                    if paired:
+                        x -= vals[v, neg[li]]
+                    acc += x
+                if acc > n * tol[li] * 0.125:
+                    bits |= np.int64(1) << np.int64(b)
+            out[f, w] = bits
+
+
+@numba.njit(cache=True)
+def vertex_creators(hkeys, hids, n_key, chord_base, leg):
+    """Rows ``leg[v] = (i, j)``: the identities of the lines vertex ``v`` was made
+    on, from the cut loop's key table (key ``support * n_key + ident``): ``i`` the
+    line that cut, ``j`` that of the chord it cut (-1 for an edge of the layer's
+    start). Rows of vertices not in the table are left as they are."""
+    for h in range(hkeys.shape[0]):
+        key = hkeys[h]
+        if key < 0:
+            continue
+        v = hids[h]
+        sup = key // n_key
+        leg[v, 0] = key - sup * n_key
+        leg[v, 1] = (sup - chord_base) % n_key if sup >= chord_base else -1
+
+
+@numba.njit(cache=True)
+def coincidences(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, ident,
+                 owner, leg, leg_owner, origin_layer, possible, ea, eb, floor, all_on,
+                 face_flag, vertex_flag):
+    """Where a face may hold a sliver thinner than the tolerance: a vertex of the
+    face is within line ``l``'s tolerance, although ``l`` was not made on it, and
+    beyond rounding (``floor * tol[l]``) on the *other* side from the face's
+    vertices that are strictly off ``l`` (``l`` was taken to run through that
+    vertex although it crosses the face near it), or (``all_on``) every vertex of
+    the face is within the tolerance (the face itself is thinner than it). Line
+    ``l`` is *made* on vertex ``v`` when ``ident[l]`` is one of ``leg[v]``, or
+    ``owner[l]`` one of ``leg_owner[v]`` (the same max-pool window). Sets
+    ``face_flag[f]`` and ``vertex_flag[v]``. ``possible`` (layer faces, entries;
+    empty: all): max-pool pairs ``ea[l]``, ``eb[l]`` count only where both
+    entries can be maximal."""
+    words = above.shape[1]
+    up = np.empty(words, dtype=np.int64)
+    down = np.empty(words, dtype=np.int64)
+    filtered = possible.shape[0] > 0
+    paired = pos.shape[0] > 0 and neg[0] >= 0
+    for f in range(sizes.shape[0]):
+        n = sizes[f]
+        for w in range(words):
+            up[w] = 0
+            down[w] = 0
+        for j in range(n):
+            v = faces[f, j]
+            for w in range(words):
+                up[w] |= above[v, w]
+                down[w] |= below[v, w]
+        for j in range(n):
+            v = faces[f, j]
+            for w in range(words):
+                off = up[w] | down[w]
+                on = ~(above[v, w] | below[v, w]) & _valid_bits(n_lines, w)
+                if not all_on:
+                    on &= off
+                todo = np.uint64(on)
+                while todo != 0:
+                    b = _low_bit(todo)
+                    todo &= todo - np.uint64(1)
+                    li = w * 64 + b
+                    idl = ident[li]
+                    if idl == leg[v, 0] or idl == leg[v, 1]:
+                        continue
+                    own = owner[li]
+                    if own == leg_owner[v, 0] or own == leg_owner[v, 1]:
+                        continue
+                    if filtered:
+                        lay = origin_layer[f]
+                        if possible[lay, ea[li]] == 0 or possible[lay, eb[li]] == 0:
+                            continue
+                    x = vals[v, pos[li]] - level[li]
+                    if paired:
+                        x -= vals[v, neg[li]]
+                    if (off >> np.int64(b)) & 1:
+                        side = 1.0 if (up[w] >> np.int64(b)) & 1 else -1.0
+                        x = -x * side
+                    else:
+                        x = abs(x)
+                    if x > floor * tol[li]:
+                        face_flag[f] = 1
+                        vertex_flag[v] = 1
+
+
+@numba.njit(cache=True)
+def window_codes(faces, sizes, vals, window, cols, unit_tol, near, code):
+    """Max-pooling: ``code[f, j]``, the entry of window ``j`` that is maximal at face
+    ``f``'s vertex mean (its interior point; the first of equal maxima). Where one
+    entry is within the tolerance of the maximum at the face's vertices (``near``
+    bits, :func:`window_bits`), it is the maximum everywhere on the face; where
+    several are, the entries' means over the vertices (their values at the vertex
+    mean) decide, means within ``unit_tol[j] / 8`` of the largest counting as equal
+    (rounding), and the first of those is chosen."""
+    k, r = window.shape
+    words = near.shape[1]
+    seen = np.empty(words, dtype=np.int64)
     for f in range(code.shape[0]):
-        for j in range(code.shape[1]):
+        n = sizes[f]
+        for w in range(words):
+            seen[w] = 0
+        for j in range(n):
+            v = faces[f, j]
+            for w in range(words):
+                seen[w] |= near[v, w]
+        for jw in range(k):
+            count = 0
             chosen = 0
             for a in range(r):
-                bit = j * r + a
-                if (words[f, bit >> 6] >> np.int64(bit & 63)) & 1:
-                    chosen = a
-                    break
-            code[f, j] = chosen
+                bit = jw * r + a
+                if (seen[bit >> 6] >> np.int64(bit & 63)) & 1:
+                    if count == 0:
+                        chosen = a
+                    count += 1
+            if count > 1:
+                best = -np.inf
+                for a in range(r):
+                    if window[jw, a]:
+                        acc = 0.0
+                        col = cols[jw, a]
+                        for j in range(n):
+                            acc += vals[faces[f, j], col]
+                        best = max(best, acc)
+                tie = best - n * unit_tol[jw] * 0.125
+                for a in range(r):
+                    if window[jw, a]:
+                        acc = 0.0
+                        col = cols[jw, a]
+                        for j in range(n):
+                            acc += vals[faces[f, j], col]
+                        if acc >= tie:
+                            chosen = a
+                            break
+            code[f, jw] = chosen

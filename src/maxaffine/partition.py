@@ -34,6 +34,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 from . import ops
 from ._planar import Mesh, clip_halfplanes, unpack_bits
 from .affine import jacobian
-from .errors import MaxAffineError, UnsupportedOperation
+from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
 from .graph import SplineGraph, Unit, _check_tensor, as_graph
 from .vq import Codes, codes_of, pack, unpack
 
@@ -165,6 +166,8 @@ class Slice:
 
 
 def _shoelace(p: Tensor) -> float:
+    """Signed area of a polygon (K, 2), from its first corner (exact far from 0)."""
+    p = p - p[:1]
     q = p.roll(-1, 0)
     return 0.5 * float((p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum())
 
@@ -219,11 +222,36 @@ class Partition:
     interior: Tensor
     slopes: Tensor
     offsets: Tensor
-    decision_boundary: Tensor
-    boundary_classes: Tensor
-    boundary_faces: Tensor
     seconds: float = 0.0
     graph: SplineGraph | None = field(default=None, repr=False)
+    tol: float = 0.0
+    unresolved: Tensor | None = None
+    lost_regions: int = 0
+
+    def __post_init__(self) -> None:
+        if self.unresolved is None:
+            self.unresolved = torch.zeros(self.num_regions, dtype=torch.bool)
+
+    @cached_property
+    def _boundary(self) -> tuple[Tensor, Tensor, Tensor]:
+        return _decision_boundary(self.vertices, self.faces, self.face_sizes, self.slopes,
+                                  self.offsets)
+
+    @property
+    def decision_boundary(self) -> Tensor:
+        """(S, 2, 2) segments where the argmax output changes (or the scalar output is
+        zero); computed on first use."""
+        return self._boundary[0]
+
+    @property
+    def boundary_classes(self) -> Tensor:
+        """(S, 2) the two classes (low, high) on either side of each segment."""
+        return self._boundary[1]
+
+    @property
+    def boundary_faces(self) -> Tensor:
+        """(S,) the face each decision-boundary segment lies in."""
+        return self._boundary[2]
 
     @property
     def num_regions(self) -> int:
@@ -390,13 +418,66 @@ def partition_plane(
 
     ``domain``: a :class:`Slice` (e.g. ``Slice.through(x1, x2, x3)``), or a convex
     polygon (K, 2) for a model with 2-D inputs. Geometry runs in ``dtype``
-    (float64 by default; a float32 model is evaluated through a float64 copy).
-    ``tol``: values within ``tol`` (relative to each unit's range on the domain)
-    of a boundary count as on it (default 1e-10 in float64, 1e-5 in float32).
+    (float64 by default, or float32; a model of another dtype is evaluated through
+    a converted copy), in coordinates centred on the domain when it lies far from
+    the slice's origin. ``tol``: values within ``tol`` (relative to each unit's
+    range on the domain) of a boundary count as on it (default 1e-13 in float64,
+    1e-5 in float32; at least 32 machine epsilons, at most 1e-3).
+
+    Regions thinner than the tolerance (about ``tol`` times the domain's size)
+    cannot be separated: where a boundary passes that close to a vertex without
+    cutting, the faces there are re-evaluated at their interior points (so every
+    face's code and map are its interior point's), the places are re-partitioned
+    in small windows to count what was merged, and a :class:`MaxAffineWarning`
+    says how many regions, where, and how to resolve them (``Partition.unresolved``
+    marks the faces that hold them).
     """
     t0 = time.perf_counter()
+    rel_tol = _tolerance(tol, dtype)
+    if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
+        raise MaxAffineError(f"max_regions must be a positive int, got {max_regions!r}")
+    graph, sl = _graph_and_slice(model, domain, dtype)
+    part = _partition(graph, sl, dtype, rel_tol, max_regions, progress, check=True)
+    part.seconds = time.perf_counter() - t0
+    return part
+
+
+def _tolerance(tol: Any, dtype: torch.dtype) -> float:
+    """The relative tolerance of a partition in ``dtype``, validated."""
+    if dtype not in (torch.float64, torch.float32):
+        raise MaxAffineError(
+            f"dtype={dtype}: partition geometry runs in torch.float64 (default, exact to "
+            "~1e-13 of the domain) or torch.float32 (faster, ~1e-5); half precision "
+            "cannot separate regions reliably")
+    default = 1e-13 if dtype == torch.float64 else 1e-5
+    if tol is None:
+        return default
+    if isinstance(tol, bool) or not isinstance(tol, int | float):
+        raise MaxAffineTypeError(f"tol must be a float, got {type(tol).__name__} {tol!r}")
+    low, high = 32 * torch.finfo(dtype).eps, 1e-3
+    if not low <= float(tol) <= high:  # also refuses NaN
+        raise MaxAffineError(
+            f"tol={tol!r} is outside [{low:.2g}, {high:g}] for {dtype}: it is relative to "
+            "each unit's range on the domain; below 32 machine epsilons rounding errors "
+            "re-cross the boundaries they were cut along (the cuts would not end), above "
+            f"1e-3 whole regions are merged. The default is {default:g}")
+    return float(tol)
+
+
+def _graph_and_slice(model: nn.Module | SplineGraph, domain: Any, dtype: torch.dtype
+                     ) -> tuple[SplineGraph, Slice]:
+    """The model's graph in ``dtype`` and the domain as a :class:`Slice` of its inputs."""
     if isinstance(domain, Slice):
-        graph = _graph_in(model, domain.origin.to(dtype).unsqueeze(0), dtype)
+        example = domain.origin.to(dtype).unsqueeze(0)
+        try:
+            graph = _graph_in(model, example, dtype)
+        except MaxAffineError as err:
+            if isinstance(err, UnsupportedOperation):
+                raise
+            raise MaxAffineError(
+                f"domain: the slice lives in inputs of shape {tuple(domain.origin.shape)}, "
+                f"which the model does not take ({err}); build the slice from inputs of "
+                "the model's own shape, e.g. Slice.through(x[0], x[1], x[2])") from err
     else:
         try:
             graph = _graph_in(model, torch.zeros((1, 2), dtype=dtype), dtype)
@@ -406,23 +487,29 @@ def partition_plane(
             raise MaxAffineError(
                 "a bare polygon is a domain only for models with 2-D inputs; use "
                 "Slice.through(x1, x2, x3) or Slice(origin, u, v, bounds)") from err
-    sl = _as_slice(domain, graph)
-    rel_tol = tol if tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
-    mesh = Mesh(sl.bounds.to(dtype))
-    values = _VertexValues(graph, sl, mesh)
+    return graph, _as_slice(domain, graph)
+
+
+def _partition(graph: SplineGraph, sl: Slice, dtype: torch.dtype, rel_tol: float,
+               max_regions: int, progress: bool, check: bool) -> Partition:
+    """:func:`partition_plane` on a traced graph; ``check``: look for regions below
+    the tolerance (not inside those checks' own windows)."""
+    _check_parameters(graph)
+    shift, local = _centred(sl)
+    mesh = Mesh(local.bounds.to(dtype))
+    mesh.add_payload(torch.zeros((1, 1), dtype=torch.uint8))  # column 0: flags (_FLAG)
+    values = _VertexValues(graph, local, mesh)
+    suspects: list[Tensor] = []  # vertices a boundary passed within the tolerance of
     bar = tqdm(total=len(graph.units), desc="partition", disable=not progress, leave=False)
+    extent = float((local.bounds.max(0).values - local.bounds.min(0).values).max())
     for index, unit in enumerate(graph.units):
         mesh.mark_layer()
-        _cut_unit(mesh, values, index, unit, rel_tol)
-        if mesh.nf > max_regions:
-            raise MaxAffineError(f"more than max_regions={max_regions} regions at "
-                                 f"{unit.name}; shrink the domain or raise max_regions")
+        _cut_unit(mesh, values, index, unit, rel_tol, max_regions, suspects)
         if isinstance(unit.rule, ops.MaxPool):
             # ties of different pairs of entries can be the same line in a face (two
             # dead entries, both 0; padding of equal constants): vertices made for it
             # on the two sides of an edge then coincide (to rounding). Weld them
             # (within rel_tol of the domain's size), then merge pieces of regions.
-            extent = float((sl.bounds.max(0).values - sl.bounds.min(0).values).max())
             mesh.weld(rel_tol * extent)
             _merge_regions(mesh, graph, unit)
         bar.update(1)
@@ -430,7 +517,34 @@ def partition_plane(
     bar.close()
     outputs = values.outputs()
     mesh.drop_vals()  # the last layer's values are not needed any more
-    return _finish(mesh, graph, sl, outputs, time.perf_counter() - t0)
+    near = torch.cat(suspects) if suspects else torch.zeros((0, 2), dtype=mesh.xy.dtype)
+    part, places = _finish(mesh, graph, sl, local, shift, outputs, rel_tol,
+                           near if check else None)
+    if places is not None:
+        _warn_unresolved(part, places, shift, rel_tol, dtype, stacklevel=4)
+    return part
+
+
+def _check_parameters(graph: SplineGraph) -> None:
+    from . import graph as graph_module
+
+    checker = getattr(graph_module, "check_parameters", None)
+    if checker is not None:
+        checker(graph)
+
+
+def _centred(sl: Slice) -> tuple[Tensor, Slice]:
+    """The slice with coordinates centred on its domain when that lies far from the
+    slice's origin (a small window at 1e8: vertices, values and areas then keep
+    their precision); returns the shift (2,) and the slice to compute in."""
+    b = sl.bounds
+    extent = float((b.max(0).values - b.min(0).values).max())
+    if float(b.mean(0).abs().max()) <= extent:
+        return torch.zeros(2, dtype=b.dtype), sl
+    shift = b[0].clone()  # bounds - b[0] are exact (Sterbenz) for a far, small window
+    origin = (sl.origin.double() + float(shift[0]) * sl.u.double()
+              + float(shift[1]) * sl.v.double())
+    return shift, Slice(origin, sl.u, sl.v, b - shift, sl.anchors - shift)
 
 
 def _graph_in(model: nn.Module | SplineGraph, example: Tensor, dtype: torch.dtype
@@ -651,9 +765,11 @@ _REROOT = 4  # a new phase of cuts starts when the faces have multiplied this mu
 
 
 def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
-              rel_tol: float) -> None:
+              rel_tol: float, max_regions: int, suspects: list[Tensor]) -> None:
     """Cut every face along the boundaries of one nonlinearity's units, and record
-    the units' codes on every face (packed, in the mesh's payload)."""
+    the units' codes on every face (packed, in the mesh's payload); vertices that a
+    boundary passed within the tolerance of (without being made on it) are
+    appended to ``suspects`` (their coordinates) and their faces flagged."""
     rule = unit.rule
     graph = values.graph
     pieces = unit.num_pieces if isinstance(rule, ops.MaxPool) else 1
@@ -669,8 +785,15 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
     # all chunks of units, so a line cut partly in one chunk and finished in the
     # next still makes one vertex per edge
     ident = _line_identities(rule, n_units, table)
-    mesh.begin_lines(int(ident.max()) + 1 if ident.numel() else 0)
+    n_ident = int(ident.max()) + 1 if ident.numel() else 0
+    mesh.begin_lines(n_ident)
     per_line = ident.shape[0] // max(1, n_units)
+    # the unit that owns each line identity (max-pooling: the first window comparing
+    # the pair): lines of one window may meet at a vertex (ties of three entries)
+    owner = torch.full((max(1, n_ident),), -2, dtype=torch.int64)
+    if isinstance(rule, ops.MaxPool) and n_ident:
+        owner.fill_(n_units).scatter_reduce_(
+            0, ident, torch.arange(n_units).repeat_interleave(per_line), reduce="amin")
     start = 0
     while start < n_units:
         # recompute mode holds (vertices x columns) values: chunks of units sized to
@@ -685,14 +808,16 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         scale = values.scale()
         lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
                           ident[start * per_line: (start + k) * per_line], values.window_cols)
-        above, done = _cut_lines(mesh, lines, limit)
+        done = _cut_lines(mesh, lines, limit, max_regions, unit.name, start, owner,
+                          rel_tol, suspects)
         if lines.window is not None:
             code = lines.window_codes(mesh, done)
         else:
-            # every face lies on one side of each line: its code counts the
-            # breakpoints some vertex is strictly above (-inf ones: always below)
+            # each face lies on one side of each line (up to the tolerance): its code
+            # counts the breakpoints below the value at its interior point (-inf
+            # ones: always below)
             nb = lines.unit.shape[0] // k
-            hit = mesh.reduce(above, "or")
+            hit = mesh.signs()
             base = 0 if isinstance(rule, ops.Maximum) else sum(
                 1 for b in rule.breakpoints() if b == -math.inf)
             if nb == 1 and base == 0 and unit.bits == 1:  # the bits are the packed codes
@@ -833,15 +958,18 @@ class _Lines:
 
     def window_codes(self, mesh: Mesh, k: int) -> Tensor:
         """Max-pooling, once every face has one maximal entry per window (up to
-        ties): (F, k) the first entry within the tolerance of the window's maximum
-        at all the face's vertices (ties, e.g. zeros after a ReLU, go to the first,
-        as in ``F.max_pool``)."""
+        the tolerance): (F, k) the entry that is maximal at the face's interior
+        point (its vertex mean; ties, e.g. zeros after a ReLU, go to the first, as
+        in ``F.max_pool``): the one entry within the tolerance of the window's
+        maximum at the face's vertices, or where several are, the largest mean."""
         from . import _kernels as kern
 
-        r = self.window.shape[1]
         near, _ = self._bits(mesh, k, top=False, reuse=self._near)
         code = torch.empty((mesh.nf, k), dtype=torch.int64)
-        kern.window_first(mesh.reduce(near, "and").numpy(), r, code.numpy())
+        kern.window_codes(mesh.faces.contiguous().numpy(), mesh.sizes.numpy(),
+                          mesh.vals.numpy(), self.window[:k].contiguous().numpy(),
+                          self.cols[:k].numpy(), self.unit_tol[:k].contiguous().numpy(),
+                          near.numpy(), code.numpy())
         return code
 
     def _bits(self, mesh: Mesh, k: int, top: bool, reuse: Tensor | None = None
@@ -864,12 +992,20 @@ class _Lines:
         return near, tops
 
 
-def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[Tensor, int]:
+_FLAG = 0  # payload column of the faces' flags: a line passed a vertex within the tolerance
+_MAX_PHASES = 200  # a layer's cuts end in a few phases; more means they cannot end
+
+
+def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None, max_regions: int,
+               name: str, first_unit: int, owner: Tensor, rel_tol: float,
+               suspects: list[Tensor]) -> int:
     """Cut every face by every line crossing it (no loop over units or faces).
 
-    Returns the packed ``value > tol`` bits (V, words) of every line at every
-    vertex, and how many units were processed: all unless ``limit`` (values held)
-    stopped the chunk early, at a multiple of 64 units.
+    Leaves the ``value > tol`` / ``< -tol`` bits (V, words) of every line at every
+    vertex in the mesh, flags faces where a line passed within the tolerance of a
+    vertex it was not made on (and appends those vertices' coordinates to
+    ``suspects``), and returns how many units were processed: all unless ``limit``
+    (values held) stopped the chunk early, at a multiple of 64 units.
     """
     n_lines = lines.pos.shape[0]
     k = int(lines.unit[-1]) + 1 if n_lines else 0
@@ -890,6 +1026,7 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
     # each vertex's side of every line, as packed bits (computed once per vertex:
     # values never change within a layer; the cuts add new vertices' bits)
     mesh.set_lines(lines.pos, lines.neg, lines.level, lines.tol, lines.ident)
+    phases = 0
     while n_lines:
         # a phase: the current faces are roots; each root is cut by the lines that
         # cross it, in line order, all roots in lockstep (iteration i cuts every
@@ -912,9 +1049,29 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None = None) -> tuple[T
             root, line = root[keep], line[keep]
         if root.numel() == 0:
             break
+        phases += 1
+        if phases > _MAX_PHASES:
+            raise MaxAffineError(
+                f"the cuts along {name} do not end ({root.numel()} crossings left after "
+                f"{_MAX_PHASES} passes): rounding errors exceed the tolerance; pass a "
+                "larger tol or use dtype=torch.float64")
         # re-root when the faces have multiplied: the next phase starts from them
         mesh.lockstep(root, line, _REROOT * mesh.nf)
-    return mesh.above, done
+        if mesh.nf > max_regions:
+            raise MaxAffineError(f"more than max_regions={max_regions} regions at {name}; "
+                                 "shrink the domain or raise max_regions")
+    # lines of units past ``done`` are cut with the next chunk
+    n_done = int((lines.unit < done).sum())
+    line_owner = (lines.ident if lines.window is None
+                  else lines.unit + first_unit)  # max-pool: the window
+    # beyond rounding: a few machine epsilons of the lines' ranges (tol = rel_tol * range)
+    floor = min(1.0, 16 * torch.finfo(mesh.xy.dtype).eps / rel_tol)
+    flagged, near = mesh.coincidences(n_done, owner, line_owner, possible, lines.entries,
+                                      floor)
+    if near.numel():
+        mesh.payload[:, _FLAG] |= flagged.to(torch.uint8)
+        suspects.append(mesh.xy[near].clone())
+    return done
 
 
 def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
@@ -924,19 +1081,36 @@ def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
     layer = mesh.payload[:, mesh.payload.shape[1] - nbytes:]
     key = torch.cat([mesh.origin_layer.unsqueeze(1), layer.long()], 1)
     _, group = torch.unique(key, dim=0, return_inverse=True)
+    # a merged region is flagged when any of its pieces is
+    flag = mesh.payload[:, _FLAG]
+    merged = torch.zeros(int(group.max()) + 1, dtype=flag.dtype).scatter_reduce_(
+        0, group, flag, reduce="amax")
+    mesh.payload[:, _FLAG] = merged[group]
     mesh.merge(group)
 
 
-def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
-            seconds: float) -> Partition:
+def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, local: Slice, shift: Tensor,
+            outputs: Tensor, rel_tol: float, check: Tensor | None
+            ) -> tuple[Partition, tuple[int, Tensor] | None]:
     """Codes (from the payload), areas, interior points, the output's affine map on
-    each face (least squares through its vertices, exact for an affine function),
-    edges and the decision boundary."""
+    each face (least squares through its vertices, exact for an affine function;
+    at the interior point itself for flagged faces), edges. Geometry is computed in
+    the ``local`` slice's coordinates and returned in ``sl``'s (``shift`` apart).
+    ``check``: suspect vertices (local coordinates) around which to look for
+    regions below the tolerance (:func:`_check_resolution`); returns the places
+    checked (count, first centre in ``sl``'s coordinates) with the partition."""
     areas = mesh.areas()
     keep = torch.nonzero(areas > 0).flatten()
     faces, sizes, payload = mesh.faces[keep], mesh.sizes[keep], mesh.payload[keep]
     areas = areas[keep]
-    vertices = mesh.xy.clone()
+    flagged = torch.nonzero(payload[:, _FLAG]).flatten()
+    codes = payload[:, _FLAG + 1:].contiguous()
+    # only the vertices some face uses (max-pool merges weld and drop some)
+    used = torch.zeros(mesh.nv, dtype=torch.bool)
+    used[faces[faces >= 0]] = True
+    renumber = torch.cumsum(used, 0) - 1
+    faces = torch.where(faces >= 0, renumber[faces.clamp(min=0)], -1)
+    vertices, outputs = mesh.xy[used].clone(), outputs[used].contiguous()
     mesh.release()  # its buffers are copied: free them before the heavy steps
     # vertex means, and the least-squares plane through the vertices' outputs
     from . import _kernels as kern
@@ -945,20 +1119,175 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, outputs: Tensor,
     slopes = torch.empty((faces.shape[0], outputs.shape[1], 2), dtype=outputs.dtype)
     offsets = torch.empty((faces.shape[0], outputs.shape[1]), dtype=outputs.dtype)
     kern.face_fits(faces.contiguous().numpy(), sizes.contiguous().numpy(), vertices.numpy(),
-                   outputs.contiguous().numpy(), interior.numpy(), slopes.numpy(),
-                   offsets.numpy())
+                   outputs.numpy(), interior.numpy(), slopes.numpy(), offsets.numpy())
+    corrected = torch.zeros(faces.shape[0], dtype=torch.bool)
+    if flagged.numel():
+        # a boundary passed within the tolerance of these faces' vertices: values
+        # interpolated across it may be off by up to the tolerance, so their codes
+        # and maps are those of a forward pass at their interior points
+        exact_codes, exact_slopes, exact_offsets = _exact_at(graph, local, interior[flagged])
+        out = torch.einsum("fcd,fd->fc", slopes[flagged], interior[flagged]) + offsets[flagged]
+        exact_out = torch.einsum("fcd,fd->fc", exact_slopes, interior[flagged]) + exact_offsets
+        scale = 1e-9 * (1.0 + float(outputs.abs().max()))
+        corrected[flagged] = ((exact_codes != codes[flagged]).any(1)
+                              | ((out - exact_out).abs().amax(1) > scale)
+                              | ((slopes[flagged] - exact_slopes).abs().amax((1, 2))
+                                 * float((vertices.max(0).values - vertices.min(0).values)
+                                         .max()) > scale))
+        codes[flagged] = exact_codes
+        slopes[flagged] = exact_slopes
+        offsets[flagged] = exact_offsets
+    lost, places = 0, None
+    if check is not None:
+        lost, places = _check_resolution(check, graph, local, rel_tol, vertices, faces, sizes,
+                                         codes, interior, corrected)
+    if bool(shift.any()):
+        vertices += shift.to(vertices.dtype)
+        interior += shift.to(interior.dtype)
+        offsets -= torch.einsum("fcd,d->fc", slopes, shift.to(slopes.dtype))
     layout = tuple((u.name, tuple(u.code_shape), u.num_pieces, u.bits) for u in graph.units)
     view = _FaceView(faces, sizes, vertices.shape[0])
     edges, edge_faces = view.edges()
-    edge_layer = _edge_layers(payload, layout, edge_faces)
-    segs, pairs, seg_faces = _decision_boundary(vertices, faces, sizes, slopes, offsets)
+    edge_layer = _edge_layers(codes, layout, edge_faces)
     return Partition(
         domain=sl, vertices=vertices, faces=faces, face_sizes=sizes, edges=edges,
-        edge_faces=edge_faces, edge_layer=edge_layer, codes=payload, code_layout=layout,
-        areas=areas,
-        interior=interior, slopes=slopes, offsets=offsets, decision_boundary=segs,
-        boundary_classes=pairs, boundary_faces=seg_faces, seconds=seconds, graph=graph,
-    )
+        edge_faces=edge_faces, edge_layer=edge_layer, codes=codes, code_layout=layout,
+        areas=areas, interior=interior, slopes=slopes, offsets=offsets, graph=graph,
+        tol=rel_tol, unresolved=corrected, lost_regions=lost,
+    ), places
+
+
+_MAX_WINDOWS = 16  # places re-partitioned to count regions below the tolerance
+
+
+def _check_resolution(near: Tensor, graph: SplineGraph, local: Slice, rel_tol: float,
+                      vertices: Tensor, faces: Tensor, sizes: Tensor, codes: Tensor,
+                      interior: Tensor, unresolved: Tensor
+                      ) -> tuple[int, tuple[int, Tensor] | None]:
+    """Count the regions merged away below the tolerance around vertices ``near``
+    (where a boundary passed within the tolerance without cutting; all in local
+    coordinates): each place is re-partitioned in a window a few tolerances wide
+    (whose own tolerance is that much finer), and every window region whose
+    interior lies in a face of another code is a region the partition could not
+    separate; those faces are marked in ``unresolved`` (in place). Returns the
+    number of such regions (distinct codes) and (places, first place's centre),
+    or ``(0, None)`` when nothing was found."""
+    if near.shape[0] == 0:
+        return 0, ((0, interior[unresolved][0]) if bool(unresolved.any()) else None)
+    b = local.bounds.to(vertices.dtype)
+    extent = float((b.max(0).values - b.min(0).values).max())
+    # a boundary within the tolerance of a vertex is within ~1.5 rel_tol * extent of it
+    cell = 8 * rel_tol * extent
+    key = torch.floor((near - b.min(0).values) / cell).long()
+    _, group, count = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    centres = torch.zeros((count.shape[0], 2), dtype=near.dtype).index_add_(0, group, near)
+    centres /= count.unsqueeze(1).to(near.dtype)
+    order = torch.argsort(count, descending=True, stable=True)
+    lost: set[bytes] = set()
+    found: list[Tensor] = []
+    square = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]],
+                          dtype=b.dtype)
+    for i in order[:_MAX_WINDOWS].tolist():
+        window = _clip_polygon(centres[i] + 2 * cell * square, b)
+        if window.shape[0] < 3 or _shoelace(window) <= (1e-3 * cell) ** 2:
+            continue
+        sub = _partition(graph, Slice(local.origin, local.u, local.v, window),
+                         vertices.dtype, rel_tol, 1_000_000, False, check=False)
+        home = _locate(vertices, faces, sizes, sub.interior.to(vertices.dtype))
+        ok = home >= 0
+        differ = ok.clone()
+        differ[ok] = (sub.codes[ok] != codes[home[ok]]).any(1)
+        if bool(differ.any()):
+            unresolved[home[differ]] = True
+            lost.update(bytes(c.tolist()) for c in sub.codes[differ])
+            found.append(centres[i])
+    if not lost and not bool(unresolved.any()):
+        return 0, None
+    first = found[0] if found else interior[unresolved][0]
+    return len(lost), (len(found), first)
+
+
+def _clip_polygon(poly: Tensor, domain: Tensor) -> Tensor:
+    """The convex polygon ``poly`` (K, 2) clipped to the convex, counter-clockwise
+    polygon ``domain`` (M, 2)."""
+    p, q = domain, domain.roll(-1, 0)
+    d = q - p
+    normals = torch.stack([-d[:, 1], d[:, 0]], 1)  # inside: left of each edge
+    offsets = -(normals * p).sum(1)
+    out, size, _ = clip_halfplanes(poly.unsqueeze(0), torch.tensor([poly.shape[0]]),
+                                   normals.unsqueeze(0), offsets.unsqueeze(0),
+                                   torch.zeros((1, p.shape[0]), dtype=torch.int64))
+    return out[0, : int(size[0])]
+
+
+def _locate(vertices: Tensor, faces: Tensor, sizes: Tensor, pts: Tensor) -> Tensor:
+    """(P,) the face containing each point (-1: none), among the faces whose
+    bounding box holds some of the points."""
+    home = torch.full((pts.shape[0],), -1, dtype=torch.int64)
+    if pts.shape[0] == 0:
+        return home
+    w = faces.shape[1]
+    valid = torch.arange(w) < sizes[:, None]
+    corners = vertices[faces.clamp(min=0)]  # (F, W, 2)
+    big = torch.where(valid[..., None], corners, math.inf)
+    small = torch.where(valid[..., None], corners, -math.inf)
+    lo, hi = big.amin(1), small.amax(1)
+    plo, phi = pts.amin(0), pts.amax(0)
+    cand = torch.nonzero(((lo <= phi) & (hi >= plo)).all(1)).flatten()
+    if cand.numel() == 0:
+        return home
+    poly = corners[cand]  # (K, W, 2); padding repeats the first corner: no constraint
+    poly = torch.where(valid[cand][..., None], poly, poly[:, :1])
+    nxt = torch.where(torch.arange(1, w + 1) < sizes[cand][:, None],
+                      torch.arange(1, w + 1), 0)
+    a, e = poly, poly.gather(1, nxt.unsqueeze(-1).expand_as(poly)) - poly  # edges a -> a + e
+    rel = pts[None, None, :, :] - a[:, :, None, :]  # (K, W, P, 2)
+    cross = e[..., None, 0] * rel[..., 1] - e[..., None, 1] * rel[..., 0]
+    slack = 1e-12 * e.norm(dim=-1, keepdim=True) * float((phi - plo).max() + 1e-300)
+    inside = (cross >= -slack).all(1)  # (K, P)
+    hit = inside.any(0)
+    home[hit] = cand[inside.int().argmax(0)[hit]]
+    return home
+
+
+def _warn_unresolved(part: Partition, places: tuple[int, Tensor], shift: Tensor,
+                     rel_tol: float, dtype: torch.dtype, stacklevel: int) -> None:
+    """The :class:`MaxAffineWarning` of a partition with regions below its tolerance."""
+    n_places, where = places
+    b = part.domain.bounds
+    extent = float((b.max(0).values - b.min(0).values).max())
+    width = rel_tol * extent
+    s_, t_ = (float(x) for x in (where.to(torch.float64) + shift))
+    faces = int(part.unresolved.sum())
+    lost = (f"{part.lost_regions} region(s) narrower than the tolerance were merged into "
+            f"{faces} face(s)" + (f" at {n_places} place(s) (checked at most {_MAX_WINDOWS})"
+                                  if n_places else ""))
+    warnings.warn(MaxAffineWarning(
+        f"{lost}, e.g. around slice coordinates ({s_:.12g}, {t_:.12g}): tol={rel_tol:g} of "
+        f"each unit's range on the domain is about {width:.3g} in slice units here. Those "
+        "faces carry the code and map of their interior points (Partition.unresolved "
+        "marks them). To separate those regions, partition a window around them, e.g. "
+        f"partition_plane(model, domain.zoom(({s_:.12g}, {t_:.12g}), {1e3 * width:.3g})), "
+        f"or lower tol (down to {32 * torch.finfo(dtype).eps:.2g})"), stacklevel=stacklevel)
+
+
+def _exact_at(graph: SplineGraph, sl: Slice, st: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Packed codes (N, bytes) and the output's affine map in slice coordinates,
+    slopes (N, C, 2) and offsets (N, C), at points ``st`` (N, 2) of ``sl``: codes
+    from a forward pass, the map from the network with those codes frozen (one
+    affine map, extended to the whole plane) at the point and one step along s
+    and t."""
+    n = st.shape[0]
+    b = sl.bounds.to(st.dtype)
+    step = float((b.max(0).values - b.min(0).values).max())
+    with torch.no_grad():
+        ev = graph._run(sl.to_input(st), None, False)
+        frozen = {k: v.repeat((3,) + (1,) * (v.dim() - 1)) for k, v in ev.codes.items()}
+        pts = torch.cat([st, st + st.new_tensor([step, 0.0]), st + st.new_tensor([0.0, step])])
+        out = graph._run(sl.to_input(pts), frozen, False).output.reshape(3, n, -1)
+    slopes = torch.stack([out[1] - out[0], out[2] - out[0]], -1) / step
+    offsets = out[0] - torch.einsum("fcd,fd->fc", slopes, st)
+    return codes_of(graph, ev.codes, n).bits, slopes, offsets
 
 
 class _FaceView(Mesh):
