@@ -344,34 +344,144 @@ def face_fits(faces, sizes, xy, outputs, interior, slopes, offsets):
             offsets[f, c] = ybar[c] - sx * mx - sy * my
 
 
+@numba.njit(cache=True, inline="always")
+def _coef(slopes, offsets, f, c):
+    """Class ``c``'s affine score on face ``f``: (slope s, slope t, offset); a single
+    output ``y`` is scored as the two classes (0, y): class 1 where ``y > 0``."""
+    if slopes.shape[1] == 1:
+        if c == 0:
+            return 0.0, 0.0, 0.0
+        c = 0
+    return slopes[f, c, 0], slopes[f, c, 1], offsets[f, c]
+
+
 @numba.njit(cache=True)
-def mixed_faces(faces, sizes, xy, slopes, offsets, mixed):
-    """Per face: whether its vertices disagree on the class of the face's affine
-    output ``y = slopes[f] @ p + offsets[f]``: its argmax (C > 1; the first of
-    equal maxima, as ``torch.argmax``), or its sign (C = 1: some vertex has
-    ``y > 0`` and some ``y < 0``)."""
-    c_out = slopes.shape[1]
+def class_cells(faces, sizes, xy, slopes, offsets):
+    """Split the faces whose vertices disagree on the class (argmax of the face's
+    affine output, the first of equal maxima; one output: its sign, as classes
+    (0, y)) into class cells: for class ``c``, the face clipped by ``f_c >= f_j``.
+    Only classes that no vertex winner dominates on the face (``f_w >= f_c`` at
+    every vertex, hence everywhere on the convex face) can win somewhere, so only
+    those are clipped against each other (a handful of a thousand classes).
+
+    Returns per cell its face, class and first corner (CSR ``start``, M + 1), and
+    per corner its coordinates and the label of the edge leaving it: the other
+    class of the clip line it lies on, or -1 on the face's own boundary."""
+    n_cls = 2 if slopes.shape[1] == 1 else slopes.shape[1]
+    width = faces.shape[1]
+    score = np.empty((width, n_cls))
+    winner = np.empty(width, dtype=np.int64)
+    cand = np.empty(n_cls, dtype=np.int64)
+    room = width + n_cls + 2
+    px = np.empty(room)
+    py = np.empty(room)
+    pl = np.empty(room, dtype=np.int64)
+    qx = np.empty(room)
+    qy = np.empty(room)
+    ql = np.empty(room, dtype=np.int64)
+    g = np.empty(room)
+    cap = 1024
+    cell_face = np.empty(cap, dtype=np.int64)
+    cell_class = np.empty(cap, dtype=np.int64)
+    start = np.zeros(cap + 1, dtype=np.int64)
+    cap_pts = 4096
+    pts = np.empty((cap_pts, 2))
+    labels = np.empty(cap_pts, dtype=np.int64)
+    m = 0
     for f in range(sizes.shape[0]):
-        low = c_out
-        high = -1
-        for j in range(sizes[f]):
+        n = sizes[f]
+        mixed = False
+        for j in range(n):
             v = faces[f, j]
-            x = xy[v, 0]
-            y = xy[v, 1]
-            if c_out == 1:
-                o = slopes[f, 0, 0] * x + slopes[f, 0, 1] * y + offsets[f, 0]
-                lab = 1 if o > 0 else (-1 if o < 0 else 0)
-            else:
-                lab = 0
-                best = slopes[f, 0, 0] * x + slopes[f, 0, 1] * y + offsets[f, 0]
-                for c in range(1, c_out):
-                    o = slopes[f, c, 0] * x + slopes[f, c, 1] * y + offsets[f, c]
-                    if o > best:
-                        best = o
-                        lab = c
-            low = min(low, lab)
-            high = max(high, lab)
-        mixed[f] = low < 0 and high > 0 if c_out == 1 else low != high
+            best = 0
+            for c in range(n_cls):
+                a0, a1, a2 = _coef(slopes, offsets, f, c)
+                score[j, c] = a0 * xy[v, 0] + a1 * xy[v, 1] + a2
+                if score[j, c] > score[j, best]:
+                    best = c
+            winner[j] = best
+            mixed |= best != winner[0]
+        if not mixed:
+            continue
+        k = 0
+        for c in range(n_cls):
+            dominated = False
+            for j in range(n):
+                w = winner[j]
+                if w == c:
+                    continue
+                every = True
+                for q in range(n):
+                    if score[q, w] < score[q, c]:
+                        every = False
+                        break
+                if every:
+                    dominated = True
+                    break
+            if not dominated:
+                cand[k] = c
+                k += 1
+        for ci in range(k):
+            c = cand[ci]
+            size = n
+            for j in range(n):
+                v = faces[f, j]
+                px[j] = xy[v, 0]
+                py[j] = xy[v, 1]
+                pl[j] = -1
+            for oi in range(k):
+                o = cand[oi]
+                if o == c or size < 3:
+                    continue
+                a0, a1, a2 = _coef(slopes, offsets, f, c)
+                b0, b1, b2 = _coef(slopes, offsets, f, o)
+                sx, sy, s0 = a0 - b0, a1 - b1, a2 - b2
+                for j in range(size):
+                    g[j] = sx * px[j] + sy * py[j] + s0
+                out = 0
+                for j in range(size):
+                    nx = j + 1 if j + 1 < size else 0
+                    inside = g[j] >= 0
+                    if inside:
+                        qx[out] = px[j]
+                        qy[out] = py[j]
+                        ql[out] = pl[j]
+                        out += 1
+                    if inside != (g[nx] >= 0):
+                        t = g[j] / (g[j] - g[nx])
+                        qx[out] = px[j] + t * (px[nx] - px[j])
+                        qy[out] = py[j] + t * (py[nx] - py[j])
+                        # leaving the half-plane: the edge from here runs along the
+                        # clip line; entering: along the edge being clipped
+                        ql[out] = o if inside else pl[j]
+                        out += 1
+                size = out if out >= 3 else 0
+                for j in range(size):
+                    px[j] = qx[j]
+                    py[j] = qy[j]
+                    pl[j] = ql[j]
+            if size < 3:
+                continue
+            if m == cap:
+                cap *= 2
+                cell_face = np.concatenate((cell_face, np.empty(cap - m, dtype=np.int64)))
+                cell_class = np.concatenate((cell_class, np.empty(cap - m, dtype=np.int64)))
+                start = np.concatenate((start, np.zeros(cap - m, dtype=np.int64)))
+            at = start[m]
+            while at + size > cap_pts:
+                cap_pts *= 2
+                pts = np.concatenate((pts, np.empty((cap_pts - pts.shape[0], 2))))
+                labels = np.concatenate((labels, np.empty(cap_pts - labels.shape[0],
+                                                          dtype=np.int64)))
+            for j in range(size):
+                pts[at + j, 0] = px[j]
+                pts[at + j, 1] = py[j]
+                labels[at + j] = pl[j]
+            cell_face[m] = f
+            cell_class[m] = c
+            start[m + 1] = at + size
+            m += 1
+    return cell_face[:m], cell_class[:m], start[: m + 1], pts[: start[m]], labels[: start[m]]
 
 
 @numba.njit(cache=True)
@@ -644,54 +754,9 @@ def _valid_bits(n_lines, w):
 
 @numba.njit(cache=True, inline="always")
 def _low_bit(word):
-    """Index of the lowest set bit of a nonzero uint64."""
-    low = word & (~word + np.uint64(1))
-    b = 0
-    while low > 1:
-        low >>= np.uint64(1)
-        b += 1
-    return b
-
-
-@numba.njit(cache=True)
-def face_signs(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, out):
-    """Per face (rows of ``out``, packed like the side bits): bit ``l`` set iff line
-    ``l``'s function is positive at the face's vertex mean (the face's interior
-    point). A face lies on one side of every line; where all its vertices are
-    strictly on one side the sign is that side's, and where some vertex is *on*
-    the line (within its tolerance) the sign is that of the mean of the vertex
-    values (the value at the vertex mean: the function is affine on the face), so
-    a face thinner than the tolerance still gets its interior's code; a mean
-    within ``tol / 8`` of zero counts as zero (rounding: vertices made on a line
-    carry values of ~1e-19, not 0), i.e. the lower piece."""
-    words = out.shape[1]
-    paired = pos.shape[0] > 0 and neg[0] >= 0
-    for f in range(out.shape[0]):
-        n = sizes[f]
-        for w in range(words):
-            up = np.int64(0)
-            on = np.int64(0)
-            for j in range(n):
-                v = faces[f, j]
-                up |= above[v, w]
-                on |= ~(above[v, w] | below[v, w])
-            on &= _valid_bits(n_lines, w)
-            bits = up & ~on
-            todo = np.uint64(on)
-            while todo != 0:
-                b = _low_bit(todo)
-                todo &= todo - np.uint64(1)
-                li = w * 64 + b
-                acc = 0.0
-                for j in range(n):
-                    v = faces[f, j]
-                    x = vals[v, pos[li]] - level[li]
-                    if paired:
-                        x -= vals[v, neg[li]]
-                    acc += x
-                if acc > n * tol[li] * 0.125:
-                    bits |= np.int64(1) << np.int64(b)
-            out[f, w] = bits
+    """Index of the lowest set bit of a nonzero uint64 (log2 of a power of two is
+    exact in float64)."""
+    return int(np.log2(np.float64(word & (~word + np.uint64(1)))))
 
 
 @numba.njit(cache=True)
@@ -711,30 +776,44 @@ def vertex_creators(hkeys, hids, n_key, chord_base, leg):
 
 
 @numba.njit(cache=True)
-def coincidences(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, ident,
-                 owner, leg, leg_owner, origin_layer, possible, ea, eb, floor, all_on,
-                 face_flag, vertex_flag):
-    """Where a face may hold a sliver thinner than the tolerance: a vertex of the
-    face is within line ``l``'s tolerance, although ``l`` was not made on it, and
-    beyond rounding (``floor * tol[l]``) on the *other* side from the face's
-    vertices that are strictly off ``l`` (``l`` was taken to run through that
-    vertex although it crosses the face near it), or (``all_on``) every vertex of
-    the face is within the tolerance (the face itself is thinner than it). Line
-    ``l`` is *made* on vertex ``v`` when ``ident[l]`` is one of ``leg[v]``, or
-    ``owner[l]`` one of ``leg_owner[v]`` (the same max-pool window). Sets
-    ``face_flag[f]`` and ``vertex_flag[v]``. ``possible`` (layer faces, entries;
-    empty: all): max-pool pairs ``ea[l]``, ``eb[l]`` count only where both
-    entries can be maximal."""
+def face_lines(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, ident,
+               owner, leg, leg_owner, origin_layer, possible, ea, eb, floor, all_on,
+               signs, face_flag, vertex_flag):
+    """What the faces are after a layer's cuts, from the vertices' side bits.
+
+    ``signs`` (rows: faces, packed like the side bits; skipped when it has no
+    rows): bit ``l`` set iff line ``l``'s function is positive at the face's
+    vertex mean (its interior point). A face lies on one side of every line up to
+    the tolerance: where each vertex is strictly off the line or was made on it
+    (value ~0), the side of the others decides; otherwise (a vertex within the
+    tolerance that the line was not made on, or all vertices within it) the mean
+    of the vertex values (the value at the vertex mean: the function is affine on
+    the face), a mean within ``tol / 8`` of zero counting as zero (the lower
+    piece), so a face thinner than the tolerance still gets its interior's code.
+
+    ``face_flag`` / ``vertex_flag``: where the face may hold a sliver thinner than
+    the tolerance: a vertex is within line ``l``'s tolerance although ``l`` was
+    not made on it, and beyond rounding (``floor * tol[l]``) on the *other* side
+    from the face's vertices that are strictly off ``l`` (``l`` was taken to run
+    through that vertex although it crosses the face near it), or (``all_on``) on
+    either side when every vertex is within the tolerance. Line ``l`` is *made* on
+    vertex ``v`` when ``ident[l]`` is one of ``leg[v]`` (:func:`vertex_creators`),
+    or ``owner[l]`` one of ``leg_owner[v]`` (the same max-pool window).
+    ``possible`` (layer faces, entries; empty: all): max-pool pairs ``ea[l]``,
+    ``eb[l]`` count only where both entries can be maximal."""
     words = above.shape[1]
     up = np.empty(words, dtype=np.int64)
     down = np.empty(words, dtype=np.int64)
+    mean = np.empty(words, dtype=np.int64)
     filtered = possible.shape[0] > 0
     paired = pos.shape[0] > 0 and neg[0] >= 0
+    want = signs.shape[0] > 0
     for f in range(sizes.shape[0]):
         n = sizes[f]
         for w in range(words):
             up[w] = 0
             down[w] = 0
+            mean[w] = 0
         for j in range(n):
             v = faces[f, j]
             for w in range(words):
@@ -752,12 +831,15 @@ def coincidences(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines
                     b = _low_bit(todo)
                     todo &= todo - np.uint64(1)
                     li = w * 64 + b
+                    bit = np.int64(1) << np.int64(b)
                     idl = ident[li]
-                    if idl == leg[v, 0] or idl == leg[v, 1]:
-                        continue
                     own = owner[li]
-                    if own == leg_owner[v, 0] or own == leg_owner[v, 1]:
+                    if (idl == leg[v, 0] or idl == leg[v, 1] or own == leg_owner[v, 0]
+                            or own == leg_owner[v, 1]):
+                        if not off & bit:
+                            mean[w] |= bit
                         continue
+                    mean[w] |= bit
                     if filtered:
                         lay = origin_layer[f]
                         if possible[lay, ea[li]] == 0 or possible[lay, eb[li]] == 0:
@@ -765,14 +847,32 @@ def coincidences(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines
                     x = vals[v, pos[li]] - level[li]
                     if paired:
                         x -= vals[v, neg[li]]
-                    if (off >> np.int64(b)) & 1:
-                        side = 1.0 if (up[w] >> np.int64(b)) & 1 else -1.0
-                        x = -x * side
+                    if off & bit:
+                        x = -x if up[w] & bit else x
                     else:
                         x = abs(x)
                     if x > floor * tol[li]:
                         face_flag[f] = 1
                         vertex_flag[v] = 1
+        if not want:
+            continue
+        for w in range(words):
+            bits = up[w] & ~mean[w]
+            todo = np.uint64(mean[w])
+            while todo != 0:
+                b = _low_bit(todo)
+                todo &= todo - np.uint64(1)
+                li = w * 64 + b
+                acc = 0.0
+                for j in range(n):
+                    v = faces[f, j]
+                    x = vals[v, pos[li]] - level[li]
+                    if paired:
+                        x -= vals[v, neg[li]]
+                    acc += x
+                if acc > n * tol[li] * 0.125:
+                    bits |= np.int64(1) << np.int64(b)
+            signs[f, w] = bits
 
 
 @numba.njit(cache=True)

@@ -239,52 +239,46 @@ class Mesh:
         kern.side_bits(self._vals.numpy(), 0, *self._lines[:4], self.above.numpy(),
                        self.below.numpy())
 
-    def signs(self) -> Tensor:
-        """(F, words) packed bits: each line of :meth:`set_lines` is positive at the
-        face's vertex mean (its interior point; :func:`maxaffine._kernels.face_signs`)."""
+    def read_lines(self, n_lines: int, owner: Tensor, line_owner: Tensor | None,
+                   possible: Tensor | None, entries: tuple[Tensor, Tensor] | None,
+                   floor: float, signs: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+        """After the cuts of :meth:`begin_lines` (:func:`maxaffine._kernels.face_lines`):
+        ``signs`` (F, words) packed bits, each line of :meth:`set_lines` positive at
+        the face's interior point (None unless asked); faces (bools (F,)) that one
+        of the first ``n_lines`` lines may cross in a sliver thinner than its
+        tolerance (it passes that close to a vertex it was not made on, on the far
+        side from the face's other vertices by more than ``floor`` times the
+        tolerance; or the whole face is within the tolerance, except for max-pool
+        ties, which often are exactly: dead entries), and those vertices (ids).
+        ``owner`` (line identities,): the unit owning each identity, ``line_owner``
+        (lines,) (None: the identity; lines of one owner may meet at a vertex, e.g.
+        a max-pool window's ties); ``possible`` / ``entries``: max-pool pairs count
+        only in faces where both entries can be maximal."""
         from . import _kernels as kern
 
-        pos, neg, level, tol = self._lines[:4]
-        out = torch.empty((self.nf, self._above.shape[1]), dtype=torch.int64)
-        kern.face_signs(self._faces.numpy(), self.sizes.numpy(), self._vals.numpy(), pos, neg,
-                        level, tol, self._above.numpy(), self._below.numpy(), pos.shape[0],
-                        out.numpy())
-        return out
-
-    def coincidences(self, n_lines: int, owner: Tensor, line_owner: Tensor,
-                     possible: Tensor | None, entries: tuple[Tensor, Tensor] | None,
-                     floor: float) -> tuple[Tensor, Tensor]:
-        """After the cuts of :meth:`begin_lines`: faces (bools (F,)) that one of the
-        first ``n_lines`` lines may cross in a sliver thinner than its tolerance (it
-        passes that close to a vertex it was not made on, on the far side from the
-        face's other vertices, by more than ``floor`` times the tolerance; or the
-        whole face is within the tolerance, except for max-pool ties, which are
-        often exactly so: dead entries), and those vertices (ids).
-        ``owner`` (line identities,): the unit owning each identity (lines of one
-        owner may meet at a vertex, e.g. a max-pool window's ties), ``line_owner``
-        (lines,); ``possible`` / ``entries``: max-pool pairs count only in faces
-        where both entries can be maximal (:func:`maxaffine._kernels.coincidences`)."""
-        from . import _kernels as kern
-
-        leg = torch.full((self.nv, 2), -1, dtype=torch.int64)
-        kern.vertex_creators(self._hkeys, self._hids, self._n_lines, self._chord_base,
-                             leg.numpy())
-        leg_owner = torch.where(leg >= 0, owner[leg.clamp(min=0)], -3)
-        face_flag = torch.zeros(self.nf, dtype=torch.uint8)
-        vertex_flag = torch.zeros(self.nv, dtype=torch.uint8)
+        leg = np.full((self.nv, 2), -1, dtype=np.int64)
+        kern.vertex_creators(self._hkeys, self._hids, self._n_lines, self._chord_base, leg)
+        if line_owner is None:
+            line_owner_np, leg_owner = self._lines[4], leg
+        else:
+            line_owner_np = line_owner.contiguous().numpy()
+            leg_owner = np.where(leg >= 0, owner.numpy()[np.maximum(leg, 0)], -3)
+        face_flag = np.zeros(self.nf, dtype=np.uint8)
+        vertex_flag = np.zeros(self.nv, dtype=np.uint8)
         if possible is None:
             possible_np = np.zeros((0, 0), dtype=np.uint8)
             ea = eb = np.zeros(0, dtype=np.int64)
         else:
             possible_np = possible.to(torch.uint8).numpy()
             ea, eb = entries[0].contiguous().numpy(), entries[1].contiguous().numpy()
-        kern.coincidences(self._faces.numpy(), self.sizes.numpy(), self._vals.numpy(),
-                          *self._lines[:4], self._above.numpy(),
-                          self._below.numpy(), n_lines, self._lines[4],
-                          line_owner.contiguous().numpy(), leg.numpy(), leg_owner.numpy(),
-                          self.origin_layer.numpy(), possible_np, ea, eb, floor,
-                          possible is None, face_flag.numpy(), vertex_flag.numpy())
-        return face_flag.bool(), torch.nonzero(vertex_flag).flatten()
+        out = torch.empty((self.nf if signs else 0, self._above.shape[1]), dtype=torch.int64)
+        kern.face_lines(self._faces.numpy(), self.sizes.numpy(), self._vals.numpy(),
+                        *self._lines[:4], self._above.numpy(), self._below.numpy(), n_lines,
+                        self._lines[4], line_owner_np, leg, leg_owner,
+                        self.origin_layer.numpy(), possible_np, ea, eb, floor, possible is None,
+                        out.numpy(), face_flag, vertex_flag)
+        return ((out if signs else None), torch.from_numpy(face_flag).bool(),
+                torch.from_numpy(np.flatnonzero(vertex_flag)))
 
     def crossings(self, n_lines: int) -> tuple[Tensor, Tensor]:
         """(face, line) pairs, sorted, where line (of :meth:`set_lines`) crosses the

@@ -280,14 +280,16 @@ class Partition:
     def class_cells(self) -> tuple[list[Tensor], Tensor]:
         """Regions split further by the decision boundary: polygons (list of (k, 2))
         and their class. Faces without a boundary inside are returned whole."""
-        poly, psize, _, owner, face = _class_cells(self.vertices, self.faces, self.face_sizes,
-                                                   self.slopes, self.offsets)
+        cells = _class_cells(self.vertices, self.faces, self.face_sizes, self.slopes,
+                             self.offsets)
         whole = torch.ones(self.num_regions, dtype=torch.bool)
-        whole[face] = False
+        whole[cells.face] = False
         idx = torch.nonzero(whole).flatten()
+        bounds = cells.start.tolist()
         polys = [self.polygon(int(i)) for i in idx] + [
-            poly[m, : int(psize[m])] for m in range(poly.shape[0])]
-        return polys, torch.cat([self.predicted()[idx], owner])
+            cells.xy[bounds[m]: bounds[m + 1]].to(self.vertices.dtype)
+            for m in range(cells.face.shape[0])]
+        return polys, torch.cat([self.predicted()[idx], cells.cls])
 
     def layer_boundaries(self, layer: int | str) -> Tensor:
         """Segments (S, 2, 2) of the edges created by ``layer`` (index or name)."""
@@ -808,8 +810,8 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         scale = values.scale()
         lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
                           ident[start * per_line: (start + k) * per_line], values.window_cols)
-        done = _cut_lines(mesh, lines, limit, max_regions, unit.name, start, owner,
-                          rel_tol, suspects)
+        done, hit = _cut_lines(mesh, lines, limit, max_regions, unit.name, start, owner,
+                               rel_tol, suspects)
         if lines.window is not None:
             code = lines.window_codes(mesh, done)
         else:
@@ -817,7 +819,6 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
             # counts the breakpoints below the value at its interior point (-inf
             # ones: always below)
             nb = lines.unit.shape[0] // k
-            hit = mesh.signs()
             base = 0 if isinstance(rule, ops.Maximum) else sum(
                 1 for b in rule.breakpoints() if b == -math.inf)
             if nb == 1 and base == 0 and unit.bits == 1:  # the bits are the packed codes
@@ -998,14 +999,14 @@ _MAX_PHASES = 200  # a layer's cuts end in a few phases; more means they cannot 
 
 def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None, max_regions: int,
                name: str, first_unit: int, owner: Tensor, rel_tol: float,
-               suspects: list[Tensor]) -> int:
+               suspects: list[Tensor]) -> tuple[int, Tensor | None]:
     """Cut every face by every line crossing it (no loop over units or faces).
 
-    Leaves the ``value > tol`` / ``< -tol`` bits (V, words) of every line at every
-    vertex in the mesh, flags faces where a line passed within the tolerance of a
-    vertex it was not made on (and appends those vertices' coordinates to
-    ``suspects``), and returns how many units were processed: all unless ``limit``
-    (values held) stopped the chunk early, at a multiple of 64 units.
+    Flags faces that a line may cross in a sliver below the tolerance (and appends
+    the vertices it passed to ``suspects``; :meth:`Mesh.read_lines`), and returns
+    how many units were processed (all unless ``limit``, values held, stopped the
+    chunk early, at a multiple of 64 units) and, unless max-pooling, the packed
+    bits (F, words) of the lines positive at each face's interior point.
     """
     n_lines = lines.pos.shape[0]
     k = int(lines.unit[-1]) + 1 if n_lines else 0
@@ -1062,16 +1063,15 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None, max_regions: int,
                                  "shrink the domain or raise max_regions")
     # lines of units past ``done`` are cut with the next chunk
     n_done = int((lines.unit < done).sum())
-    line_owner = (lines.ident if lines.window is None
-                  else lines.unit + first_unit)  # max-pool: the window
     # beyond rounding: a few machine epsilons of the lines' ranges (tol = rel_tol * range)
     floor = min(1.0, 16 * torch.finfo(mesh.xy.dtype).eps / rel_tol)
-    flagged, near = mesh.coincidences(n_done, owner, line_owner, possible, lines.entries,
-                                      floor)
+    signs, flagged, near = mesh.read_lines(
+        n_done, owner, None if lines.window is None else lines.unit + first_unit,
+        possible, lines.entries, floor, signs=lines.window is None)
     if near.numel():
         mesh.payload[:, _FLAG] |= flagged.to(torch.uint8)
         suspects.append(mesh.xy[near].clone())
-    return done
+    return done, signs
 
 
 def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
@@ -1311,66 +1311,56 @@ def _edge_layers(bits: Tensor, layout: tuple, edge_faces: Tensor) -> Tensor:
     return layer
 
 
+@dataclass
+class _Cells:
+    """Class cells of the faces the decision boundary crosses (CSR): cell ``m`` is
+    class ``cls[m]`` inside face ``face[m]``, corners ``xy[start[m]:start[m + 1]]``
+    counter-clockwise, and ``label`` per corner: the other class of the clip line
+    the edge leaving it lies on, -1 on the face's own boundary."""
+
+    face: Tensor
+    cls: Tensor
+    start: Tensor
+    xy: Tensor
+    label: Tensor
+
+
 def _class_cells(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
-                 offsets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Split the faces whose vertices disagree on the argmax output into class cells:
-    the face clipped by ``f_c >= f_j`` for all j (C > 1), or by ``f >= 0`` and
-    ``f <= 0`` (C = 1, classes 1 and 0). Returns the cells' corners (M, W, 2),
-    sizes (M,), per-edge clip labels (M, W) (the other class, -1 on the face's own
-    edges), the class (M,) and the face (M,) of each cell."""
+                 offsets: Tensor) -> _Cells:
+    """Split the faces whose vertices disagree on the argmax output into class cells
+    (:func:`maxaffine._kernels.class_cells`: only the classes no vertex winner
+    dominates on a face are clipped against each other, so a 1,000-class head
+    costs about what a 10-class one does)."""
     from . import _kernels as kern
 
-    c = slopes.shape[1]
-    mixed = torch.empty(faces.shape[0], dtype=torch.bool)  # vertices disagree
-    kern.mixed_faces(faces.contiguous().numpy(), sizes.contiguous().numpy(),
-                     vertices.contiguous().numpy(), slopes.contiguous().numpy(),
-                     offsets.contiguous().numpy(), mixed.numpy())
-    idx = torch.nonzero(mixed).flatten()
-    pts = vertices[faces[idx].clamp(min=0)]  # (M, W, 2)
-    if c == 1:
-        fi = idx.repeat_interleave(2)
-        owner = torch.tensor([1, 0]).repeat(idx.shape[0])
-        sign = (2 * owner - 1).to(slopes.dtype)
-        normals = (slopes[fi, 0] * sign[:, None])[:, None, :]
-        offs = (offsets[fi, 0] * sign)[:, None]
-        labels = (1 - owner)[:, None]
-    else:
-        cls = torch.arange(c)
-        others = torch.stack([torch.cat([cls[:j], cls[j + 1:]]) for j in range(c)])
-        fi = idx.repeat_interleave(c)
-        owner = cls.repeat(idx.shape[0])
-        labels = others[owner]  # (n*C, C-1)
-        normals = slopes[fi, owner][:, None, :] - slopes[fi[:, None], labels]
-        offs = offsets[fi, owner][:, None] - offsets[fi[:, None], labels]
-    local = torch.arange(idx.shape[0]).repeat_interleave(2 if c == 1 else c)
-    poly, psize, edge = clip_halfplanes(pts[local], sizes[fi], normals, offs, labels)
-    keep = psize >= 3
-    return poly[keep], psize[keep], edge[keep], owner[keep], fi[keep]
+    face, cls, start, xy, label = kern.class_cells(
+        faces.contiguous().numpy(), sizes.contiguous().numpy(), vertices.contiguous().numpy(),
+        slopes.contiguous().numpy(), offsets.contiguous().numpy())
+    return _Cells(*(torch.from_numpy(x) for x in (face, cls, start, xy, label)))
 
 
 def _decision_boundary(vertices: Tensor, faces: Tensor, sizes: Tensor, slopes: Tensor,
                        offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Segments (S, 2, 2) where the argmax output changes (C > 1) or the output is 0
     (C = 1): edges of the class cells (:func:`_class_cells`) that lie on a clip
-    line; with the class pair (S, 2) and the face (S,) of each."""
-    empty = (torch.zeros((0, 2, 2), dtype=vertices.dtype),
-             torch.zeros((0, 2), dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
-    if faces.shape[0] == 0:
-        return empty
-    poly, psize, edge, owner, face = _class_cells(vertices, faces, sizes, slopes, offsets)
-    if poly.shape[0] == 0:
-        return empty
-    m, wn = edge.shape
-    nxt = torch.arange(1, wn + 1).expand(m, wn)
-    nxt = torch.where(nxt >= psize[:, None].clamp(min=1), 0, nxt)
-    q = poly.gather(1, nxt.unsqueeze(-1).expand(m, wn, 2))
-    on = (edge >= 0) & (torch.arange(wn) < psize[:, None]) & (edge < owner[:, None])
-    a, b = poly[on], q[on]
-    pairs = torch.stack([edge[on], owner[:, None].expand(m, wn)[on]], 1)  # (low, high) class
-    where = face[:, None].expand(m, wn)[on]
-    extent = float((vertices.max(0).values - vertices.min(0).values).max())
+    line, each once (from the cell of the higher class); with the class pair
+    (low, high) (S, 2) and the face (S,) of each."""
+    cells = _class_cells(vertices, faces, sizes, slopes, offsets)
+    m = cells.face.shape[0]
+    count = cells.start.diff()
+    owner = torch.repeat_interleave(torch.arange(m), count)
+    corner = torch.arange(cells.xy.shape[0])
+    following = torch.where(corner + 1 < cells.start[1:][owner], corner + 1,
+                            cells.start[:-1][owner])
+    cls = cells.cls[owner]
+    on = (cells.label >= 0) & (cells.label < cls)
+    a, b = cells.xy[on], cells.xy[following[on]]
+    pairs = torch.stack([cells.label[on], cls[on]], 1)
+    where = cells.face[owner[on]]
+    extent = float((vertices.max(0).values - vertices.min(0).values).max()) if len(
+        vertices) else 0.0
     ok = (b - a).norm(dim=1) > 1e-12 * extent
-    return torch.stack([a, b], 1)[ok], pairs[ok], where[ok]
+    return (torch.stack([a, b], 1)[ok].to(vertices.dtype), pairs[ok], where[ok])
 
 
 # ------------------------------------------------------------------- segments
