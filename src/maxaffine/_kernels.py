@@ -293,55 +293,98 @@ def face_areas(faces, sizes, xy, out):
         out[f] = 0.5 * acc
 
 
-@numba.njit(cache=True)
-def face_fits(faces, sizes, xy, outputs, interior, slopes, offsets):
+@numba.njit(cache=True, nogil=True)
+def face_fits(faces, sizes, xy, outputs, interior, slopes, offsets, spread):
     """Per face: the vertex mean (``interior``) and the least-squares affine map of
     ``outputs`` (V, C) through its vertices, ``y = slopes[f] @ p + offsets[f]``
-    (exact when the outputs are affine on the face): normal equations of the
-    centred points, the 2 x 2 system solved in closed form."""
+    (exact when the outputs are affine on the face). The vertices are centred at
+    their mean m and expressed in the face's own frame (e along the longest
+    d_j = p_j - m, and e rotated by 90 degrees), where the normal equations of a
+    long thin face stay well conditioned; the slopes are ``sum_j w_j y_j`` (w_j
+    from the inverse of those equations) and the offset ``mean_j y_j - slopes @ m``:
+    one pass over the vertices' output rows. ``spread[f]``: the face's extent
+    across e (root of the residual sum of squares of the b coordinates), below
+    which rounding of the vertices' positions and values shows in the slopes."""
     c_out = outputs.shape[1]
-    ybar = np.empty(c_out, dtype=outputs.dtype)
-    rx = np.empty(c_out, dtype=outputs.dtype)
-    ry = np.empty(c_out, dtype=outputs.dtype)
+    width = faces.shape[1]
+    ws = np.empty(width)
+    wt = np.empty(width)
+    acc_s = np.empty(c_out)  # sums in cache, written once per face
+    acc_t = np.empty(c_out)
+    acc_0 = np.empty(c_out)
     for f in range(faces.shape[0]):
         n = sizes[f]
         mx = 0.0
         my = 0.0
-        ybar[:] = 0.0
         for j in range(n):
             v = faces[f, j]
             mx += xy[v, 0]
             my += xy[v, 1]
-            for c in range(c_out):
-                ybar[c] += outputs[v, c]
         mx /= n
         my /= n
-        ybar /= n
-        gxx = 0.0
-        gxy = 0.0
-        gyy = 0.0
-        rx[:] = 0.0
-        ry[:] = 0.0
+        ex = 0.0
+        ey = 0.0
+        longest = -1.0
         for j in range(n):
             v = faces[f, j]
             dx = xy[v, 0] - mx
             dy = xy[v, 1] - my
-            gxx += dx * dx
-            gxy += dx * dy
-            gyy += dy * dy
-            for c in range(c_out):
-                dz = outputs[v, c] - ybar[c]
-                rx[c] += dx * dz
-                ry[c] += dy * dz
-        det = gxx * gyy - gxy * gxy
+            if dx * dx + dy * dy > longest:
+                longest = dx * dx + dy * dy
+                ex = dx
+                ey = dy
+        norm = np.sqrt(longest)
+        if norm > 0:
+            ex /= norm
+            ey /= norm
+        else:
+            ex = 1.0
+        gaa = 0.0
+        gab = 0.0
+        gbb = 0.0
+        for j in range(n):
+            v = faces[f, j]
+            dx = xy[v, 0] - mx
+            dy = xy[v, 1] - my
+            a = dx * ex + dy * ey
+            b = dy * ex - dx * ey
+            gaa += a * a
+            gab += a * b
+            gbb += b * b
+        det = gaa * gbb - gab * gab
+        spread[f] = np.sqrt(det / gaa) if det > 0 else 0.0
+        for j in range(n):
+            v = faces[f, j]
+            dx = xy[v, 0] - mx
+            dy = xy[v, 1] - my
+            a = dx * ex + dy * ey
+            b = dy * ex - dx * ey
+            if det > 0:
+                wa = (gbb * a - gab * b) / det
+                wb = (gaa * b - gab * a) / det
+            else:  # no extent across e (a degenerate face): no slope across it
+                wa = a / gaa if gaa > 0 else 0.0
+                wb = 0.0
+            ws[j] = wa * ex - wb * ey
+            wt[j] = wa * ey + wb * ex
         interior[f, 0] = mx
         interior[f, 1] = my
+        acc_s[:] = 0.0
+        acc_t[:] = 0.0
+        acc_0[:] = 0.0
+        for j in range(n):
+            v = faces[f, j]
+            a = ws[j]
+            b = wt[j]
+            for c in range(c_out):
+                y = outputs[v, c]
+                acc_s[c] += a * y
+                acc_t[c] += b * y
+                acc_0[c] += y
         for c in range(c_out):
-            sx = (gyy * rx[c] - gxy * ry[c]) / det
-            sy = (gxx * ry[c] - gxy * rx[c]) / det
-            slopes[f, c, 0] = sx
-            slopes[f, c, 1] = sy
-            offsets[f, c] = ybar[c] - sx * mx - sy * my
+            slopes[f, c, 0] = acc_s[c]
+            slopes[f, c, 1] = acc_t[c]
+            offsets[f, c] = acc_0[c] / n - acc_s[c] * mx - acc_t[c] * my
 
 
 @numba.njit(cache=True, inline="always")
@@ -800,7 +843,9 @@ def face_lines(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, 
     vertex ``v`` when ``ident[l]`` is one of ``leg[v]`` (:func:`vertex_creators`),
     or ``owner[l]`` one of ``leg_owner[v]`` (the same max-pool window).
     ``possible`` (layer faces, entries; empty: all): max-pool pairs ``ea[l]``,
-    ``eb[l]`` count only where both entries can be maximal."""
+    ``eb[l]`` count only where both entries can be maximal. A vertex that two or
+    more lines not made on it pass within the tolerance of is flagged too (three
+    lines meet there: exactly, or around regions below rounding)."""
     words = above.shape[1]
     up = np.empty(words, dtype=np.int64)
     down = np.empty(words, dtype=np.int64)
@@ -821,6 +866,7 @@ def face_lines(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, 
                 down[w] |= below[v, w]
         for j in range(n):
             v = faces[f, j]
+            others = 0  # lines through v that were not made on it
             for w in range(words):
                 off = up[w] | down[w]
                 on = ~(above[v, w] | below[v, w]) & _valid_bits(n_lines, w)
@@ -844,6 +890,7 @@ def face_lines(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, 
                         lay = origin_layer[f]
                         if possible[lay, ea[li]] == 0 or possible[lay, eb[li]] == 0:
                             continue
+                    others += 1
                     x = vals[v, pos[li]] - level[li]
                     if paired:
                         x -= vals[v, neg[li]]
@@ -854,6 +901,11 @@ def face_lines(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, 
                     if x > floor * tol[li]:
                         face_flag[f] = 1
                         vertex_flag[v] = 1
+            if others >= 2:
+                # three or more lines meet at v within the tolerance (counting the one
+                # it was made on): exactly (e.g. a bias-free net), or around regions
+                # below rounding itself; a window there tells (no face flagged)
+                vertex_flag[v] = 1
         if not want:
             continue
         for w in range(words):

@@ -78,9 +78,11 @@ def plot_partition(part, ax=None, color_by: str = "region", edges: bool = True,
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection, PolyCollection
 
+    from .errors import MaxAffineError
+
     if color_by not in ("region", "layer", "class", "output"):
-        raise ValueError(f"color_by must be 'region', 'layer', 'class' or 'output', "
-                         f"got {color_by!r}")
+        raise MaxAffineError(f"color_by must be 'region', 'layer', 'class' or 'output', "
+                             f"got {color_by!r}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     verts = [part.polygon(i).double().numpy() for i in range(part.num_regions)]
@@ -115,6 +117,11 @@ def plot_partition(part, ax=None, color_by: str = "region", edges: bool = True,
             ax.legend(handles=handles, fontsize=7, loc="upper right", title="edges of")
         else:
             ax.add_collection(LineCollection(seg, colors="0.25", linewidths=0.25))
+    if bool(part.unresolved.any()):  # faces holding regions below the tolerance
+        bad = [part.polygon(int(i)).double().numpy()
+               for i in torch.nonzero(part.unresolved).flatten()]
+        ax.add_collection(PolyCollection(bad, facecolors="none", edgecolors="red",
+                                         linewidths=1.2, hatch="////"))
     if boundary and part.decision_boundary.shape[0]:
         ax.add_collection(LineCollection(part.decision_boundary.numpy(), colors="k",
                                          linewidths=2.2))

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import ops
-from ._planar import Mesh, clip_halfplanes, unpack_bits
+from ._planar import Mesh, _Prefault, clip_halfplanes, unpack_bits
 from .affine import jacobian
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
 from .graph import SplineGraph, Unit, _check_tensor, as_graph
@@ -79,8 +79,12 @@ class Slice:
             )
         u, v = self.u.flatten().double(), self.v.flatten().double()
         gram = torch.stack([torch.stack([u @ u, u @ v]), torch.stack([u @ v, v @ v])])
-        if float(torch.linalg.det(gram)) <= 1e-12 * float(u @ u) * float(v @ v):
-            raise MaxAffineError("u and v are (nearly) parallel: they do not span a plane")
+        # sin^2 of the angle between u and v, against the inputs' own precision
+        limit = max(1e-12, (64 * _eps(self.u, self.v)) ** 2)
+        if float(torch.linalg.det(gram)) <= limit * float(u @ u) * float(v @ v):
+            raise MaxAffineError(
+                "u and v are (nearly) parallel at the precision of their dtype "
+                f"({self.u.dtype}): they do not span a plane")
         b = torch.as_tensor(self.bounds, dtype=torch.float64)
         _check_tensor(b, "bounds")
         if b.dim() != 2 or b.shape[1] != 2 or b.shape[0] < 3:
@@ -109,7 +113,13 @@ class Slice:
             _check_tensor(x, name)
         if not (x1.shape == x2.shape == x3.shape):
             raise MaxAffineError("x1, x2, x3 must have the same shape (single inputs, no batch)")
-        x1d, a, w = x1.double(), (x2 - x1).double(), (x3 - x1).double()
+        if isinstance(pad, bool) or not isinstance(pad, int | float):
+            raise MaxAffineTypeError(f"pad must be a number, got {type(pad).__name__}")
+        if not (math.isfinite(pad) and pad >= 0):
+            raise MaxAffineError(f"pad must be a finite number >= 0 (a fraction of the box's "
+                                 f"size added on each side), got {pad!r}")
+        x1d, x2d, x3d = x1.double(), x2.double(), x3.double()
+        a, w = x2d - x1d, x3d - x1d
         na = float(a.norm())
         if na == 0:
             raise MaxAffineError("x1 and x2 are equal: the three points span no plane")
@@ -117,8 +127,12 @@ class Slice:
         proj = float((w * u).sum())
         vv = w - proj * u
         nv = float(vv.norm())
-        if nv <= 1e-9 * max(na, float(w.norm())):
-            raise MaxAffineError("x1, x2, x3 are collinear: they span no plane")
+        # rounding of the inputs themselves (e.g. a float32 midpoint) is not a plane
+        size = max(float(x.abs().max()) for x in (x1d, x2d, x3d))
+        if nv <= max(1e-9 * max(na, float(w.norm())), 64 * _eps(x1, x2, x3) * size):
+            raise MaxAffineError(
+                "x1, x2, x3 are collinear at the precision of their dtype "
+                f"({x1.dtype}): they span no plane")
         anchors = torch.tensor([[0.0, 0.0], [na, 0.0], [proj, nv]], dtype=torch.float64)
         if shape == "triangle":
             bounds = anchors.clone()
@@ -143,12 +157,28 @@ class Slice:
     def zoom(self, center: int | tuple[float, float], radius: float) -> Slice:
         """The same plane restricted to the square of half-width ``radius`` around
         ``center``: an anchor's index, or slice coordinates (s, t)."""
-        if isinstance(center, int):
+        if isinstance(radius, bool) or not isinstance(radius, int | float):
+            raise MaxAffineTypeError(f"radius must be a number, got {type(radius).__name__}")
+        if not (math.isfinite(radius) and radius > 0):
+            raise MaxAffineError(f"radius must be a positive finite number, got {radius!r}")
+        if isinstance(center, int) and not isinstance(center, bool):
+            if not -len(self.anchors) <= center < len(self.anchors):
+                raise MaxAffineError(
+                    f"center={center} is not an anchor of this slice: it has "
+                    f"{len(self.anchors)} anchor(s); pass an index below that or slice "
+                    "coordinates (s, t)")
             c = self.anchors[center]
         else:
-            c = torch.as_tensor(center, dtype=torch.float64)
-        if not radius > 0:
-            raise MaxAffineError(f"radius must be positive, got {radius}")
+            try:
+                c = torch.as_tensor(center, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise MaxAffineTypeError(
+                    f"center must be an anchor index or slice coordinates (s, t), got "
+                    f"{center!r}") from err
+            if c.shape != (2,) or not bool(torch.isfinite(c).all()):
+                raise MaxAffineError(
+                    f"center must be an anchor index or finite slice coordinates (s, t), got "
+                    f"{center!r}")
         sq = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]],
                           dtype=torch.float64)
         return Slice(self.origin, self.u, self.v, c + radius * sq, self.anchors)
@@ -170,6 +200,11 @@ def _shoelace(p: Tensor) -> float:
     p = p - p[:1]
     q = p.roll(-1, 0)
     return 0.5 * float((p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum())
+
+
+def _eps(*xs: Tensor) -> float:
+    """Machine epsilon of the least precise of the tensors' dtypes."""
+    return max(torch.finfo(x.dtype).eps for x in xs)
 
 
 def _as_slice(domain: Any, graph: SplineGraph) -> Slice:
@@ -206,7 +241,11 @@ class Partition:
     output's affine map ``f(s, t) = slopes @ (s, t) + offsets`` with ``slopes``
     (F, C, 2), ``offsets`` (F, C). ``decision_boundary`` (S, 2, 2) segments where
     the argmax class changes (or the scalar output is zero) with
-    ``boundary_classes`` (S, 2) and ``boundary_faces`` (S,), the face of each.
+    ``boundary_classes`` (S, 2) and ``boundary_faces`` (S,), the face of each,
+    computed on first use. ``tol``: the relative tolerance used; ``unresolved``
+    (F,) bools: faces that hold regions narrower than it (merged in; the face
+    carries its interior point's code and map), ``lost_regions`` how many such
+    regions were found (see :func:`partition_plane`).
     """
 
     domain: Slice
@@ -293,7 +332,16 @@ class Partition:
 
     def layer_boundaries(self, layer: int | str) -> Tensor:
         """Segments (S, 2, 2) of the edges created by ``layer`` (index or name)."""
-        i = layer if isinstance(layer, int) else self.unit_names.index(layer)
+        names = self.unit_names
+        if isinstance(layer, int) and not isinstance(layer, bool):
+            if not -len(names) <= layer < len(names):
+                raise MaxAffineError(f"layer {layer} out of range: the partition has "
+                                     f"{len(names)} nonlinearities {names}")
+            i = layer % len(names)
+        elif layer in names:
+            i = names.index(layer)
+        else:
+            raise MaxAffineError(f"no nonlinearity {layer!r}; the partition's are {names}")
         return self.vertices[self.edges[self.edge_layer == i]]
 
     def input_space_maps(self, faces: Tensor | None = None):
@@ -320,6 +368,9 @@ class Partition:
                 (self.decision_boundary[:, 1] - self.decision_boundary[:, 0]).norm(dim=1).sum()),
             "edges_per_layer": {n: int(per_layer[i + 1])
                                 for i, n in enumerate(self.unit_names)},
+            "tol": self.tol,
+            "unresolved_faces": int(self.unresolved.sum()),
+            "lost_regions": self.lost_regions,
             "seconds": self.seconds,
         }
 
@@ -349,14 +400,24 @@ class Partition:
         })
 
     def save(self, path: str | Path) -> None:
-        """Write JSON (``.json``) or all tensors (``.pt``)."""
+        """Write JSON (``.json``), all tensors with torch (``.pt``) or numpy arrays
+        (``.npz``, with the code layout as a JSON string)."""
         path = Path(path)
+        state = {k: v for k, v in self.__dict__.items()
+                 if isinstance(v, Tensor) and not k.startswith("_")}
         if path.suffix == ".json":
             path.write_text(self.to_json())
-        else:
-            state = {k: v for k, v in self.__dict__.items() if isinstance(v, Tensor)}
+        elif path.suffix == ".pt":
             state["code_layout"] = self.code_layout
             torch.save(state, path)
+        elif path.suffix == ".npz":
+            import numpy as np
+
+            np.savez_compressed(path, code_layout=json.dumps(self.code_layout),
+                                **{k: v.detach().numpy() for k, v in state.items()})
+        else:
+            raise MaxAffineError(f"save: unknown format {path.suffix!r} of {str(path)!r}; use "
+                                 ".json, .pt or .npz")
 
 
 @dataclass
@@ -489,7 +550,21 @@ def _graph_and_slice(model: nn.Module | SplineGraph, domain: Any, dtype: torch.d
             raise MaxAffineError(
                 "a bare polygon is a domain only for models with 2-D inputs; use "
                 "Slice.through(x1, x2, x3) or Slice(origin, u, v, bounds)") from err
-    return graph, _as_slice(domain, graph)
+    sl = _as_slice(domain, graph)
+    _refuse_batch(graph, sl.origin, "the slice's points (Slice.through's x1, x2, x3)")
+    return graph, sl
+
+
+def _refuse_batch(graph: SplineGraph, x: Tensor, what: str) -> None:
+    """A batch passed where single inputs are expected (``x[:1]`` instead of ``x[0]``)
+    shows as a per-sample input and output that share a leading axis the model
+    only broadcasts over (Linear layers on (N, d) rows)."""
+    ins, outs = graph.input_shape, graph.output_shape
+    if len(ins) >= 2 and len(outs) >= 2 and ins[0] == outs[0]:
+        raise MaxAffineError(
+            f"{what} have shape {tuple(x.shape)}, which the model treats as {ins[0]} "
+            f"separate rows (its output per point is {outs}): that looks like a batch. "
+            "Pass single inputs, e.g. x[0] rather than x[:1]")
 
 
 def _partition(graph: SplineGraph, sl: Slice, dtype: torch.dtype, rel_tol: float,
@@ -589,6 +664,10 @@ class _VertexValues:
         self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
         self._scale: Tensor | None = None  # per column of the last resume: max |value|
+        # the largest |value| of any earlier unit's inputs: values computed from them
+        # (interpolated, or through forward passes) are rounded to ~eps of it, however
+        # small their own range (e.g. after a clamp)
+        self.upstream = 0.0
         self.window_cols: Tensor | None = None  # max-pooling read in place: entry columns
         self.offset = 0  # where the live columns start
         self.output: Tensor | None = None
@@ -796,7 +875,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
     if isinstance(rule, ops.MaxPool) and n_ident:
         owner.fill_(n_units).scatter_reduce_(
             0, ident, torch.arange(n_units).repeat_interleave(per_line), reduce="amin")
-    start = 0
+    start, upstream = 0, 0.0
     while start < n_units:
         # recompute mode holds (vertices x columns) values: chunks of units sized to
         # a budget, ended early (at a multiple of 64 units, to keep the packed codes
@@ -807,7 +886,11 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         sel = torch.arange(start, min(n_units, start + chunk))
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
-        scale = values.scale()
+        own = values.scale()
+        # tolerances scale with each column's range, and at least with the values it
+        # was computed from (its rounding)
+        scale = own.clamp(min=values.upstream)
+        upstream = max(upstream, float(own.max()) if own.numel() else 0.0)
         lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
                           ident[start * per_line: (start + k) * per_line], values.window_cols)
         done, hit = _cut_lines(mesh, lines, limit, max_regions, unit.name, start, owner,
@@ -831,6 +914,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         mesh.add_payload(pack([code.to(torch.uint8 if pieces <= 256 else torch.int64)],
                               [unit.bits]))
         start += done
+    values.upstream = max(values.upstream, upstream)
     values.advance(index)
 
 
@@ -1103,7 +1187,6 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, local: Slice, shift: Tens
     keep = torch.nonzero(areas > 0).flatten()
     faces, sizes, payload = mesh.faces[keep], mesh.sizes[keep], mesh.payload[keep]
     areas = areas[keep]
-    flagged = torch.nonzero(payload[:, _FLAG]).flatten()
     codes = payload[:, _FLAG + 1:].contiguous()
     # only the vertices some face uses (max-pool merges weld and drop some)
     used = torch.zeros(mesh.nv, dtype=torch.bool)
@@ -1118,25 +1201,33 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, local: Slice, shift: Tens
     interior = torch.empty((faces.shape[0], 2), dtype=vertices.dtype)
     slopes = torch.empty((faces.shape[0], outputs.shape[1], 2), dtype=outputs.dtype)
     offsets = torch.empty((faces.shape[0], outputs.shape[1]), dtype=outputs.dtype)
+    # many outputs make these the largest buffers: the idle core faults them in
+    spread = torch.empty(faces.shape[0], dtype=vertices.dtype)
+    helper = _Prefault([(slopes, 0), (offsets, 0)], faces.shape[0])
     kern.face_fits(faces.contiguous().numpy(), sizes.contiguous().numpy(), vertices.numpy(),
-                   outputs.numpy(), interior.numpy(), slopes.numpy(), offsets.numpy())
+                   outputs.numpy(), interior.numpy(), slopes.numpy(), offsets.numpy(),
+                   spread.numpy())
+    helper.stop()
     corrected = torch.zeros(faces.shape[0], dtype=torch.bool)
-    if flagged.numel():
-        # a boundary passed within the tolerance of these faces' vertices: values
-        # interpolated across it may be off by up to the tolerance, so their codes
-        # and maps are those of a forward pass at their interior points
-        exact_codes, exact_slopes, exact_offsets = _exact_at(graph, local, interior[flagged])
-        out = torch.einsum("fcd,fd->fc", slopes[flagged], interior[flagged]) + offsets[flagged]
-        exact_out = torch.einsum("fcd,fd->fc", exact_slopes, interior[flagged]) + exact_offsets
+    # faces narrower than ~2^-22 of the domain: rounding of their vertices' positions
+    # and values (~eps of the domain) shows in a fitted slope across them
+    extent = float((vertices.max(0).values - vertices.min(0).values).max())
+    thin = spread < 2.0 ** -22 * extent
+    redo = torch.nonzero(thin | (payload[:, _FLAG] > 0)).flatten()
+    if redo.numel():
+        # where a boundary passed within the tolerance of a face's vertices, values
+        # interpolated across it may be off by up to the tolerance: the codes and
+        # maps of those faces (and the maps of thin ones) are those of a forward pass
+        # at their interior points
+        exact_codes, exact_slopes, exact_offsets = _exact_at(graph, local, interior[redo])
+        out = torch.einsum("fcd,fd->fc", slopes[redo], interior[redo]) + offsets[redo]
+        exact_out = torch.einsum("fcd,fd->fc", exact_slopes, interior[redo]) + exact_offsets
         scale = 1e-9 * (1.0 + float(outputs.abs().max()))
-        corrected[flagged] = ((exact_codes != codes[flagged]).any(1)
-                              | ((out - exact_out).abs().amax(1) > scale)
-                              | ((slopes[flagged] - exact_slopes).abs().amax((1, 2))
-                                 * float((vertices.max(0).values - vertices.min(0).values)
-                                         .max()) > scale))
-        codes[flagged] = exact_codes
-        slopes[flagged] = exact_slopes
-        offsets[flagged] = exact_offsets
+        corrected[redo] = ((exact_codes != codes[redo]).any(1)
+                           | ((out - exact_out).abs().amax(1) > scale)) & ~thin[redo]
+        codes[redo] = exact_codes
+        slopes[redo] = exact_slopes
+        offsets[redo] = exact_offsets
     lost, places = 0, None
     if check is not None:
         lost, places = _check_resolution(check, graph, local, rel_tol, vertices, faces, sizes,
@@ -1382,12 +1473,14 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
                              f"and {tuple(x1.shape)}")
     if bool((x0 == x1).all()):
         raise MaxAffineError("x0 and x1 are equal: the segment is a point")
+    rel_tol = _tolerance(tol, dtype)
     a, b = x0.to(dtype), x1.to(dtype)
     graph = _graph_in(model, a.unsqueeze(0), dtype)
     if tuple(a.shape) != graph.input_shape:
         raise MaxAffineError(f"x0 has shape {tuple(a.shape)}; the model takes single inputs "
                              f"of shape {graph.input_shape} (no batch dimension here)")
-    rel_tol = tol if tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+    _refuse_batch(graph, a, "x0 and x1")
+    _check_parameters(graph)
 
     def points(t: Tensor) -> Tensor:
         return a.unsqueeze(0) + t.reshape((-1,) + (1,) * a.dim()) * (b - a).unsqueeze(0)
