@@ -61,8 +61,8 @@ def test_products_reductions_and_tensor_bounds():
     with pytest.raises(ma.UnsupportedOperation) as info:
         ma.trace(Bad(), torch.randn(2, 3))
     text = str(info.value)
+    assert len(info.value.problems) == 3  # torch.max(x, dim) is traced (as amax), not refused
     assert "both factors depend on the input" in text
-    assert "reduction" in text
     assert "clamp (torch.clamp): parameter argument(s) ['min'] depend on the input" in text
     assert "truediv (truediv): argument(s) [1] depend on the input" in text
 
@@ -182,8 +182,7 @@ def test_tuple_outputs_and_several_inputs():
         def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
             return F.relu(x), x
 
-    with pytest.raises(ma.UnsupportedOperation, match="expected one tensor, got tuple"):
-        ma.trace(Pair(), torch.randn(2, 3))
+    assert ma.trace(Pair(), torch.randn(2, 3)).output_shape == (6,)  # outputs flattened
 
     class Two(nn.Module):
         def forward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -203,11 +202,13 @@ def test_in_place_activation_whose_result_is_dropped():
 
         def forward(self, x: Tensor) -> Tensor:
             h = self.lin(x)
-            h.relu_()  # the graph is functional: the mutation is invisible to it
+            h.relu_()  # traced out of place, later uses reading the result (eager semantics)
             return h
 
-    with pytest.raises(ma.MaxAffineError, match="does not reproduce"):
-        ma.trace(InPlace(), torch.randn(4, 3) * 3)
+    net, x = InPlace(), torch.randn(4, 3) * 3
+    graph = ma.trace(net, x)
+    assert len(graph.units) == 1
+    torch.testing.assert_close(graph(x), net(x))
 
 
 def test_max_pool_returning_indices():

@@ -261,7 +261,7 @@ def test_errors_name_the_culprit():
         ma.local_complexity(net, x, -1.0, 2)
     with pytest.raises(ma.MaxAffineError, match="n_directions"):
         ma.local_complexity(net, x, 0.1, 4)
-    with pytest.raises(ma.MaxAffineError, match="directions must be"):
+    with pytest.raises(ma.MaxAffineError, match=r"directions must have shape \(P, 3\)"):
         ma.local_complexity(net, x, 0.1, directions=torch.ones(2, 5))
     with pytest.raises(ma.MaxAffineError, match="same shape"):
         ma.region_density(net, x, x[:1])

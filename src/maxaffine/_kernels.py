@@ -901,10 +901,12 @@ def face_lines(faces, sizes, vals, pos, neg, level, tol, above, below, n_lines, 
                     if x > floor * tol[li]:
                         face_flag[f] = 1
                         vertex_flag[v] = 1
-            if others >= 2:
+            if others >= 2 and not filtered:
                 # three or more lines meet at v within the tolerance (counting the one
                 # it was made on): exactly (e.g. a bias-free net), or around regions
-                # below rounding itself; a window there tells (no face flagged)
+                # below rounding itself; a window there tells (no face flagged). Not
+                # for max-pool ties: an entry ties every dead (zero) entry of its
+                # window exactly where it dies
                 vertex_flag[v] = 1
         if not want:
             continue

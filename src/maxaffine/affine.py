@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .errors import MaxAffineError
-from .graph import SplineGraph, _check_tensor, as_graph, check_input
+from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import (
+    SplineGraph,
+    _check_tensor,
+    _flat_output,
+    _output_leaves,
+    as_graph,
+    check_input,
+    check_parameters,
+)
 
 Mode = Literal["auto", "forward", "reverse"]
 
@@ -40,6 +49,9 @@ class AffineMap:
     Axes: ``A`` is (N, C, *input_shape), ``B`` and ``output`` are (N, C), with C the
     flattened output size. ``exact`` is False for the local linearization of a
     model that is not piecewise affine (``affine_map(..., exact=False)``).
+    ``output_slices``: output name -> its rows of ``A`` (columns of ``B``); one
+    entry ``"output"`` for a model returning a tensor, one per tensor for a model
+    returning a dict / tuple / list (see :class:`~maxaffine.SplineGraph`).
     """
 
     A: Tensor
@@ -48,6 +60,7 @@ class AffineMap:
     output: Tensor
     exact: bool = True
     mode: str = "reverse"
+    output_slices: dict[str, slice] | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -59,17 +72,39 @@ class AffineMap:
         ``c``: an output index, a (N,) tensor of per-sample indices (e.g. labels),
         or None for each sample's predicted (argmax) output.
         """
-        n = self.A.shape[0]
+        n, num = self.A.shape[0], self.num_outputs
         if c is None:
+            if num == 0:
+                raise MaxAffineError("the model has no outputs (C=0): no templates")
             c = self.output.argmax(dim=1)
-        if isinstance(c, int):
-            if not -self.num_outputs <= c < self.num_outputs:
-                raise MaxAffineError(f"output index {c} out of range for C={self.num_outputs}")
-            return self.A[:, c]
-        c = torch.as_tensor(c, device=self.A.device).long()
+        if isinstance(c, numbers.Integral) and not isinstance(c, bool):
+            if not -num <= int(c) < num:
+                raise MaxAffineError(
+                    f"output index {c} out of range for C={num} outputs; pass an index in "
+                    f"[-{num}, {num}) or None for each sample's predicted output")
+            return self.A[:, int(c)]
+        if isinstance(c, bool) or not isinstance(c, Tensor | list | tuple):
+            raise MaxAffineTypeError(
+                f"c must be an int, a ({n},) tensor or list of ints, or None; got "
+                f"{type(c).__name__} {c!r}")
+        try:
+            c = torch.as_tensor(c, device=self.A.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise MaxAffineTypeError(f"c must hold integers: {err}") from err
+        if c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
+            raise MaxAffineTypeError(
+                f"per-sample indices must be integers, got dtype {c.dtype}: use c.long()")
         if c.shape != (n,):
-            raise MaxAffineError(f"per-sample indices must have shape ({n},), got {tuple(c.shape)}")
-        return self.A[torch.arange(n, device=self.A.device), c]
+            raise MaxAffineError(
+                f"per-sample indices must have shape ({n},) (one output index per "
+                f"sample), got {tuple(c.shape)}")
+        c = c.long()
+        if n and (int(c.min()) < -num or int(c.max()) >= num):
+            bad = c[(c < -num) | (c >= num)]
+            raise MaxAffineError(
+                f"per-sample output indices {bad.tolist()[:5]} out of range for C={num} "
+                f"outputs; indices must lie in [-{num}, {num})")
+        return self.A[torch.arange(n, device=self.A.device), c % max(1, num)]
 
     def reconstruct(self, x: Tensor | None = None) -> Tensor:
         """``A[x] x + B[x]`` (N, C); with another ``x``, the region's affine map extended."""
@@ -91,11 +126,16 @@ class AffineMap:
         return json.dumps({
             "exact": self.exact, "mode": self.mode, "A_shape": list(self.A.shape),
             "output": self.output.tolist(), "B": self.B.tolist(),
+            "output_slices": None if self.output_slices is None else {
+                k: [s.start, s.stop] for k, s in self.output_slices.items()},
         })
 
     def save(self, path: str | Path) -> None:
         """All tensors to a ``.pt`` file."""
-        torch.save({k: getattr(self, k) for k in ("A", "B", "x", "output", "exact", "mode")}, path)
+        state = {k: getattr(self, k) for k in ("A", "B", "x", "output", "exact", "mode")}
+        if self.output_slices is not None:  # as [start, stop] (torch.load's safe types)
+            state["output_slices"] = {k: [s.start, s.stop] for k, s in self.output_slices.items()}
+        torch.save(state, path)
 
 
 def affine_map(
@@ -108,7 +148,10 @@ def affine_map(
 ) -> AffineMap:
     """The per-input affine map ``f(x) = A[x] x + B[x]`` of a piecewise-affine model.
 
-    ``x``: batch (N, *input_shape).  ``mode``: ``"reverse"`` costs ~C vector-Jacobian
+    ``x``: batch (N, *input_shape); an empty batch gives empty maps.  A model
+    returning a dict / tuple / list of tensors has its outputs flattened per sample
+    and concatenated in order (C rows in all; ``output_slices`` names them).
+    ``mode``: ``"reverse"`` costs ~C vector-Jacobian
     products, ``"forward"`` ~D Jacobian-vector products; ``"auto"`` picks the cheaper.
     ``exact=False`` skips the spline graph and returns the local linearization
     (the Jacobian) of any differentiable model, labelled ``exact=False``.
@@ -122,10 +165,19 @@ def affine_map(
     >>> m.A.shape, m.B.shape
     (torch.Size([5, 2, 3]), torch.Size([5, 2]))
     """
+    if mode not in ("auto", "forward", "reverse"):
+        raise MaxAffineError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     found: dict[str, Tensor] = {}
     if exact:
         graph = as_graph(model, x)
         check_input(graph, x)
+        slices = graph.output_slices
+        if x.shape[0] == 0:  # an empty batch: empty maps of the right shapes
+            c = graph.num_outputs
+            return AffineMap(A=x.new_zeros((0, c, *x.shape[1:])), B=x.new_zeros((0, c)),
+                             x=x, output=x.new_zeros((0, c)), exact=True,
+                             mode="forward" if mode == "forward" else "reverse",
+                             output_slices=slices)
         if mode == "auto":
             mode = "forward" if graph.input_dim < graph.num_outputs else "reverse"
         keep = mode == "reverse"  # (forward mode evaluates fn inside function transforms)
@@ -139,7 +191,30 @@ def affine_map(
         if not isinstance(model, nn.Module | SplineGraph):
             raise MaxAffineError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_tensor(x, "x")
-        fn = model
+        if x.dim() < 2:
+            raise MaxAffineError(
+                f"x must be a batch (N, *input_shape); got shape {tuple(x.shape)}: add a "
+                "batch dimension with x.unsqueeze(0)")
+        check_parameters(model)
+        net = model
+        leaves: list[tuple[str, tuple[int, ...]]] = []
+
+        def fn(v: Tensor) -> Tensor:
+            # dict / tuple outputs: flattened per sample and concatenated, as traced
+            out = net(v)
+            if not leaves:
+                leaves.extend((name, tuple(t.shape[1:]))
+                              for name, t in _output_leaves(out, "model output"))
+            return _flat_output(out, v.shape[0])
+
+        if x.shape[0] == 0:
+            with torch.no_grad():
+                c = fn(x).shape[1]
+            return AffineMap(A=x.new_zeros((0, c, *x.shape[1:])), B=x.new_zeros((0, c)),
+                             x=x, output=x.new_zeros((0, c)), exact=False,
+                             mode="forward" if mode == "forward" else "reverse",
+                             output_slices=_slices(leaves) if not isinstance(
+                                 model, SplineGraph) else model.output_slices)
     c = graph.num_outputs if exact else None
     if exact and chunk_size is None:
         chunk_size = _chunk(graph, x.shape[0])
@@ -150,7 +225,17 @@ def affine_map(
         B = graph._run(torch.zeros_like(x), found, False).output.reshape(out.shape)
     else:
         B = out - _apply(A, x)
-    return AffineMap(A=A, B=B, x=x, output=out, exact=exact, mode=used)
+    return AffineMap(A=A, B=B, x=x, output=out, exact=exact, mode=used,
+                     output_slices=slices if exact else model.output_slices if isinstance(
+                         model, SplineGraph) else _slices(leaves))
+
+
+def _slices(leaves: list[tuple[str, tuple[int, ...]]]) -> dict[str, slice]:
+    out, at = {}, 0
+    for name, shape in leaves:
+        out[name] = slice(at, at + math.prod(shape))
+        at += math.prod(shape)
+    return out
 
 
 def _apply(A: Tensor, x: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ Images are channels-first floats in [0, 1]; MNIST-1D is (1, 40).
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import MaxAffineError
+from . import _arguments as arg
+from .errors import MaxAffineError, MaxAffineTypeError
+from .models import sizes
 
 DATASETS = ("mnist", "digits", "mnist1d", "moons", "circles", "blobs")
 
@@ -40,6 +43,10 @@ class Dataset:
 
     def subset(self, train: int | None = None, test: int | None = None) -> Dataset:
         """The first ``train`` training and ``test`` test samples (None: all)."""
+        if train is not None:
+            train = arg.integer(train, "train", minimum=0, meaning="training samples kept")
+        if test is not None:
+            test = arg.integer(test, "test", minimum=0, meaning="test samples kept")
         return Dataset(self.name, self.x_train[:train], self.y_train[:train],
                        self.x_test[:test], self.y_test[:test], self.num_classes)
 
@@ -50,6 +57,12 @@ class Dataset:
 
 def load_dataset(name: str = "mnist", *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """Load a built-in dataset (see module docstring) with a stratified split."""
+    if not isinstance(name, str):
+        raise MaxAffineTypeError(f"name must be a dataset name, one of {DATASETS}, got "
+                                 f"{type(name).__name__} {name!r}")
+    seed = arg.integer(seed, "seed", minimum=0)
+    test_fraction = arg.number(test_fraction, "test_fraction", minimum=0.0, maximum=1.0,
+                               strict=True)
     name = name.lower()
     if name == "mnist":
         try:
@@ -95,6 +108,12 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.2,
     ``y_test``), ``.pt`` (a dict with the same keys) or ``.csv`` (numeric, label in
     the last column, optional header). Without a test split one is drawn.
     ``input_shape`` reshapes flat rows (e.g. ``(1, 28, 28)``)."""
+    if not isinstance(path, str | Path):
+        raise MaxAffineTypeError(f"path must be a file path (str or Path), got "
+                                 f"{type(path).__name__}")
+    seed = arg.integer(seed, "seed", minimum=0)
+    if input_shape is not None:
+        input_shape = sizes(input_shape, "input_shape")
     path = Path(path)
     if not path.exists():
         raise MaxAffineError(f"dataset file {path} does not exist")
@@ -112,7 +131,13 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.2,
         raise MaxAffineError(f"{path}: needs arrays 'x' and 'y', found {sorted(arrays)}")
 
     def shape(x: np.ndarray) -> np.ndarray:
-        return x.reshape((len(x), *input_shape)) if input_shape else x
+        if not input_shape:
+            return x
+        if x.ndim == 0 or math.prod(x.shape[1:]) != math.prod(input_shape):
+            raise MaxAffineError(f"{path}: rows of shape {tuple(x.shape[1:])} cannot be "
+                                 f"reshaped to input_shape {input_shape}: pass an input_shape "
+                                 f"with {math.prod(x.shape[1:]) if x.ndim else 1} entries")
+        return x.reshape((len(x), *input_shape))
 
     x, y = shape(arrays["x"]), arrays["y"]
     if len(x) != len(y):
@@ -126,6 +151,8 @@ def load_file(path: str | Path, *, seed: int = 0, test_fraction: float = 0.2,
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
+    if not rows:
+        raise MaxAffineError(f"{path}: the file has no rows")
     try:
         float(rows[0][0])
     except ValueError:
@@ -134,7 +161,7 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
         data = np.asarray(rows, dtype=np.float64)
     except ValueError as err:
         raise MaxAffineError(f"{path}: non-numeric value ({err})") from None
-    if data.ndim != 2 or data.shape[1] < 2:
+    if data.ndim != 2 or data.shape[1] < 2 or len(data) == 0:
         raise MaxAffineError(f"{path}: need at least one feature column and a label column")
     return {"x": data[:, :-1], "y": data[:, -1]}
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import _arguments as arg
 from .affine import affine_map
 from .datasets import Dataset, load_dataset
-from .experiments import markdown_to_html, save_figure
+from .errors import MaxAffineError, MaxAffineTypeError
+from .experiments import markdown_to_html, output_dir_problem, save_figure
 from .experiments.beta_vq import demo_section as beta_vq_section
 from .experiments.orthogonality import demo_section as orthogonality_section
 from .experiments.sparse_coding import demo_section as sparse_coding_section
@@ -154,9 +156,17 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [models_section, affine_secti
 
 def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seed: int = 0,
              progress: bool = True) -> Path:
-    """Train the demo models and write ``out/report.md`` and ``out/report.html``."""
+    """Train the demo models and write ``out/report.md`` and ``out/report.html``
+    (``out`` is a directory, created if missing)."""
     t0 = time.perf_counter()
+    if not isinstance(out, str | Path):
+        raise MaxAffineTypeError(f"out must be a directory path (str or Path), got "
+                                 f"{type(out).__name__}")
+    seed = arg.integer(seed, "seed", minimum=0)
     out = Path(out)
+    problem = output_dir_problem(out)
+    if problem is not None:
+        raise MaxAffineError(f"out: {problem}; pass a directory for the report")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     data = load_dataset("mnist", seed=seed)

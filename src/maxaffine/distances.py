@@ -19,15 +19,16 @@ than one tile of it with :func:`vq_knn`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import MaxAffineError
-from .graph import SplineGraph
-from .vq import Codes, codes
+from . import _arguments as arg
+from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import SplineGraph, check_input
+from .vq import Codes, codes_of, evaluate_codes, graph_for, mismatch
 
 _TILE = 16  # query rows per popcount tile (the tile's (rows, M) words stay in cache)
 _LUT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -44,8 +45,9 @@ def vq_distance(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
     (default all). ``weights``: one non-negative weight per chosen layer (or a dict
     name -> weight); the combined distance is ``sum_l w_l d_l / sum_l w_l``, equal
     weights by default. Returns float32 (N, M) in [0, 1], or with
-    ``per_layer=True`` the per-layer distances (L, N, M).
+    ``per_layer=True`` the per-layer distances (L, N, M); N or M may be 0.
     """
+    per_layer = arg.flag(per_layer, "per_layer")
     cx, cy, idx, w = _prepare(model, x, y, layers, weights)
     qx, qy = _words(cx, idx), _words(cy, idx)
     shape = (len(idx), len(cx), len(cy)) if per_layer else (len(cx), len(cy))
@@ -68,19 +70,30 @@ def vq_knn(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
     Same arguments as :func:`vq_distance`; ``y=None`` retrieves within ``x`` and then
     skips each query itself (``exclude_self``, default True exactly then).
     Returns ``(distances (N, k) float32, indices (N, k) int64)`` sorted by distance,
-    ties broken by the lower index. Only ``chunk_size`` rows of distances are held
-    at a time.
+    ties broken by the lower index (N = 0 queries: empty results). Only
+    ``chunk_size`` rows of distances are held at a time.
     """
-    if k < 1:
-        raise MaxAffineError(f"k must be >= 1, got {k}")
+    k = arg.integer(k, "k", minimum=1, meaning="neighbours per query")
+    chunk_size = arg.integer(chunk_size, "chunk_size", minimum=1,
+                             meaning="query rows per chunk of distances")
+    if exclude_self is not None:
+        exclude_self = arg.flag(exclude_self, "exclude_self")
     same = y is None
     cx, cy, idx, w = _prepare(model, x, y, layers, weights)
     skip = same if exclude_self is None else exclude_self
     if skip and len(cx) != len(cy):
-        raise MaxAffineError("exclude_self needs the same samples as queries and references")
+        raise MaxAffineError(f"exclude_self=True skips each query's own index, so it needs "
+                             f"the same samples as queries and references, got {len(cx)} "
+                             f"queries and {len(cy)} references: pass exclude_self=False")
+    if len(cx) == 0:
+        return torch.empty((0, k), dtype=torch.float32), torch.empty((0, k), dtype=torch.int64)
     available = len(cy) - (1 if skip else 0)
     if k > available:
-        raise MaxAffineError(f"k={k} but only {available} references")
+        held = "y has" if not same else "x has"
+        raise MaxAffineError(f"k={k} neighbours asked but only {available} references exist "
+                             f"({held} {len(cy)} samples"
+                             + (", each query itself excluded" if skip else "")
+                             + f"): pass k <= {available} or more references")
     qx, qy = _words(cx, idx), _words(cy, idx)
     dists = torch.empty((len(cx), k), dtype=torch.float32)
     found = torch.empty((len(cx), k), dtype=torch.int64)
@@ -100,43 +113,62 @@ def vq_knn(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
 # ------------------------------------------------------------------- internals
 
 
-def _as_codes(model: nn.Module | SplineGraph | None, v: Tensor | Codes, what: str) -> Codes:
+def _as_codes(graph: SplineGraph | None, v: Tensor | Codes, what: str) -> Codes:
     if isinstance(v, Codes):
         return v
-    if not isinstance(v, Tensor):
-        raise MaxAffineError(f"{what} must be an input batch (Tensor) or maxaffine.Codes, got "
-                             f"{type(v).__name__}")
-    if model is None:
-        raise MaxAffineError(f"{what} is an input batch: pass the model to compute its codes")
-    return codes(model, v)
+    if graph is None:
+        raise MaxAffineError(f"{what} is an input batch: pass the model to compute its codes "
+                             "(or pass maxaffine.codes(model, ...) as x and y)")
+    check_input(graph, v, what)
+    return codes_of(graph, evaluate_codes(graph, v), v.shape[0])
 
 
 def _prepare(model, x, y, layers, weights) -> tuple[Codes, Codes, list[int], np.ndarray]:
-    cx = _as_codes(model, x, "x")
-    cy = cx if y is None else _as_codes(model, y, "y")
-    if cx.names != cy.names or cx.bits_per_unit != cy.bits_per_unit or (
-            cx.num_units != cy.num_units):
-        raise MaxAffineError(f"x and y have codes of different models: layers {cx.names} "
-                             f"and {cy.names}")
+    for what, v in (("x", x), ("y", y)):
+        if not isinstance(v, Tensor | Codes) and not (what == "y" and v is None):
+            raise MaxAffineTypeError(f"{what} must be an input batch (torch.Tensor) or "
+                                     f"maxaffine.Codes, got {type(v).__name__}")
+    graph = None
+    batches = [v for v in (x, y) if isinstance(v, Tensor)]
+    if model is not None and batches:  # traced once, on a non-empty batch if there is one
+        chosen = max(batches, key=len)
+        graph = graph_for(model, chosen, "x" if chosen is x else "y")
+    elif model is not None and not isinstance(model, nn.Module | SplineGraph):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module, a maxaffine.SplineGraph "
+                                 f"or None (x and y given as Codes), got {type(model).__name__}")
+    cx = _as_codes(graph, x, "x")
+    cy = cx if y is None else _as_codes(graph, y, "y")
+    why = mismatch(cx, cy)
+    if why is not None:
+        raise MaxAffineError(f"x and y must be codes of one model on inputs of one shape, but "
+                             f"{why}")
     if not cx.names:
-        raise MaxAffineError("the model has no nonlinearity: every input has the same code")
+        raise MaxAffineError("the model has no nonlinearity: every input has the same code, "
+                             "so the VQ distance is undefined")
     idx = cx._layers(layers)
     if not idx:
-        raise MaxAffineError("layers is empty")
+        raise MaxAffineError(f"layers=[] selects no layer: pass None for all layers, or some "
+                             f"of {cx.names}")
     if weights is None:
         w = np.ones(len(idx))
     elif isinstance(weights, Mapping):
         unknown = [k for k in weights if k not in cx.names]
         if unknown:
-            raise MaxAffineError(f"weights for unknown layers {unknown}; layers are {cx.names}")
-        w = np.array([float(weights.get(cx.names[i], 0.0)) for i in idx])
+            raise MaxAffineError(f"weights for unknown layers {unknown}: the layers are "
+                                 f"{cx.names}")
+        w = np.array([arg.number(weights.get(cx.names[i], 0.0), f"weights[{cx.names[i]!r}]")
+                      for i in idx])
     else:
-        w = np.asarray([float(v) for v in weights])
+        if isinstance(weights, str | bytes) or not isinstance(weights, Iterable):
+            raise MaxAffineTypeError(f"weights must be one number per layer or a dict name -> "
+                                     f"number, got {type(weights).__name__} {weights!r}")
+        w = np.asarray([arg.number(v, f"weights[{i}]") for i, v in enumerate(weights)])
         if w.shape != (len(idx),):
             raise MaxAffineError(f"{len(w)} weights for {len(idx)} layers "
-                                 f"{[cx.names[i] for i in idx]}")
-    if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
-        raise MaxAffineError(f"weights must be finite, non-negative, not all zero: {w.tolist()}")
+                                 f"{[cx.names[i] for i in idx]}: pass one weight per layer")
+    if (w < 0).any() or w.sum() <= 0:
+        raise MaxAffineError(f"weights must be non-negative and not all zero, got "
+                             f"{w.tolist()}")
     return cx, cy, idx, w / w.sum()
 
 

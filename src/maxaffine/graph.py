@@ -12,11 +12,20 @@ Each nonlinearity computes its VQ code and then evaluates the *selected piece*
 (``ops.Nonlinearity.piece``); pass ``codes=`` to freeze some or all codes, which
 turns the network into the single affine map of that region extended to all
 of input space (Balestriero & Baraniuk 2018, Thm. 1: ``f(x) = A[x] x + B[x]``).
+
+Before binding rules, tracing rewrites the torch.fx graph (:func:`_rewrite`):
+in-place ops become out-of-place ones whose results later users read (eager
+semantics), and ``torch.max(x, dim)`` / min forms become ``amax`` window maxima.
+Models returning a dict / tuple / list of tensors are traced with their outputs
+flattened (:attr:`SplineGraph.output_slices`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +35,7 @@ from torch import Tensor, nn
 from torch.fx.node import map_arg
 
 from . import ops
-from .errors import MaxAffineError, UnsupportedOperation
+from .errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -87,11 +96,19 @@ class _Step:
 
 @dataclass
 class Evaluation:
-    """What one pass of :meth:`SplineGraph.evaluate` returns.
+    """What one pass of :meth:`SplineGraph.evaluate` returns (N samples).
 
-    ``output``: f(x); ``codes``: name -> code tensor (N, *code_shape);
-    ``inputs``: name -> the nonlinearity's tensor inputs (pre-activations),
-    only when ``record=True``.
+    * ``output``: f(x), shape (N, *output_shape) -- for a model returning a dict,
+      tuple, list or namedtuple of tensors, the (N, C) concatenation of its
+      per-sample flattened outputs (:attr:`SplineGraph.output_slices` names the
+      columns; :meth:`SplineGraph.split_output` gives them back by name).
+    * ``codes``: unit name -> code tensor (N, *code_shape), integer (uint8 when
+      the unit has <= 256 pieces, else int64), in graph order: the selected piece
+      of every unit (the frozen code where ``codes=`` was given).
+    * ``inputs``: unit name -> the nonlinearity's tensor inputs, each (N, *shape):
+      the pre-activations (``torch.maximum(a, b)``: both ``a`` and ``b``; a min
+      over axes: ``-x``, as it is traced as ``-amax(-x)``); filled only with
+      ``record=True``, else empty.
     """
 
     output: Tensor
@@ -106,6 +123,14 @@ class SplineGraph:
     Attributes: ``units`` (the nonlinearities in topological order),
     ``input_shape`` / ``output_shape`` (per sample), ``num_outputs`` (C, the
     flattened output size), ``model`` (the traced module).
+
+    Structured outputs: a model returning a dict / tuple / list / namedtuple of
+    tensors (nested too) is traced with its outputs flattened: each leaf is
+    flattened per sample and the leaves are concatenated in the structure's order
+    (dict insertion order, tuple order, depth first); ``output_shape`` is then
+    (C,), ``output_names`` the leaves' names (dict keys, tuple indices, namedtuple
+    fields; nested ones joined by ``.``) and ``output_slices`` maps each name to
+    its columns of the output (rows of ``affine_map(...).A``).
     """
 
     model: nn.Module
@@ -115,6 +140,9 @@ class SplineGraph:
     _gm: fx.GraphModule = field(repr=False)
     _steps: tuple[_Step, ...] = field(repr=False)
     _shapes: dict = field(repr=False, default_factory=dict)  # node -> (shape, dtype)
+    # output leaves (name, per-sample shape); structured: not a single tensor
+    _outputs: tuple[tuple[str, tuple[int, ...]], ...] = field(repr=False, default=())
+    _structured: bool = field(repr=False, default=False)
 
     @property
     def num_outputs(self) -> int:
@@ -127,6 +155,38 @@ class SplineGraph:
     @property
     def unit_names(self) -> tuple[str, ...]:
         return tuple(u.name for u in self.units)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the model's output tensors: ``("output",)`` for a single tensor,
+        else the leaves of the returned structure (dict keys, tuple indices, ...)."""
+        return tuple(name for name, _ in self._outputs)
+
+    @property
+    def output_slices(self) -> dict[str, slice]:
+        """Output name -> its columns of the flattened output (N, C) (rows of A)."""
+        out, at = {}, 0
+        for name, shape in self._outputs:
+            out[name] = slice(at, at + math.prod(shape))
+            at += math.prod(shape)
+        return out
+
+    def split_output(self, t: Tensor, dim: int = 1) -> dict[str, Tensor]:
+        """Split axis ``dim`` (of size C, the flattened output) of ``t`` into the
+        model's named outputs, each reshaped to its per-sample shape: e.g.
+        ``split_output(evaluation.output)`` -> name -> (N, *shape),
+        ``split_output(amap.A)`` -> name -> (N, *shape, *input_shape)."""
+        dim = dim % t.dim()
+        if t.shape[dim] != self.num_outputs:
+            raise MaxAffineError(
+                f"axis {dim} of a tensor of shape {tuple(t.shape)} has size "
+                f"{t.shape[dim]}, not the flattened output size C={self.num_outputs}; "
+                "pass the axis that holds the outputs as dim=")
+        out = {}
+        for (name, shape), s in zip(self._outputs, self.output_slices.values(), strict=True):
+            part = t.narrow(dim, s.start, s.stop - s.start)
+            out[name] = part.unflatten(dim, shape) if shape else part.squeeze(dim)
+        return out
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -201,7 +261,7 @@ class SplineGraph:
             args = map_arg(node.args, lookup)
             kwargs = map_arg(node.kwargs, lookup)
             if step.kind == "output":
-                out = args[0]
+                out = _flat_output(args[0], batch) if self._structured else args[0]
             elif step.kind == "call":
                 env[node] = _plain_call(self._gm, node, args, kwargs)
             elif step.kind == "affine":
@@ -269,14 +329,25 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
     """Trace ``model`` into a :class:`SplineGraph` (plan once, evaluate many times).
 
     ``example_input`` is a batch (N, *input_shape) used to resolve shapes and to
-    check that the traced graph reproduces ``model``.  Raises
-    :class:`~maxaffine.UnsupportedOperation` listing every operation that is not
-    affine or piecewise-affine, with its module path.
+    check that the traced graph reproduces ``model`` (an empty batch (0, ...)
+    works: a zero sample of that shape stands in). Raises
+    :class:`~maxaffine.UnsupportedOperation` listing every operation that cannot
+    be traced, with its module path and why (not affine or piecewise-affine, or
+    affine / piecewise-affine but not supported yet), and
+    :class:`~maxaffine.MaxAffineError` for NaN / inf parameters.
+
+    In-place operations (``x.add_(y)``, ``x.relu_()``, ``nn.ReLU(inplace=True)``)
+    are traced as their out-of-place forms, later uses of the modified tensor
+    reading the result (as in eager PyTorch); one that modifies a tensor another
+    value still in use shares memory with (a view) is refused. ``torch.max(x, dim)``
+    / ``x.max(dim)`` (values only) are traced as ``torch.amax``; min and ``amin`` as
+    ``-amax(-x)``.
     """
     if isinstance(model, SplineGraph):
         return model
     if not isinstance(model, nn.Module):
-        raise MaxAffineError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise MaxAffineTypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_tensor(example_input, "example_input")
     if example_input.dim() < 2:
         raise MaxAffineError(
@@ -284,39 +355,62 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
             f"{tuple(example_input.shape)}: add a batch dimension with x.unsqueeze(0)"
         )
     _check_dtype(model, example_input, "example_input")
+    check_parameters(model)
     tracer = _Tracer()
+    own = set(vars(model))
     try:
-        fx_graph = tracer.trace(model)
-    except Exception as err:  # torch.fx raises several types for untraceable code
-        raise UnsupportedOperation(
-            f"{type(model).__name__}.forward cannot be traced symbolically "
-            f"({type(err).__name__}: {err}). Data-dependent Python control flow "
-            "(if/for on tensor values, .item(), len(x)) is not a fixed spline; make it "
-            "depend only on shapes or module attributes"
-        ) from err
-    gm = fx.GraphModule(tracer.root, fx_graph)
+        try:
+            fx_graph = tracer.trace(model)
+        except Exception as err:  # torch.fx raises several types for untraceable code
+            raise UnsupportedOperation(
+                f"{type(model).__name__}.forward cannot be traced symbolically "
+                f"({type(err).__name__}: {err}). Data-dependent Python control flow "
+                "(if/for on tensor values, .item(), len(x)) is not a fixed spline; make it "
+                "depend only on shapes or module attributes"
+            ) from err
+        gm = fx.GraphModule(tracer.root, fx_graph)  # copies the constants it reads
+    finally:
+        # torch.fx stores tensors created in forward (torch.tensor(...)) on the root
+        # module as _tensor_constant<i>: take them off the user's model again
+        for name in set(vars(model)) - own:
+            delattr(model, name)
     placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise MaxAffineError(
             f"model.forward must take exactly one tensor input, it takes "
             f"{[n.target for n in placeholders]}"
         )
-    example = example_input[:2].detach()
+    problems, mutates, reported = _rewrite(gm)
+    # a copy: in-place ops of the model (run eagerly below) must not touch the user's
+    # tensor; an empty batch is stood in for by one zero sample of its shape
+    example = (example_input[:2].detach().clone() if example_input.shape[0] else
+               example_input.new_zeros((1, *example_input.shape[1:])))
     with torch.no_grad():
-        steps, units, output, shapes = _bind(gm, example)
-    if not isinstance(output, Tensor):
-        raise UnsupportedOperation(
-            f"model output: expected one tensor, got {type(output).__name__}; "
-            "wrap the model to return a single tensor"
-        )
+        steps, units, output, shapes = _bind(gm, example, problems, mutates, reported)
+    leaves = _output_leaves(output, "model output")
+    for name, leaf in leaves:
+        if not leaf.is_floating_point():
+            raise MaxAffineError(
+                f"model output {name!r} has dtype {leaf.dtype}; spline maps need "
+                "floating-point outputs: drop it (argmax indices, masks) or wrap the model")
+        if leaf.dim() == 0 or leaf.shape[0] != example.shape[0]:
+            raise MaxAffineError(
+                f"model output {name!r} has shape {tuple(leaf.shape)}, without the batch "
+                f"axis of the input ({example.shape[0]} samples): every output tensor "
+                "must be per sample, (N, ...); drop it or wrap the model")
+    structured = not isinstance(output, Tensor)
+    outputs = tuple((name, tuple(leaf.shape[1:])) for name, leaf in leaves)
     graph = SplineGraph(
         model=model,
         input_shape=tuple(example.shape[1:]),
-        output_shape=tuple(output.shape[1:]),
+        output_shape=((sum(math.prod(s) for _, s in outputs),) if structured
+                      else tuple(output.shape[1:])),
         units=tuple(units),
         _gm=gm,
         _steps=tuple(steps),
         _shapes=shapes,
+        _outputs=outputs,
+        _structured=structured,
     )
     _check_faithful(graph, model, example)
     return graph
@@ -357,17 +451,237 @@ def _is_metadata(node: fx.Node) -> bool:
     )
 
 
-def _bind(gm: fx.GraphModule, example: Tensor
+# ----------------------------------------------------------------- graph rewrites
+
+_AUGMENTED = {operator.iadd: operator.add, operator.isub: operator.sub,
+              operator.imul: operator.mul, operator.itruediv: operator.truediv,
+              operator.imatmul: operator.matmul}
+
+
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    return ops.describe_target(node.target)
+
+
+def _has_inplace_flag(target: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether a call passes ``inplace=True`` (``F.relu(x, inplace=True)``, also
+    positionally)."""
+    if kwargs.get("inplace") is True:
+        return True
+    try:
+        bound = inspect.signature(target).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):  # builtins without a signature, or no match
+        return False
+    return bound.arguments.get("inplace") is True
+
+
+def _mutated_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The node whose tensor ``node`` modifies in place (its first argument), if any:
+    methods and functions named ``*_`` (``x.add_``, ``torch.relu_``), augmented
+    assignment functions (``operator.iadd``), ``inplace=True`` calls and modules."""
+    if node.op == "call_method":
+        name = node.target
+        inplace = name.endswith("_") and not name.startswith("_")
+    elif node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        inplace = (node.target in _AUGMENTED
+                   or (name.endswith("_") and not name.startswith("_"))
+                   or _has_inplace_flag(node.target, node.args, node.kwargs))
+    elif node.op == "call_module":
+        inplace = getattr(gm.get_submodule(node.target), "inplace", False) is True
+    else:
+        return None
+    first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+    return first if inplace and isinstance(first, fx.Node) else None
+
+
+def _out_of_place(node: fx.Node) -> None:
+    """Point an in-place method / function with no rule of its own at its registered
+    out-of-place form (``add_`` -> ``add``; ``operator.iadd`` -> ``operator.add``)."""
+    if ops.lookup(node.target) is not None:
+        return  # e.g. relu_: its rule computes out of place
+    if node.op == "call_method" and ops.lookup(node.target[:-1]) is not None:
+        node.target = node.target[:-1]
+    elif node.op == "call_function":
+        if node.target in _AUGMENTED:
+            node.target = _AUGMENTED[node.target]
+            return
+        name = getattr(node.target, "__name__", "")
+        for namespace in (torch, torch.nn.functional):
+            if getattr(namespace, name, None) is node.target:
+                plain = getattr(namespace, name[:-1], None)
+                if plain is not None and ops.lookup(plain) is not None:
+                    node.target = plain
+                return
+
+
+def _is_namedtuple(target: Any) -> bool:
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def _max_reduction(node: fx.Node) -> tuple[Any, Any, Any, bool] | None:
+    """``(input, dim, keepdim, is_min)`` of ``torch.max(x, dim)`` / ``x.min(dim)`` /
+    ``torch.amin(x, dim)`` (dim a constant), else None."""
+    fn = node.op == "call_function"
+    method = node.op == "call_method"
+    if not ((fn and node.target in (torch.max, torch.min, torch.amin))
+            or (method and node.target in ("max", "min", "amin"))):
+        return None
+    args, kwargs = node.args, node.kwargs
+    x = args[0] if args else kwargs.get("input")
+    amin = node.target in (torch.amin, "amin")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", () if amin else None)
+    if "other" in kwargs or dim is None or isinstance(dim, fx.Node | bool):
+        return None
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    return x, dim, keepdim, node.target in (torch.min, "min", torch.amin, "amin")
+
+
+def _values_users(node: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
+    """Users of a ``(values, indices)`` result: those reading the values
+    (``[0]``, ``.values``), and any other (reading the indices, or the pair)."""
+    values, other = [], []
+    for user in node.users:
+        item = user.args[1] if user.op == "call_function" and len(user.args) > 1 else None
+        if ((user.target is operator.getitem and item == 0)
+                or (user.target is getattr and item == "values")):
+            values.append(user)
+        elif ((user.target is operator.getitem and item == 1)
+              or (user.target is getattr and item == "indices")) and not user.users:
+            values.append(user)  # dead code (v, _ = x.max(1)): dropped with the rest
+        else:
+            other.append(user)
+    return values, other
+
+
+def _rewrite(gm: fx.GraphModule) -> tuple[list[str], dict[fx.Node, fx.Node], set[fx.Node]]:
+    """Rewrite the traced graph into registered ops, in place; returns the problems
+    found, per in-place node the node whose tensor it modifies, and the nodes
+    already reported (not to be bound to a rule).
+
+    * In-place ops: later users of the modified tensor read the op's result (eager
+      PyTorch's semantics), and the op runs out of place.
+    * ``torch.max(x, dim)`` / ``x.max(dim)`` whose values only are used become
+      ``torch.amax(x, dim, keepdim)``; min / amin become ``-amax(-x)``, so their
+      unit is a window max of ``-x`` (code: the first argmin).
+    """
+    graph = gm.graph
+    problems: list[str] = []
+    mutates: dict[fx.Node, fx.Node] = {}
+    reported: set[fx.Node] = set()
+    for node in list(graph.nodes):
+        if _is_namedtuple(node.target) and node.op == "call_function" and all(
+                u.op == "output" for u in node.users):
+            # ``return Heads(a, b)`` is recorded as a call: make it part of the output
+            packed = node.target(*node.args, **node.kwargs)
+            for user in list(node.users):
+                user.args = map_arg(user.args,
+                                    lambda n, p=packed, old=node: p if n is old else n)
+            graph.erase_node(node)
+            continue
+        reduction = _max_reduction(node)
+        if reduction is not None:
+            found = _rewrite_max(gm, node, *reduction)
+            if found:
+                problems.extend(found)
+                reported.add(node)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        target = _mutated_input(gm, node)
+        if target is None:
+            continue
+        mutates[node] = target
+        _out_of_place(node)
+        for user in list(target.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(target, node)
+    gm.recompile()
+    return problems, mutates, reported
+
+
+def _rewrite_max(gm: fx.GraphModule, node: fx.Node, x: Any, dim: Any, keepdim: Any,
+                 is_min: bool) -> list[str]:
+    graph = gm.graph
+    amin = node.target in (torch.amin, "amin")
+    if amin:
+        readers, others = [], []
+    else:
+        readers, others = _values_users(node)
+    if others:
+        return [f"{_name(node)} ({_describe(gm, node)}): the indices of torch.max / "
+                "torch.min over a dim are used, and indices are not a piecewise-affine "
+                "function of the input; use the values only (x.max(dim).values or "
+                "torch.amax): the argmax is the unit's VQ code, read it with "
+                "maxaffine.codes"]
+    node.op, node.target, node.kwargs = "call_function", torch.amax, {}
+    node.args = (x, dim, keepdim)
+    result = node
+    if is_min:
+        with graph.inserting_before(node):
+            negated = graph.call_function(torch.neg, (x,))
+        with graph.inserting_after(node):
+            result = graph.call_function(torch.neg, (node,))
+        for new in (negated, result):
+            new.meta = dict(node.meta)
+        node.args = (negated, dim, keepdim)
+        if amin:
+            node.replace_all_uses_with(result, delete_user_cb=lambda u: u is not result)
+    for user in readers:
+        user.replace_all_uses_with(result)
+        graph.erase_node(user)
+    return []
+
+
+def _unsupported(problems: list[str]) -> UnsupportedOperation:
+    err = UnsupportedOperation(problems)
+    lines = "\n".join(f"  - {p}" for p in problems)
+    err.args = (
+        f"{len(problems)} operation(s) cannot be traced into a max-affine spline:\n"
+        f"{lines}\nReplace them with supported ops (see maxaffine.supported_ops()), or "
+        "pass exact=False to affine_map where a local linearization is acceptable.",)
+    return err
+
+
+def _aliased(node: fx.Node, target: fx.Node, values: dict[fx.Node, Any],
+             order: dict[fx.Node, int]) -> fx.Node | None:
+    """A node other than ``target`` whose value shares memory with ``target``'s and is
+    read after ``node`` (which modifies ``target`` in place), if any."""
+    value = values.get(target)
+    if not isinstance(value, Tensor) or value.numel() == 0:
+        return None
+    ptr = value.untyped_storage().data_ptr()
+    for other, v in values.items():
+        if (other is not target and isinstance(v, Tensor) and v.numel()
+                and v.untyped_storage().data_ptr() == ptr
+                and any(order[u] > order[node] for u in other.users)):
+            return other
+    return None
+
+
+def _bind(gm: fx.GraphModule, example: Tensor, problems: list[str],
+          mutates: dict[fx.Node, fx.Node], reported: set[fx.Node]
           ) -> tuple[list[_Step], list[Unit], Any, dict[fx.Node, tuple]]:
-    """Propagate the example, mark input-dependent nodes, bind a rule to each."""
+    """Propagate the example, mark input-dependent nodes, bind a rule to each.
+    ``problems``: found so far (by :func:`_rewrite`), about the nodes ``reported``;
+    ``mutates``: in-place node -> the node whose tensor it modifies."""
     values: dict[fx.Node, Any] = {}
     dependent: set[fx.Node] = set()
     steps: list[_Step] = []
     units: list[Unit] = []
-    problems: list[str] = []
     taken: set[str] = set()
     output: Any = None
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in gm.graph.nodes:
+        if node in mutates:
+            shared = _aliased(node, mutates[node], values, order)
+            if shared is not None:
+                problems.append(
+                    f"{_name(node)} ({_describe(gm, node)}): modifies in place a tensor "
+                    f"that {_name(shared)} shares memory with (a view of it, or the same "
+                    "tensor) and that is used later; the traced graph computes out of "
+                    "place, so write this op out of place (x.relu() instead of x.relu_(), "
+                    "y = x + 1 instead of x += 1, inplace=False)")
         if node.op == "placeholder":
             values[node] = example
             dependent.add(node)
@@ -390,6 +704,9 @@ def _bind(gm: fx.GraphModule, example: Tensor
             steps.append(_Step(node, "call"))
             continue
         dependent.add(node)
+        if node in reported:  # refused already: only keep shapes propagating
+            values[node] = _shadow_call(gm, node, args, kwargs)
+            continue
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         target = type(module) if module is not None else node.target
         name = _name(node)
@@ -401,11 +718,16 @@ def _bind(gm: fx.GraphModule, example: Tensor
         rule_cls = _rule_for_module(module) if module is not None else ops.lookup(target)
         rule: ops.Rule | None = None
         if rule_cls is None:
-            problems.append(
-                f"{site.name} ({ops.describe_target(target)}): not affine or "
-                "piecewise-affine (smooth nonlinearities, normalisations with input "
-                "statistics and products of activations are not MASOs)"
-            )
+            if _is_namedtuple(target):
+                why = ("a namedtuple built in forward() and used before it is returned; "
+                       "build it in the return statement only")
+            elif target is getattr:
+                why = (f"reading attribute .{node.args[1]} of an input-dependent tensor is "
+                       "not supported (only shape / dtype / device); use an explicit op, "
+                       "e.g. x.transpose(-2, -1) instead of x.mT")
+            else:
+                why = ops.refusal(target)
+            problems.append(f"{site.name} ({ops.describe_target(target)}): {why}")
         else:
             try:
                 rule = rule_cls(site)
@@ -421,11 +743,11 @@ def _bind(gm: fx.GraphModule, example: Tensor
             try:
                 values[node] = _shadow_call(gm, node, args, kwargs)
             except Exception:
-                raise UnsupportedOperation(problems) from err
+                raise _unsupported(problems) from err
             continue
         except Exception as err:  # shapes or dtypes that do not fit the model
             if problems:
-                raise UnsupportedOperation(problems) from err
+                raise _unsupported(problems) from err
             raise MaxAffineError(
                 f"{site.name} ({ops.describe_target(target)}) fails on the example input "
                 f"of shape {tuple(example.shape)} and dtype {example.dtype} "
@@ -437,7 +759,7 @@ def _bind(gm: fx.GraphModule, example: Tensor
             units.append(Unit(site.name, type(rule).__name__, rule,
                               tuple(values[node].shape[1:]), rule.num_pieces))
     if problems:
-        raise UnsupportedOperation(problems)
+        raise _unsupported(problems)
     shapes = {n: (tuple(v.shape[1:]), v.dtype) for n, v in values.items()
               if n in dependent and isinstance(v, Tensor) and v.dim() > 0}
     return steps, units, output, shapes
@@ -481,10 +803,53 @@ def _shadow_call(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -
     return torch.func.functional_call(module, state, args, kwargs)
 
 
+def _output_leaves(out: Any, what: str, prefix: str = "") -> list[tuple[str, Tensor]]:
+    """The tensors of a model output, named, in order: a tensor is ``"output"``; a
+    dict / tuple / list / namedtuple is walked depth first (dict insertion order),
+    leaves named by their keys / indices / fields joined with ``.``."""
+    if isinstance(out, Tensor):
+        return [(prefix or "output", out)]
+    if isinstance(out, Mapping):
+        items = [(str(k), v) for k, v in out.items()]
+    elif isinstance(out, tuple) and hasattr(out, "_fields"):
+        items = list(zip(out._fields, out, strict=True))
+    elif isinstance(out, tuple | list):
+        items = [(str(i), v) for i, v in enumerate(out)]
+    else:
+        raise MaxAffineError(
+            f"{what}{' ' + repr(prefix) if prefix else ''} is of type "
+            f"{type(out).__name__}, not a tensor: the model must return a tensor or a "
+            "dict / tuple / list of tensors; drop the other values (or wrap the model)")
+    if not items:
+        raise MaxAffineError(f"{what} {prefix!r} is an empty {type(out).__name__}: return "
+                             "at least one tensor")
+    found: list[tuple[str, Tensor]] = []
+    for key, value in items:
+        found.extend(_output_leaves(value, what, f"{prefix}.{key}" if prefix else key))
+    return found
+
+
+def _flat_output(out: Any, batch: int) -> Tensor:
+    """A structured model output as one (N, C) tensor: the leaves of
+    :func:`_output_leaves`, each flattened per sample, concatenated."""
+    leaves = [t.reshape(batch, math.prod(t.shape[1:]))
+              for _, t in _output_leaves(out, "model output")]
+    return leaves[0] if len(leaves) == 1 else torch.cat(leaves, 1)
+
+
 def _check_faithful(graph: SplineGraph, model: nn.Module, example: Tensor) -> None:
     """The graph must reproduce the model, and treat samples independently."""
     with torch.no_grad():
-        expected = model(example)
+        # a copy: an in-place op on the model's input must not change the example
+        expected = model(example.clone())
+        if graph._structured:
+            names = tuple(name for name, _ in _output_leaves(expected, "model output"))
+            if names != graph.output_names:
+                raise MaxAffineError(
+                    f"the model's outputs {names} differ from the traced ones "
+                    f"{graph.output_names}; forward must return the same structure on "
+                    "every call")
+            expected = _flat_output(expected, example.shape[0])
         got = graph._run(example, None, False).output
         gen = torch.Generator(device=example.device).manual_seed(0)  # no global RNG use
         noise = torch.randn(example[:1].shape, generator=gen, dtype=example.dtype,
@@ -492,14 +857,16 @@ def _check_faithful(graph: SplineGraph, model: nn.Module, example: Tensor) -> No
         other = example[:1] * 0.5 + noise * (float(example.abs().max()) + 1.0)
         pair = graph._run(torch.cat([example[:1], other]), None, False).output
         alone = graph._run(other, None, False).output
-    scale = float(expected.abs().max()) + 1.0
+    scale = float(expected.abs().max()) + 1.0 if expected.numel() else 1.0
     tol = 1e-4 * scale if expected.dtype != torch.float64 else 1e-9 * scale
     if got.shape != expected.shape or float((got - expected).abs().max()) > tol:
         raise MaxAffineError(
             "the traced graph does not reproduce model(example_input); the model may "
-            "mutate tensors in place or depend on state torch.fx cannot see"
+            "mutate tensors in place in a way tracing cannot follow (item assignment, "
+            "x += y on an alias) or depend on state torch.fx cannot see"
         )
-    if float((pair[:1] - got[:1]).abs().max()) > tol or float((pair[1:] - alone).abs().max()) > tol:
+    if got.numel() and (float((pair[:1] - got[:1]).abs().max()) > tol
+                        or float((pair[1:] - alone).abs().max()) > tol):
         raise UnsupportedOperation(
             "model output for one sample depends on the other samples of the batch "
             "(batch statistics?); per-sample affine maps require independent samples"
@@ -525,8 +892,45 @@ def _check_tensor(x: Any, what: str) -> None:
         raise MaxAffineError(f"{what} contains {n_nan} NaN and {n_inf} infinite value(s)")
 
 
+def check_parameters(model: nn.Module | SplineGraph) -> None:
+    """Raise :class:`~maxaffine.MaxAffineError` naming every floating-point parameter or
+    buffer of ``model`` (or of a graph's model, and the tensor constants its trace
+    reads) that holds NaN or infinite values, with their counts: such a model's
+    outputs and affine maps are NaN. Cheap: a finite sum proves a tensor finite."""
+    graph = model if isinstance(model, SplineGraph) else None
+    module = graph.model if graph is not None else model
+    if not isinstance(module, nn.Module):
+        raise MaxAffineTypeError(
+            f"model must be a torch.nn.Module, got {type(module).__name__}")
+    named: list[tuple[str, str, Any]] = [
+        *(("parameter", k, v) for k, v in module.named_parameters()),
+        *(("buffer", k, v) for k, v in module.named_buffers())]
+    if graph is not None:
+        named += [("constant", str(st.node.target), _fetch_attr(graph._gm, st.node.target))
+                  for st in graph._steps if st.kind == "attr"]
+    seen: set[int] = set()
+    bad = []
+    for kind, name, t in named:
+        if not isinstance(t, Tensor) or not t.is_floating_point() or id(t) in seen:
+            continue
+        seen.add(id(t))
+        if math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all()):
+            continue
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        bad.append(f"{kind} {name!r} {tuple(t.shape)}: {n_nan} NaN and {n_inf} infinite "
+                   "value(s)")
+    if bad:
+        raise MaxAffineError(
+            f"{type(module).__name__} has non-finite {'values' if len(bad) > 1 else 'value'}"
+            f" in {len(bad)} tensor(s), so its outputs and affine maps would be NaN:\n"
+            + "\n".join(f"  - {b}" for b in bad)
+            + "\nreload or reinitialise those tensors (a diverged training run? lower "
+            "the learning rate or clip gradients)")
+
+
 def check_input(graph: SplineGraph, x: Tensor, what: str = "x") -> None:
-    """Clear errors for inputs the graph cannot take (shape, dtype, NaN/inf)."""
+    """Clear errors for inputs the graph cannot take (shape, dtype, NaN/inf), and for
+    non-finite parameters (:func:`check_parameters`)."""
     _check_tensor(x, what)
     shape = tuple(x.shape)
     if shape[1:] != graph.input_shape:
@@ -538,6 +942,7 @@ def check_input(graph: SplineGraph, x: Tensor, what: str = "x") -> None:
             f"{', '.join(map(str, graph.input_shape))}){hint}"
         )
     _check_dtype(graph.model, x, what)
+    check_parameters(graph)
 
 
 def _check_dtype(model: nn.Module, x: Tensor, what: str) -> None:

@@ -40,7 +40,15 @@ from torch import Tensor, nn
 
 from . import ops
 from .errors import MaxAffineError, UnsupportedOperation
-from .graph import SplineGraph, _check_tensor, _name, _rule_for_module, _Tracer, as_graph
+from .graph import (
+    SplineGraph,
+    _check_tensor,
+    _name,
+    _rule_for_module,
+    _Tracer,
+    as_graph,
+    check_parameters,
+)
 from .nn import betavq
 from .nn.betavq import BETA_MODULES, BetaVQ, BetaVQPool1d, BetaVQPool2d
 
@@ -66,10 +74,16 @@ def _rule_pieces(rule: ops.Nonlinearity, name: str,
     if isinstance(rule, ops.Abs):
         return betavq.unit_pieces(u, "abs"), None
     if isinstance(rule, ops.MaxPool):
-        if rule.ceil_mode:
-            raise MaxAffineError(f"{name}: max-pooling with ceil_mode=True has no "
-                                 "vq_posterior yet; use ceil_mode=False")
-        return betavq.window_pieces(u, rule.kernel, rule.stride, rule.padding, rule.dilation)
+        # every window max (max-pooling with any options, adaptive pooling, amax) by its
+        # window table: pieces row-major as the code; padding / absent entries invalid
+        table, padded, out = rule._table(tuple(u.shape[1:]))
+        table = table.to(u.device)
+        pieces = u.reshape(u.shape[0], -1)[:, table.clamp(min=0)]
+        shape = (u.shape[0], *out, table.shape[1])
+        if not padded:
+            return pieces.reshape(shape), None
+        valid = (table >= 0).reshape(1, *out, table.shape[1])
+        return pieces.masked_fill(~valid.reshape(1, *table.shape), 0.0).reshape(shape), valid
     if isinstance(rule, ops.Minimum):  # min(a, b) = -max(-a, -b): log-odds (-a, -b)
         return torch.stack(torch.broadcast_tensors(-inputs[0], -inputs[1]), -1), None
     if isinstance(rule, ops.Maximum):
@@ -127,6 +141,7 @@ def vq_posterior(model: nn.Module | SplineGraph, x: Tensor, layer: str | None = 
     _check_tensor(x, "x")
     if not isinstance(model, SplineGraph) and any(
             isinstance(m, BETA_MODULES) for m in model.modules()):
+        check_parameters(model)
         return _posterior_by_hooks(model, x, layer, beta)
     graph = as_graph(model, x)
     ev = graph.evaluate(x, record=True)

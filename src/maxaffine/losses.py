@@ -26,13 +26,15 @@ ICLR 2019).  For a hard constraint see
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .errors import MaxAffineError
-from .graph import SplineGraph, _check_tensor
+from . import _arguments as arg
+from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import SplineGraph, _check_dtype, _check_tensor
 
 Classes = Sequence[int] | Tensor | None
 
@@ -91,10 +93,17 @@ def template_orthogonality(
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     >>> p = template_orthogonality(net, torch.randn(8, 4))
     >>> p.backward()  # gradients w.r.t. the weights
+
+    An empty batch raises: the penalty is a mean over the batch's samples.
     """
-    if samples is not None and (not isinstance(samples, int) or samples < 1):
-        raise MaxAffineError(f"samples must be a positive int or None, got {samples!r}")
-    n = _batch_size(x)
+    if samples is not None:
+        samples = arg.integer(samples, "samples", minimum=1,
+                              meaning="inputs drawn from the batch, or None for all")
+    normalize = arg.flag(normalize, "normalize")
+    n = _batch_size(model, x)
+    if n == 0:
+        raise MaxAffineError("x is an empty batch (0 samples), and the penalty is a mean over "
+                             "the batch's samples: skip the penalty for an empty batch")
     rows = None
     if samples is not None and samples < n:
         rows = torch.randperm(n, device=x.device)[:samples]
@@ -108,20 +117,67 @@ def template_gram(
     """Per-sample Gram matrices of the templates, ``G[n, a, c] = <A_a[x_n], A_c[x_n]>``,
     shape (N, k, k) with k the number of classes selected (see
     :func:`template_orthogonality` for ``classes`` and the training-mode rules);
-    ``normalize=True`` gives cosines. Differentiable w.r.t. the parameters."""
-    _batch_size(x)
+    ``normalize=True`` gives cosines. Differentiable w.r.t. the parameters.
+    An empty batch gives an empty (0, k, k)."""
+    normalize = arg.flag(normalize, "normalize")
+    if _batch_size(model, x) == 0:
+        sets = _class_sets(classes, 0, x.device)
+        k = _num_outputs(_module(model), x) if sets is None else sets.shape[-1]
+        return x.new_zeros((0, k, k))
     gram = _gram(model, x, classes, None)
     return _cosines(gram) if normalize else gram
 
 
-def _batch_size(x: Tensor) -> int:
+def _module(model: nn.Module | SplineGraph) -> nn.Module:
+    if isinstance(model, SplineGraph):
+        return model.model
+    if not isinstance(model, nn.Module):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module or a maxaffine.SplineGraph, "
+                                 f"got {type(model).__name__}")
+    return model
+
+
+def _batch_size(model: nn.Module | SplineGraph, x: Tensor) -> int:
+    module = _module(model)
+    if not isinstance(x, Tensor):
+        raise MaxAffineTypeError(f"x must be a torch.Tensor batch (N, *input_shape), got "
+                                 f"{type(x).__name__}")
     _check_tensor(x, "x")
     if x.dim() < 2:
         raise MaxAffineError(
             f"x must be a batch (N, *input_shape); got shape {tuple(x.shape)}: "
             "add a batch dimension with x.unsqueeze(0)"
         )
+    _check_dtype(module, x, "x")
     return x.shape[0]
+
+
+def _forward(model: nn.Module, v: Tensor) -> Tensor:
+    """``model(v)``, with a shape error of the model's own layers named as such."""
+    try:
+        out = model(v)
+    except RuntimeError as err:
+        raise MaxAffineError(f"the model fails on x of shape {tuple(v.shape)} ({err}): pass a "
+                             "batch of the model's input shape (N, *input_shape)") from err
+    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != v.shape[0]:
+        got = (f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else
+               type(out).__name__)
+        raise MaxAffineError(f"the model must map x (N, *input_shape) to one tensor (N, C), "
+                             f"got {got} for x of shape {tuple(v.shape)}")
+    return out
+
+
+def _num_outputs(model: nn.Module, x: Tensor) -> int:
+    """C, from one eval-mode pass of the (empty) batch ``x``; flags restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _forward(model, x)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return math.prod(out.shape[1:])
 
 
 def _gram(model: nn.Module | SplineGraph, x: Tensor, classes: Classes,
@@ -135,10 +191,7 @@ def _templates(model: nn.Module | SplineGraph, x: Tensor, classes: Classes,
                rows: Tensor | None) -> Tensor:
     """Templates (n, k, D) of the selected classes: one batched forward, then k
     vector-Jacobian products vmapped over one-hot cotangents of shape (k, n, C)."""
-    if isinstance(model, SplineGraph):
-        model = model.model
-    if not isinstance(model, nn.Module):
-        raise MaxAffineError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = _module(model)
     sets = _class_sets(classes, x.shape[0], x.device)
     xs = x if rows is None else x[rows]
     if sets is not None and sets.dim() == 2 and rows is not None:
@@ -147,7 +200,7 @@ def _templates(model: nn.Module | SplineGraph, x: Tensor, classes: Classes,
     with _batch_statistics_frozen(model, x):
 
         def fn(v: Tensor) -> Tensor:
-            return model(v).reshape(n, -1)
+            return _forward(model, v).reshape(n, -1)
 
         out, vjp_fn = torch.func.vjp(fn, xs)
         c = out.shape[1]
@@ -156,7 +209,8 @@ def _templates(model: nn.Module | SplineGraph, x: Tensor, classes: Classes,
         else:
             if int(sets.max()) >= c:
                 raise MaxAffineError(
-                    f"classes contains index {int(sets.max())} but the model has C={c} outputs"
+                    f"classes contains index {int(sets.max())} but the model has C={c} "
+                    f"outputs: class indices must be in [0, {c - 1}]"
                 )
             sets = sets.expand(n, -1) if sets.dim() == 1 else sets
             cot = nn.functional.one_hot(sets.T, c).to(out.dtype)  # (k, n, C)
@@ -168,9 +222,17 @@ def _class_sets(classes: Classes, n: int, device: torch.device) -> Tensor | None
     """None, or the selected class indices as a (k,) or (n, k) long tensor (validated)."""
     if classes is None:
         return None
-    t = torch.as_tensor(classes, device=device)
+    try:
+        if isinstance(classes, str | bytes):
+            raise TypeError
+        t = torch.as_tensor(classes, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise MaxAffineTypeError(f"classes must be integer class indices (a list, a (k,) or "
+                                 f"(N, k) tensor) or None, got {type(classes).__name__} "
+                                 f"{classes!r}") from None
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise MaxAffineError(f"classes must hold integer class indices, got dtype {t.dtype}")
+        raise MaxAffineTypeError(f"classes must hold integer class indices, got dtype "
+                                 f"{t.dtype}: use .long()")
     t = t.long()
     if t.dim() not in (1, 2) or (t.dim() == 2 and t.shape[0] != n):
         raise MaxAffineError(
@@ -225,7 +287,7 @@ def _batch_statistics_frozen(model: nn.Module, x: Tensor) -> Iterator[None]:
     model.eval()
     try:
         if norms:
-            model(x)
+            _forward(model, x)
             recording = False
         yield
     finally:
@@ -263,12 +325,15 @@ def weight_orthogonality(weight: Tensor, *, normalize: bool = False) -> Tensor:
     tensor(0.)
     """
     if not isinstance(weight, Tensor):
-        raise MaxAffineError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        raise MaxAffineTypeError(f"weight must be a torch.Tensor (out, *fan_in), e.g. "
+                                 f"layer.weight, got {type(weight).__name__}")
     if weight.dim() < 2 or not weight.is_floating_point():
         raise MaxAffineError(
             f"weight must be a floating (out, *fan_in) tensor, got shape "
-            f"{tuple(weight.shape)} and dtype {weight.dtype}"
+            f"{tuple(weight.shape)} and dtype {weight.dtype}: pass a layer's weight matrix "
+            "(.float() for integer tensors)"
         )
+    normalize = arg.flag(normalize, "normalize")
     w = weight.flatten(1)
     return _off_diagonal_squares(w @ w.T, normalize)
 
@@ -287,6 +352,7 @@ def filter_orthogonality(layer: nn.Module, *, normalize: bool = False) -> Tensor
     >>> filter_orthogonality(torch.nn.Conv2d(1, 4, 3)) > 0
     tensor(True)
     """
+    normalize = arg.flag(normalize, "normalize")
     if isinstance(layer, nn.Linear):
         return weight_orthogonality(layer.weight, normalize=normalize)
     if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
@@ -294,7 +360,7 @@ def filter_orthogonality(layer: nn.Module, *, normalize: bool = False) -> Tensor
         g = layer.groups
         w = w.reshape(g, w.shape[0] // g, -1)
         return _off_diagonal_squares(w @ w.transpose(1, 2), normalize).sum()
-    raise MaxAffineError(
+    raise MaxAffineTypeError(
         f"filter_orthogonality takes an nn.Linear or nn.Conv1d/2d/3d, got "
         f"{type(layer).__name__}; for a bare weight tensor use weight_orthogonality"
     )

@@ -13,6 +13,13 @@ Every op of a traced model falls in one of two families:
   ``piece`` with the code held constant, autograd differentiates exactly the
   selected piece, so Jacobians follow our code convention even at ties.
 
+Window maxima (:class:`MaxPool`: max-pooling, adaptive max-pooling, ``amax``) are
+nonlinearities defined by a window table, one unit per output entry and one piece
+per window entry; ``torch.max(x, dim)`` and the min forms reach them through the
+trace-time rewrites of :mod:`maxaffine.graph`. Ops with no rule are refused with a
+reason (:func:`refusal`): not affine or piecewise-affine, or affine /
+piecewise-affine but not supported yet.
+
 Adding an op costs one small class and one :func:`register_op` line.
 """
 
@@ -28,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UnsupportedOperation
+from .errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,24 @@ class ShapedLike(Affine):
     linear_args = frozenset({0, 1, "other"})
 
 
+class Where(Affine):
+    """``torch.where(condition, a, b)``: affine in ``a`` and ``b`` jointly when the
+    condition does not depend on the input (a constant mask)."""
+
+    linear_args = frozenset({1, 2, "input", "other"})
+
+    def __init__(self, site: Site):
+        super().__init__(site)
+        if len(site.args) + len(site.kwargs) < 3:
+            raise site.unsupported("torch.where(condition) returns indices, not values")
+
+
+class WhereMethod(Where):
+    """``a.where(condition, b)``."""
+
+    linear_args = frozenset({0, 2, "other"})
+
+
 # --------------------------------------------------------------------- nonlinearities
 
 
@@ -229,13 +254,15 @@ class Nonlinearity(Rule):
     kind = "nonlinearity"
     num_pieces: ClassVar[int] = 2
     linear_args: ClassVar[frozenset[int | str]] = frozenset({0, "input"})
+    dependent_hint: ClassVar[str] = ""  # appended to the refusal of such arguments
 
     def __init__(self, site: Site):
         super().__init__(site)
         bad = [i for i, d in enumerate(site.dependent) if d and i not in self.linear_args]
         bad += [k for k in site.dependent_kwargs if k not in self.linear_args]
         if bad:
-            raise site.unsupported(f"parameter argument(s) {bad} depend on the input")
+            raise site.unsupported(f"parameter argument(s) {bad} depend on the input"
+                                   + self.dependent_hint)
 
     @property
     def bits(self) -> int:
@@ -340,6 +367,8 @@ class Hardtanh(Elementwise):
     """
 
     num_pieces = 3
+    dependent_hint = (": clamp with an input-dependent bound is piecewise-affine but not "
+                      "implemented yet; write torch.minimum(torch.maximum(x, lo), hi)")
 
     def __init__(self, site: Site):
         super().__init__(site)
@@ -350,10 +379,16 @@ class Hardtanh(Elementwise):
             lo, hi = 0.0, 6.0
         elif t in (F.hardtanh,):
             lo, hi = site.param(1, "min_val", -1.0), site.param(2, "max_val", 1.0)
+        elif t in (torch.clamp_min, "clamp_min"):
+            lo, hi = site.param(1, "min", None), None
+        elif t in (torch.clamp_max, "clamp_max"):
+            lo, hi = None, site.param(1, "max", None)
         else:  # clamp(input, min=None, max=None)
             lo, hi = site.param(1, "min", None), site.param(2, "max", None)
         if isinstance(lo, Tensor) or isinstance(hi, Tensor):
-            raise site.unsupported("clamp with tensor bounds; use scalar bounds")
+            raise site.unsupported(
+                "clamp with tensor bounds is piecewise-affine but not implemented yet: "
+                "write torch.minimum(torch.maximum(x, lo), hi), or use scalar bounds")
         self.lo = -math.inf if lo is None else float(lo)
         self.hi = math.inf if hi is None else float(hi)
 
@@ -366,12 +401,143 @@ class Hardtanh(Elementwise):
         return torch.where(code == 1, z, torch.where(code == 0, lo, hi))
 
 
-class MaxPool(Nonlinearity):
-    """Max-pooling: one unit per (channel, window), one piece per window entry.
+class Hardsigmoid(Elementwise):
+    """``relu6(z + 3) / 6``: pieces {0, z / 6 + 1/2, 1}; codes 0 (z <= -3), 1, 2 (z > 3)."""
 
-    The code is the argmax's offset inside its window, row-major over the kernel
-    (ties to the first entry, as ``F.max_poolNd``); ``piece`` gathers that entry.
+    num_pieces = 3
+
+    def breakpoints(self) -> tuple[float, ...]:
+        return (-3.0, 3.0)
+
+    def piece(self, code: Tensor, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.where(code == 1, z / 6 + 0.5, (code == 2).to(z.dtype))
+
+
+class Softshrink(Elementwise):
+    """Soft thresholding ``sign(z) max(|z| - l, 0)``: pieces {z + l, 0, z - l}; codes
+    0 (z <= -l), 1, 2 (z > l)."""
+
+    num_pieces = 3
+
+    def __init__(self, site: Site):
+        super().__init__(site)
+        m = site.module
+        lambd = m.lambd if m is not None else site.param(1, "lambd", 0.5)
+        if isinstance(lambd, Tensor) or float(lambd) < 0:
+            raise site.unsupported(f"lambd={lambd!r}: softshrink needs a number >= 0")
+        self.lambd = float(lambd)
+
+    def breakpoints(self) -> tuple[float, ...]:
+        return (-self.lambd, self.lambd)
+
+    def piece(self, code: Tensor, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.where(code == 0, z + self.lambd,
+                           torch.where(code == 2, z - self.lambd, torch.zeros_like(z)))
+
+
+class MaxPool(Nonlinearity):
+    """A max over windows of input entries ("window max"): max-pooling, adaptive
+    max-pooling, and max-reductions over axes (``torch.amax``, ``x.max(dim)``).
+
+    One unit per output entry, one piece per entry of its window. Everything is
+    defined by :meth:`window_index`, a (units, pieces) table of flat indices into
+    one sample's input (-1: padding, or an entry a shorter window lacks; never
+    selected): units row-major over the output's per-sample shape, pieces in
+    each subclass's documented order. The code is the position of the window's
+    maximum in that order (ties to the first, as torch's own max ops); ``piece``
+    gathers that entry. Subclasses implement ``window_index``, ``_out_shape``
+    and ``_values`` (the maximum with a native op) and may override ``select`` /
+    ``piece`` with faster native equivalents.
     """
+
+    def window_index(self, in_shape: tuple[int, ...]) -> Tensor:
+        raise NotImplementedError
+
+    def _out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _values(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _table(self, in_shape: tuple[int, ...]) -> tuple[Tensor, bool, tuple[int, ...]]:
+        """Window table (:meth:`window_index`), whether it has padding, and the
+        output's per-sample shape, per input shape (cached)."""
+        tables = self.__dict__.setdefault("_tables", {})
+        if in_shape not in tables:
+            table = self.window_index(in_shape)
+            tables[in_shape] = (table, bool((table < 0).any()), self._out_shape(in_shape))
+        return tables[in_shape]
+
+    def _code_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.num_pieces <= 256 else torch.int64
+
+    def select(self, x: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        # generic: gather every window, take its max (the first of equal maxima);
+        # the max's derivative selects the entry at the returned index, as the code
+        table, padded, out = self._table(tuple(x.shape[1:]))
+        n = x.shape[0]
+        vals = x.reshape(n, -1)[:, table.clamp(min=0).to(x.device)]
+        if padded:
+            vals = vals.masked_fill((table < 0).to(x.device), -math.inf)
+        best, code = vals.max(-1)
+        return code.to(self._code_dtype()).reshape(n, *out), best.reshape(n, *out)
+
+    def code(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return self.select(x)[0]
+
+    def piece(self, code: Tensor, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        table, _, out = self._table(tuple(x.shape[1:]))
+        n = x.shape[0]
+        table = table.to(x.device)
+        entry = table[torch.arange(table.shape[0], device=x.device), code.reshape(n, -1).long()]
+        return x.reshape(n, -1).gather(1, entry).reshape(n, *out)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        # values only: the maximum does not depend on how ties are broken
+        if (x.dtype == torch.float64 and x.device.type == "cpu" and x.numel() >= 1 << 16
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            # many samples in float64 (e.g. the vertices of a plane partition):
+            # native float64 max-pooling is several times slower than a compiled gather
+            from . import _kernels as kern
+
+            table, padded, out_shape = self._table(tuple(x.shape[1:]))
+            out = torch.empty((x.shape[0], table.shape[0]), dtype=x.dtype)
+            kern.window_max(x.reshape(x.shape[0], -1).contiguous().numpy(), table.numpy(),
+                            padded, out.numpy())
+            return out.reshape(x.shape[0], *out_shape)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.select(x)[1]  # differentiated: the code's piece
+        return self._values(x)
+
+
+def _window_table(lead: int, sizes: tuple[int, ...], coords: list[Tensor],
+                  valid: list[Tensor]) -> Tensor:
+    """(lead * prod(out), prod(k)) flat indices into a (lead, *sizes) sample of the
+    windows with per-axis input coordinates ``coords[a]`` (out_a, k_a), present
+    where ``valid[a]`` (else -1); units row-major over (lead, *out), pieces
+    row-major over the window's axes."""
+    d = len(sizes)
+    flat = torch.zeros((), dtype=torch.int64)
+    ok = torch.ones((), dtype=torch.bool)
+    for a in range(d):
+        shape = [1] * (2 * d)
+        shape[a], shape[d + a] = coords[a].shape
+        flat = flat * sizes[a] + coords[a].reshape(shape)
+        ok = ok & valid[a].reshape(shape)
+    outs = tuple(c.shape[0] for c in coords)
+    ks = tuple(c.shape[1] for c in coords)
+    units, pieces = math.prod(outs), math.prod(ks)
+    flat = flat.expand(outs + ks).reshape(1, units, pieces)
+    ok = ok.expand(outs + ks).reshape(1, units, pieces)
+    base = torch.arange(lead).reshape(-1, 1, 1) * math.prod(sizes)
+    return torch.where(ok, flat + base, -1).reshape(lead * units, pieces)
+
+
+class KernelMaxPool(MaxPool):
+    """Max-pooling with a fixed kernel (``nn.MaxPool1d/2d/3d``, ``F.max_poolNd``):
+    one unit per (channel, window). The code is the argmax's offset inside its
+    window, row-major over the kernel (ties to the first entry, as
+    ``F.max_poolNd``); ``piece`` gathers that entry."""
 
     spatial_dims: ClassVar[int]
 
@@ -402,9 +568,21 @@ class MaxPool(Nonlinearity):
         self.ceil_mode = bool(ceil)
         self.num_pieces = math.prod(self.kernel)  # type: ignore[misc]
 
+    _POOLS: ClassVar[dict[int, Any]] = {
+        1: F.max_pool1d_with_indices, 2: F.max_pool2d_with_indices,
+        3: F.max_pool3d_with_indices}
+
     def _pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        pool = F.max_pool1d_with_indices if self.spatial_dims == 1 else F.max_pool2d_with_indices
+        pool = self._POOLS[self.spatial_dims]
         return pool(x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode, True)
+
+    def _values(self, x: Tensor) -> Tensor:
+        return self._pool(x)[0]
+
+    def _out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        d = self.spatial_dims
+        out = self._pool(torch.zeros((1, 1, *in_shape[-d:])))[1].shape[2:]
+        return (*in_shape[:-d], *out)
 
     def _grid(self, out_shape: torch.Size, device: torch.device) -> list[Tensor]:
         """Per spatial axis, the input coordinate of each output window's origin."""
@@ -417,28 +595,19 @@ class MaxPool(Nonlinearity):
         return grids
 
     def window_index(self, in_shape: tuple[int, ...]) -> Tensor:
-        """(units, pieces) flat indices into one sample's input (C, *spatial) of every
-        window entry; units row-major over (C, *out_spatial), pieces row-major over
-        the kernel (the code convention); -1 marks padding (never selected)."""
+        """(units, pieces) flat indices into one sample's input (*lead, *spatial) of
+        every window entry; units row-major over (*lead, *out_spatial), pieces
+        row-major over the kernel (the code convention); -1 marks padding."""
         d = self.spatial_dims
-        channels, sizes = in_shape[0], tuple(in_shape[-d:])
-        _, idx = self._pool(torch.zeros((1, 1, *sizes)))
-        out_sizes = tuple(idx.shape[-d:])
-        flat = torch.zeros((), dtype=torch.int64)
-        valid = torch.ones((), dtype=torch.bool)
+        sizes = tuple(in_shape[-d:])
+        out = self._out_shape(in_shape)[-d:]
+        coords, valid = [], []
         for a in range(d):
-            shape_o, shape_k = [1] * (2 * d), [1] * (2 * d)
-            shape_o[a], shape_k[d + a] = out_sizes[a], self.kernel[a]
-            origin = torch.arange(out_sizes[a]) * self.stride[a] - self.padding[a]
-            coord = origin.reshape(shape_o) + (torch.arange(self.kernel[a])
-                                               * self.dilation[a]).reshape(shape_k)
-            flat = flat * sizes[a] + coord
-            valid = valid & (coord >= 0) & (coord < sizes[a])
-        units, pieces = math.prod(out_sizes), math.prod(self.kernel)
-        flat = flat.expand(out_sizes + self.kernel).reshape(1, units, pieces)
-        valid = valid.expand(out_sizes + self.kernel).reshape(1, units, pieces)
-        base = torch.arange(channels).reshape(-1, 1, 1) * math.prod(sizes)
-        return torch.where(valid, flat + base, -1).reshape(channels * units, pieces)
+            origin = torch.arange(out[a]) * self.stride[a] - self.padding[a]
+            c = origin.unsqueeze(1) + torch.arange(self.kernel[a]) * self.dilation[a]
+            coords.append(c)
+            valid.append((c >= 0) & (c < sizes[a]))
+        return _window_table(math.prod(in_shape[:-d]), sizes, coords, valid)
 
     def code(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return self._code_of(self._pool(x)[1], x)
@@ -448,38 +617,11 @@ class MaxPool(Nonlinearity):
         out, idx = self._pool(x)
         return self._code_of(idx, x), out
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        # values only: the maximum does not depend on how ties are broken
-        if (x.dtype == torch.float64 and x.device.type == "cpu" and x.numel() >= 1 << 16
-                and x.dim() == self.spatial_dims + 2
-                and not (torch.is_grad_enabled() and x.requires_grad)):
-            # many samples in float64 (e.g. the vertices of a plane partition):
-            # the native kernel is several times slower than a compiled gather
-            from . import _kernels as kern
-
-            table, padded, out_shape = self._table(tuple(x.shape[1:]))
-            out = torch.empty((x.shape[0], table.shape[0]), dtype=x.dtype)
-            kern.window_max(x.reshape(x.shape[0], -1).contiguous().numpy(), table.numpy(),
-                            padded, out.numpy())
-            return out.reshape(x.shape[0], *out_shape)
-        pool = F.max_pool1d if self.spatial_dims == 1 else F.max_pool2d
-        return pool(x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
-
-    def _table(self, in_shape: tuple[int, ...]) -> tuple[Tensor, bool, tuple[int, ...]]:
-        """Window table (:meth:`window_index`), whether it has padding, and the
-        output's shape (C, *out_spatial), per input shape (cached)."""
-        tables = self.__dict__.setdefault("_tables", {})
-        if in_shape not in tables:
-            table = self.window_index(in_shape)
-            out = self._pool(torch.zeros((1, 1, *in_shape[1:])))[1].shape[2:]
-            tables[in_shape] = (table, bool((table < 0).any()), (in_shape[0], *out))
-        return tables[in_shape]
-
     def _code_of(self, idx: Tensor, x: Tensor) -> Tensor:
         """Window offsets of the flat argmax indices ``idx`` into ``x``'s planes."""
         d = self.spatial_dims
         sizes = x.shape[-d:]
-        dtype = torch.uint8 if self.num_pieces <= 256 else torch.int64
+        dtype = self._code_dtype()
         if d == 2 and self.dilation == (1, 1):
             # code = (row - gy) kw + (col - gx) with col = idx - row W, in 4 passes
             gy, gx = self._grid(idx.shape, idx.device)
@@ -512,12 +654,130 @@ class MaxPool(Nonlinearity):
         return x.flatten(-d).gather(-1, index).reshape(x.shape[: x.dim() - d] + code.shape[-d:])
 
 
-class MaxPool1d(MaxPool):
+class MaxPool1d(KernelMaxPool):
     spatial_dims = 1
 
 
-class MaxPool2d(MaxPool):
+class MaxPool2d(KernelMaxPool):
     spatial_dims = 2
+
+
+class MaxPool3d(KernelMaxPool):
+    spatial_dims = 3
+
+
+class AdaptiveMaxPool(MaxPool):
+    """Adaptive max-pooling (``nn.AdaptiveMaxPool1d/2d/3d``): output entry ``i`` of an
+    axis of size ``L`` pooled to ``O`` covers ``floor(i L / O) .. ceil((i + 1) L / O) - 1``,
+    so windows differ in size. Pieces are row-major over the *largest* window shape
+    (``k_a = max_i`` window length on axis ``a``): the code is the argmax's offset
+    ``(dy, dx)`` inside its window written as ``dy * k_x + dx`` (2-D; likewise in
+    1-D / 3-D), ties to the first entry, as ``F.adaptive_max_poolNd``; entries a
+    shorter window lacks are -1 in :meth:`window_index` and never selected."""
+
+    spatial_dims: ClassVar[int]
+    _POOLS: ClassVar[dict[int, Any]] = {
+        1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
+
+    def __init__(self, site: Site):
+        super().__init__(site)
+        m, d = site.module, self.spatial_dims
+        if m is not None:
+            size, ret = m.output_size, m.return_indices
+        else:
+            size = site.param(1, "output_size", None)
+            ret = site.param(2, "return_indices", False)
+        if ret:
+            raise site.unsupported("return_indices=True returns the code itself; use codes()")
+        size = tuple(size) if isinstance(size, tuple | list) else (size,) * d
+        self.output_size: tuple[int | None, ...] = tuple(
+            None if s is None else int(s) for s in size)
+        x = site.args[0] if site.args else site.kwargs.get("input")
+        self.num_pieces = self._table(tuple(x.shape[1:]))[0].shape[1]  # type: ignore[misc]
+
+    def _sizes(self, in_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        d = self.spatial_dims
+        sizes = tuple(in_shape[-d:])
+        out = tuple(s if o is None else o for s, o in zip(sizes, self.output_size, strict=True))
+        return sizes, out
+
+    def _out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*in_shape[: -self.spatial_dims], *self._sizes(in_shape)[1])
+
+    def _values(self, x: Tensor) -> Tensor:
+        return self._POOLS[self.spatial_dims](x, self.output_size)
+
+    def window_index(self, in_shape: tuple[int, ...]) -> Tensor:
+        sizes, out = self._sizes(in_shape)
+        coords, valid = [], []
+        for n_in, n_out in zip(sizes, out, strict=True):
+            i = torch.arange(n_out)
+            start = torch.div(i * n_in, n_out, rounding_mode="floor")
+            end = torch.div((i + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
+            c = start.unsqueeze(1) + torch.arange(int((end - start).max()))
+            coords.append(c)
+            valid.append(c < end.unsqueeze(1))
+        return _window_table(math.prod(in_shape[: -self.spatial_dims]), sizes, coords, valid)
+
+
+class AdaptiveMaxPool1d(AdaptiveMaxPool):
+    spatial_dims = 1
+
+
+class AdaptiveMaxPool2d(AdaptiveMaxPool):
+    spatial_dims = 2
+
+
+class AdaptiveMaxPool3d(AdaptiveMaxPool):
+    spatial_dims = 3
+
+
+class Amax(MaxPool):
+    """A max-reduction over axes of each sample: ``torch.amax(x, dim, keepdim)`` (and
+    ``torch.max(x, dim)`` / ``x.max(dim)``, which tracing rewrites to it when only
+    their values are used; ``min`` / ``amin`` are traced as ``-amax(-x)``: their
+    unit sees ``-x``). One unit per output entry; pieces row-major over the
+    reduced axes in increasing order, so for one axis the code is the index
+    ``torch.max(x, dim)`` returns (ties to the first)."""
+
+    def __init__(self, site: Site):
+        super().__init__(site)
+        x = site.args[0] if site.args else site.kwargs.get("input")
+        dim = site.param(1, "dim", ())
+        self.keepdim = bool(site.param(2, "keepdim", False))
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        if not all(isinstance(a, int) for a in dims):
+            raise site.unsupported(f"dim={dim!r} is not a constant int or tuple of ints; "
+                                   "pass the axes as Python ints")
+        ndim = x.dim()
+        axes = sorted({a % ndim for a in dims}) if dims else list(range(ndim))
+        if 0 in axes:
+            raise site.unsupported(
+                "the max is taken over the batch axis (axis 0) too, which mixes samples; "
+                "reduce over the axes of one sample, e.g. x.flatten(1).amax(1)")
+        self.dims = tuple(axes)
+        self.num_pieces = math.prod(x.shape[a] for a in axes)  # type: ignore[misc]
+
+    def _out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        red = {a - 1 for a in self.dims}
+        if self.keepdim:
+            return tuple(1 if a in red else s for a, s in enumerate(in_shape))
+        return tuple(s for a, s in enumerate(in_shape) if a not in red)
+
+    def _values(self, x: Tensor) -> Tensor:
+        return torch.amax(x, self.dims, self.keepdim)
+
+    def window_index(self, in_shape: tuple[int, ...]) -> Tensor:
+        red = [a - 1 for a in self.dims]
+        kept = [a for a in range(len(in_shape)) if a not in red]
+        idx = torch.arange(math.prod(in_shape)).reshape(in_shape).permute(*kept, *red)
+        return idx.reshape(-1, math.prod(in_shape[a] for a in red))
+
+    def select(self, x: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if len(self.dims) == 1:  # native: values and the first argmax index
+            best, code = torch.max(x, self.dims[0], self.keepdim)
+            return code.to(self._code_dtype()), best
+        return super().select(x)
 
 
 class Maximum(Nonlinearity):
@@ -528,15 +788,17 @@ class Maximum(Nonlinearity):
     def __init__(self, site: Site):
         super().__init__(site)
         other = site.param(1, "other", None)
+        if other is None:
+            raise site.unsupported(
+                "without dim, the max / min is taken over every axis, the batch axis "
+                "included, which mixes samples; reduce over the axes of one sample, "
+                "e.g. x.flatten(1).amax(1)")
         if not isinstance(other, Tensor):
             raise site.unsupported(
-                "max/min over a dimension is a reduction, not supported yet; "
-                "use a max-pool layer, or torch.maximum(a, b) of two tensors"
-            )
+                f"a reduction over dim={other!r} computed in forward(); pass dim as a "
+                "Python int (x.max(1), torch.amax(x, (1, 2))) so tracing can read it")
 
     def code(self, a: Tensor, b: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        if not isinstance(b, Tensor):
-            raise self.site.unsupported("torch.max with a dim argument (a reduction)")
         return (b > a).to(torch.uint8)
 
     def piece(self, code: Tensor, a: Tensor, b: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -565,25 +827,125 @@ METADATA_ATTRS: frozenset[str] = frozenset({"shape", "dtype", "device", "ndim", 
 
 def register_op(target: Any, rule: type[Rule]) -> None:
     """Declare how the spline graph treats ``target`` (a module type, a function, or a
-    ``Tensor`` method name). Refuses to overwrite an existing entry."""
-    if target in _REGISTRY:
-        raise ValueError(f"{describe_target(target)} is already registered as "
-                         f"{_REGISTRY[target].__name__}")
+    ``Tensor`` method name). Refuses to overwrite an existing entry
+    (:class:`~maxaffine.MaxAffineError`) and anything but a :class:`Rule` subclass
+    (:class:`~maxaffine.MaxAffineTypeError`)."""
     if not (isinstance(rule, type) and issubclass(rule, Rule)):
-        raise TypeError("rule must be a subclass of maxaffine.ops.Rule")
+        raise MaxAffineTypeError(
+            f"rule must be a subclass of maxaffine.ops.Rule (e.g. ops.Affine, "
+            f"ops.Elementwise), got {rule!r}")
+    if not (isinstance(target, str | type) or callable(target)):
+        raise MaxAffineTypeError(
+            f"target must be a module type, a function or a Tensor method name, got "
+            f"{type(target).__name__} {target!r}")
+    if target in _REGISTRY:
+        raise MaxAffineError(
+            f"{describe_target(target)} is already registered as "
+            f"{_REGISTRY[target].__name__}; to change how it is traced, register a "
+            "subclass of the module type (or a wrapper function) instead")
     _REGISTRY[target] = rule
 
 
 def lookup(target: Any) -> type[Rule] | None:
-    return _REGISTRY.get(target)
+    try:
+        return _REGISTRY.get(target)
+    except TypeError:  # an unhashable target: never registered
+        return None
+
+
+# Ops that tracing rewrites into registered ones (see ``graph._rewrite``), by family.
+REWRITTEN: dict[str, tuple[str, ...]] = {
+    "nonlinearity": ("torch.max(x, dim)", "Tensor.max(dim)", "torch.min(x, dim)",
+                     "Tensor.min(dim)", "torch.amin", "Tensor.amin"),
+    "affine": ("in-place forms (x.add_(y), x.mul_(c), x += y, ...) of supported ops",),
+}
 
 
 def supported_ops() -> dict[str, list[str]]:
-    """The registered ops by family (``affine``, ``nonlinearity``)."""
+    """The registered ops by family (``affine``, ``nonlinearity``), with the forms
+    tracing rewrites into them (``torch.max(x, dim)`` is traced as ``torch.amax``,
+    a min as ``-amax(-x)``, in-place methods as their out-of-place forms)."""
     out: dict[str, list[str]] = {"affine": [], "nonlinearity": []}
     for target, rule in _REGISTRY.items():
         out[rule.kind].append(describe_target(target))
+    for kind, names in REWRITTEN.items():
+        out[kind].extend(names)
     return {k: sorted(set(v)) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------ refusals
+
+_NOT_IMPLEMENTED_PIECEWISE: dict[Any, str] = {
+    **dict.fromkeys((torch.sort, "sort", torch.msort, "msort", torch.topk, "topk",
+                     torch.median, "median", torch.kthvalue, "kthvalue", torch.cummax,
+                     "cummax", torch.cummin, "cummin"),
+                    "an order statistic (a permutation of the entries chosen by their "
+                    "order); use torch.amax / max-pooling where a maximum is meant"),
+    nn.RReLU: "in eval mode a leaky ReLU of slope (lower + upper) / 2: use nn.LeakyReLU",
+    **dict.fromkeys((nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d, F.max_unpool1d,
+                     F.max_unpool2d, F.max_unpool3d),
+                    "it places values at a max-pool's argmax indices"),
+}
+_NOT_IMPLEMENTED_AFFINE: dict[Any, str] = {
+    **dict.fromkeys((torch.einsum, torch.tensordot, torch.kron, torch.addmm, "addmm",
+                     torch.baddbmm, "baddbmm", torch.addmv, torch.mv, "mv"),
+                    "affine when only one operand depends on the input; use x @ W, "
+                    "torch.matmul or F.linear"),
+    F.grid_sample: "linear in the input for a constant grid",
+    **dict.fromkeys((torch.index_add, "index_add", torch.scatter, "scatter",
+                     torch.scatter_add, "scatter_add", torch.index_put, "index_put",
+                     "index_copy", torch.index_copy, "masked_scatter"),
+                    "affine for constant indices"),
+    **dict.fromkeys((torch.diagonal, "diagonal", torch.diag_embed, "diag_embed",
+                     torch.diag, "diag"), "a linear selection of entries"),
+}
+_REFUSED: dict[Any, str] = {
+    operator.setitem: (
+        "item assignment (x[...] = v) modifies a tensor in place, which the traced graph "
+        "cannot follow; build the tensor out of place (torch.cat, torch.where with a "
+        "constant mask, F.pad)"),
+    **dict.fromkeys((nn.Threshold, F.threshold, nn.Hardshrink, F.hardshrink, torch.sign,
+                     "sign", torch.round, "round", torch.floor, "floor", torch.ceil, "ceil",
+                     torch.heaviside),
+                    "piecewise constant or affine but discontinuous, so not a max-affine "
+                    "spline (F.threshold is continuous only with value == threshold: use "
+                    "a ReLU then)"),
+    **dict.fromkeys((torch.flipud, "flipud"),
+                    "flips axis 0, the batch axis, which mixes samples; flip an axis of "
+                    "each sample with torch.flip(x, [dim])"),
+    **dict.fromkeys((nn.FractionalMaxPool2d, nn.FractionalMaxPool3d),
+                    "random pooling windows, drawn anew at every call: not a fixed spline"),
+    **dict.fromkeys((nn.Embedding, nn.EmbeddingBag, F.embedding),
+                    "it takes integer indices, not a floating-point input; trace the model "
+                    "from the embeddings on"),
+}
+
+
+def refusal(target: Any) -> str:
+    """Why ``target`` (a module type, function or method name with no rule) is refused:
+    not affine or piecewise-affine, or affine / piecewise-affine but not implemented
+    yet (each with a remedy)."""
+    if isinstance(target, str) and target.endswith("_") and not any(
+            target in t for t in (_REFUSED, _NOT_IMPLEMENTED_PIECEWISE,
+                                  _NOT_IMPLEMENTED_AFFINE)):
+        target = target[:-1]  # an in-place method: the reason of its out-of-place form
+    for table, prefix in ((_REFUSED, ""),
+                          (_NOT_IMPLEMENTED_PIECEWISE,
+                           "piecewise-affine but not implemented yet: "),
+                          (_NOT_IMPLEMENTED_AFFINE, "affine but not supported yet: ")):
+        reason = table.get(target) if _hashable(target) else None
+        if reason is not None:
+            return prefix + reason
+    return ("not affine or piecewise-affine (smooth nonlinearities, normalisations with "
+            "input statistics and products of activations are not MASOs)")
+
+
+def _hashable(target: Any) -> bool:
+    try:
+        hash(target)
+    except TypeError:
+        return False
+    return True
 
 
 def _register_all(rule: type[Rule], *targets: Any) -> None:
@@ -594,39 +956,69 @@ def _register_all(rule: type[Rule], *targets: Any) -> None:
 _register_all(
     Affine,
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.Flatten, nn.Unflatten, nn.Identity, nn.ZeroPad1d, nn.ZeroPad2d,
-    nn.ConstantPad1d, nn.ConstantPad2d,
-    F.linear, F.conv1d, F.conv2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.pad, torch.flatten, torch.reshape, torch.squeeze,
+    nn.ConvTranspose3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+    nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d,
+    nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+    nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle,
+    nn.PixelUnshuffle, nn.ChannelShuffle, nn.Fold, nn.Unfold,
+    F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+    F.conv_transpose3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.pad, F.interpolate,  # (and F.upsample*)
+    F.pixel_shuffle, F.pixel_unshuffle,
+    F.channel_shuffle, F.fold, F.unfold,
+    torch.flatten, torch.reshape, torch.squeeze,
     torch.unsqueeze, torch.transpose, torch.permute, torch.mean, torch.sum, torch.neg,
+    torch.flip, torch.fliplr, torch.roll, torch.rot90, torch.narrow,
+    torch.select, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims,
+    torch.split, torch.chunk, torch.tensor_split, torch.unbind, torch.hstack, torch.tile,
+    torch.repeat_interleave, torch.broadcast_to, torch.cumsum, torch.diff, torch.tril,
+    torch.triu, torch.index_select, torch.gather, torch.take_along_dim, torch.masked_fill,
     operator.neg, operator.pos, operator.getitem,
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",
     "squeeze", "unsqueeze", "mean", "sum", "neg", "expand",
     "repeat", "clone", "chunk", "split", "narrow", "float", "double", "to",
+    "flip", "fliplr", "roll", "rot90", "select", "movedim", "moveaxis",
+    "swapaxes", "swapdims", "tensor_split", "unbind", "tile", "repeat_interleave",
+    "broadcast_to", "cumsum", "diff", "tril", "triu", "index_select", "gather",
+    "take_along_dim", "masked_fill", "unfold",
 )
-_register_all(ShapedLike, "expand_as", "view_as", "reshape_as")
-_register_all(EvalOnly, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-_register_all(BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d, F.batch_norm)
-_register_all(FunctionalDropout, F.dropout)
+_register_all(ShapedLike, "expand_as", "view_as", "reshape_as", "type_as")
+_register_all(EvalOnly, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+              nn.FeatureAlphaDropout)
+_register_all(BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, F.batch_norm)
+_register_all(FunctionalDropout, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
 _register_all(Anywhere, operator.add, operator.sub, torch.add, torch.sub, "add", "sub",
               torch.cat, torch.concat, torch.stack)
+_register_all(Where, torch.where)
+_register_all(WhereMethod, "where")
 _register_all(Product, operator.mul, torch.mul, "mul", operator.matmul, torch.matmul,
-              "matmul")
+              "matmul", torch.mm, "mm", torch.bmm, "bmm")
 _register_all(Quotient, operator.truediv, torch.div, "div")
 _register_all(ReLU, nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_)
 _register_all(LeakyReLU, nn.LeakyReLU, F.leaky_relu)
 _register_all(PReLU, nn.PReLU, F.prelu)
 _register_all(Abs, torch.abs, builtins.abs, operator.abs, "abs")
 _register_all(Hardtanh, nn.Hardtanh, nn.ReLU6, F.hardtanh, F.relu6, torch.clamp, "clamp",
-              torch.clip, "clip")
+              torch.clip, "clip", torch.clamp_min, "clamp_min", torch.clamp_max, "clamp_max")
+_register_all(Hardsigmoid, nn.Hardsigmoid, F.hardsigmoid)
+_register_all(Softshrink, nn.Softshrink, F.softshrink)
 _register_all(MaxPool1d, nn.MaxPool1d, F.max_pool1d)
 _register_all(MaxPool2d, nn.MaxPool2d, F.max_pool2d)
-_register_all(Maximum, torch.maximum, torch.max, "maximum")
-_register_all(Minimum, torch.minimum, torch.min, "minimum")
+_register_all(MaxPool3d, nn.MaxPool3d, F.max_pool3d)
+_register_all(AdaptiveMaxPool1d, nn.AdaptiveMaxPool1d, F.adaptive_max_pool1d)
+_register_all(AdaptiveMaxPool2d, nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d)
+_register_all(AdaptiveMaxPool3d, nn.AdaptiveMaxPool3d, F.adaptive_max_pool3d)
+_register_all(Amax, torch.amax, "amax")
+_register_all(Maximum, torch.maximum, torch.max, "maximum", "max")
+_register_all(Minimum, torch.minimum, torch.min, "minimum", "min")
 
 __all__ = [
-    "Abs", "Affine", "Elementwise", "Hardtanh", "LeakyReLU", "MaxPool", "Maximum",
-    "Minimum", "Nonlinearity", "PReLU", "ReLU", "Rule", "Site", "lookup", "register_op",
+    "Abs", "AdaptiveMaxPool", "Affine", "Amax", "Elementwise", "Hardsigmoid", "Hardtanh",
+    "KernelMaxPool", "LeakyReLU", "MaxPool", "Maximum", "Minimum", "Nonlinearity", "PReLU",
+    "ReLU", "Rule", "Site", "Softshrink", "lookup", "refusal", "register_op",
     "supported_ops",
 ]

@@ -154,10 +154,10 @@ def power_diagram(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
     v = point.detach().requires_grad_(True)
     with torch.enable_grad():
         pieces, _ = _pieces(unit, fn(v))
-        flat = pieces.reshape(pieces.shape[0], -1, pieces.shape[-1])
-        chosen = flat.gather(2, code.reshape(flat.shape[0], -1, 1).long())[..., 0]
+        flat = pieces.reshape(pieces.shape[0], math.prod(pieces.shape[1:-1]), pieces.shape[-1])
+        chosen = flat.gather(2, code.reshape(*flat.shape[:2], 1).long())[..., 0]
         total = chosen.sum(1)  # sum_k <A[k, r_k], v> + B[k, r_k]
-        (mu,) = torch.autograd.grad(total.sum(), v)
+        (mu,) = torch.autograd.grad(total.sum(), v, materialize_grads=True)
     total = total.detach()
     offsets = total - (mu * point).flatten(1).sum(1)
     rad = mu.flatten(1).pow(2).sum(1) + 2 * offsets
@@ -182,16 +182,18 @@ def layer_pieces(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
     with torch.no_grad():
         probe, valid = _pieces(unit, fn(point))
     r = probe.shape[-1]
+    k = math.prod(probe.shape[1:-1])
+    if n == 0:  # an empty batch: empty pieces of the right shapes
+        return point.new_zeros((0, k, r, *point.shape[1:])), point.new_zeros((0, k, r))
 
     def flat(v: Tensor) -> Tensor:  # missing pieces (-inf) are 0 here, -inf again below
         p, ok = _pieces(unit, fn(v))
-        return (p if ok is None else torch.where(ok, p, 0.0)).reshape(v.shape[0], -1)
+        return (p if ok is None else torch.where(ok, p, 0.0)).reshape(v.shape[0], k * r)
 
     jac, out, _ = jacobian(flat, point.detach(), num_outputs=probe[:1].numel())
     offsets = out - torch.einsum("npd,nd->np", jac.flatten(2), point.detach().flatten(1))
     if valid is not None:
         offsets = torch.where(valid.reshape(n, -1), offsets, -math.inf)
-    k = out.shape[1] // r
     return (jac.reshape(n, k, r, *point.shape[1:]).detach(), offsets.reshape(n, k, r).detach())
 
 

@@ -24,12 +24,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import _arguments as arg
 from . import ops
-from .errors import MaxAffineError
-from .graph import SplineGraph, _check_tensor, as_graph, check_input
+from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import SplineGraph, _check_tensor, check_input
 from .partition import Partition, _graph_in, partition_segment
 from .power import _pieces
-from .vq import codes_of
+from .vq import codes_of, evaluate_codes, graph_for
+
+DEFAULT_DIRECTIONS = 25
+"""``local_complexity``'s default number of directions (capped at the input dimension)."""
+ORTHONORMAL_TOL = 1e-5
+"""``directions=`` must satisfy ``max |D D^T - I| <= ORTHONORMAL_TOL``."""
 
 _POINTS = 4096  # forward-pass batch bound (points) for chunked evaluations
 
@@ -42,13 +48,19 @@ class LayerStat:
     values: Tensor
 
     def __getitem__(self, layer: str | int) -> Tensor:
-        i = layer if isinstance(layer, int) else self._index(layer)
-        return self.values[:, i]
+        return self.values[:, self._index(layer)]
 
-    def _index(self, name: str) -> int:
-        if name not in self.names:
-            raise MaxAffineError(f"no layer {name!r}; layers are {self.names}")
-        return self.names.index(name)
+    def _index(self, layer: str | int) -> int:
+        count = len(self.names)
+        if isinstance(layer, str):
+            if layer not in self.names:
+                raise MaxAffineError(f"no layer {layer!r}: the layers are {self.names}")
+            return self.names.index(layer)
+        i = arg.integer(layer, "layer", meaning=f"a name of {self.names} or an index")
+        if not -count <= i < count:
+            raise MaxAffineError(f"layer index {i} is out of range: there are {count} layers "
+                                 f"{self.names}")
+        return i % count
 
     def as_dict(self) -> dict[str, Tensor]:
         return {n: self.values[:, i] for i, n in enumerate(self.names)}
@@ -172,38 +184,38 @@ def local_complexity(model: nn.Module | SplineGraph, x: Tensor, radius: float,
     """Per layer, the units whose code changes over the cross-polytope around ``x``.
 
     Humayun et al. (ICML 2024): the neighbourhood of ``x`` is the cross-polytope with
-    vertices ``x +- radius d_j`` for ``n_directions`` orthonormal directions ``d_j``
-    (random, from ``seed``, shared by all inputs; or ``directions`` (P, *input_shape),
-    normalised here). ``x`` and the vertices go through the network in one batched
-    pass, and a unit counts when its code is not the same at all of them (for
-    ReLU: its pre-activation changes sign). In the first layer this is exactly the
-    number of units whose hyperplane meets the polytope; deeper, the polytope is
-    represented by its propagated vertices. Returns (N, L) counts.
+    vertices ``x +- radius d_j`` for ``n_directions`` orthonormal directions ``d_j``,
+    random (from ``seed``, shared by all inputs; default ``min(25, input_dim)``, 25
+    as in ``maxaffine reproduce training-dynamics``), or given as ``directions``
+    (P, *input_shape) or (P, input_dim): their rows must be orthonormal (within
+    ``ORTHONORMAL_TOL``), so that the polytope is the one asked for; they are not
+    changed here (orthonormalise with ``torch.linalg.qr(D.flatten(1).T).Q.T``).
+    ``x`` and the vertices go through the network in one batched pass, and a unit
+    counts when its code is not the same at all of them (for ReLU: its
+    pre-activation changes sign). In the first layer this is exactly the number of
+    units whose hyperplane meets the polytope; deeper, the polytope is represented
+    by its propagated vertices. Returns (N, L) counts (N may be 0).
     """
-    graph = as_graph(model, x)
+    graph = graph_for(model, x)
     check_input(graph, x)
-    if not (isinstance(radius, int | float) and math.isfinite(radius) and radius > 0):
-        raise MaxAffineError(f"radius must be a positive number, got {radius!r}")
+    radius = arg.number(radius, "radius", minimum=0.0, strict=True,
+                        meaning="the cross-polytope's half-diagonal, in input units")
+    seed = arg.integer(seed, "seed", minimum=0)
     d = graph.input_dim
+    if n_directions is not None:
+        n_directions = arg.integer(n_directions, "n_directions", minimum=1, maximum=d,
+                                   meaning=f"random directions, at most the input dimension {d}")
     if directions is None:
-        if n_directions is None or not 1 <= int(n_directions) <= d:
-            raise MaxAffineError(f"n_directions must be in [1, {d}] (the input dimension), "
-                                 f"got {n_directions!r}")
+        p = min(DEFAULT_DIRECTIONS, d) if n_directions is None else n_directions
         gen = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(d, int(n_directions), generator=gen,
-                                           dtype=torch.float64))
+        q, _ = torch.linalg.qr(torch.randn(d, p, generator=gen, dtype=torch.float64))
         dirs = q.T
     else:
-        _check_tensor(directions, "directions")
-        dirs = directions.reshape(directions.shape[0], -1).double()
-        if dirs.shape[1] != d:
-            raise MaxAffineError(f"directions must be (P, {graph.input_shape}), got "
-                                 f"{tuple(directions.shape)}")
-        norms = dirs.norm(dim=1, keepdim=True)
-        if bool((norms == 0).any()):
-            raise MaxAffineError("a direction is zero")
-        dirs = dirs / norms
+        dirs = _check_directions(directions, graph, n_directions)
     p = dirs.shape[0]
+    if x.shape[0] == 0:
+        return LocalComplexity(graph.unit_names, torch.zeros((0, len(graph.units)),
+                                                             dtype=torch.int64), radius, p)
     steps = torch.cat([torch.zeros(1, d, dtype=torch.float64), dirs, -dirs]) * radius
     steps = steps.to(x.dtype).reshape(2 * p + 1, *graph.input_shape)
     per = 2 * p + 1
@@ -221,6 +233,39 @@ def local_complexity(model: nn.Module | SplineGraph, x: Tensor, radius: float,
             counts.append(torch.stack(row, 1) if row else torch.zeros(xs.shape[0], 0,
                                                                       dtype=torch.int64))
     return LocalComplexity(graph.unit_names, torch.cat(counts), float(radius), p)
+
+
+def _check_directions(directions: Tensor, graph: SplineGraph, n_directions: int | None
+                      ) -> Tensor:
+    """``directions`` as float64 (P, input_dim) rows, checked orthonormal."""
+    if not isinstance(directions, Tensor):
+        raise MaxAffineTypeError(f"directions must be a torch.Tensor (P, *input_shape), got "
+                                 f"{type(directions).__name__}")
+    _check_tensor(directions, "directions")
+    d, shape = graph.input_dim, graph.input_shape
+    flat = tuple(directions.shape[1:]) in (shape, (d,))
+    if directions.dim() < 2 or not flat or directions.shape[0] == 0:
+        hint = ""
+        if tuple(directions.shape) in (shape, (d,)):
+            hint = ": for a single direction use directions.unsqueeze(0)"
+        want = f"(P, {', '.join(map(str, shape))})" + (f" or (P, {d})" if len(shape) > 1
+                                                        else "")
+        raise MaxAffineError(f"directions must have shape {want} with P >= 1 (one direction "
+                             f"per row), got {tuple(directions.shape)}{hint}")
+    dirs = directions.detach().reshape(directions.shape[0], d).double()
+    p = dirs.shape[0]
+    if n_directions is not None and n_directions != p:
+        raise MaxAffineError(f"n_directions={n_directions} but directions has {p} rows: pass "
+                             "one of them only")
+    error = float((dirs @ dirs.T - torch.eye(p, dtype=torch.float64)).abs().max())
+    if p > d or error > ORTHONORMAL_TOL:
+        why = (f"{p} directions in {d} dimensions cannot be orthonormal" if p > d else
+               f"max |D D^T - I| is {error:.3g} > {ORTHONORMAL_TOL:g}")
+        raise MaxAffineError(f"directions must be orthonormal rows (the cross-polytope x +- "
+                             f"radius d_j), but {why}: orthonormalise them with "
+                             "torch.linalg.qr(directions.flatten(1).T).Q.T (which keeps their "
+                             "span), or pass n_directions for random ones")
+    return dirs
 
 
 # ------------------------------------------------------------------- boundary distance
@@ -264,12 +309,18 @@ def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
     its boundaries as extended linearly from x's region. ``.direction`` is the unit
     vector from x towards the nearest boundary. Gradient norms are accumulated from
     forward-mode products over ``chunk_size`` input directions at a time, never
-    storing a Jacobian.
+    storing a Jacobian. An empty batch gives empty results.
     """
-    graph = as_graph(model, x)
+    graph = graph_for(model, x)
     check_input(graph, x)
+    chunk_size = arg.integer(chunk_size, "chunk_size", minimum=1,
+                             meaning="input directions per forward-mode pass")
     if not graph.units:
-        raise MaxAffineError("the model has no nonlinearity: no boundaries")
+        raise MaxAffineError("the model has no nonlinearity, so its one region has no "
+                             "boundary: boundary_distance needs a ReLU, max-pool, ...")
+    if x.shape[0] == 0:
+        return BoundaryDistance(graph.unit_names, x.new_zeros((0, len(graph.units))),
+                                x.new_zeros((0, *graph.input_shape)))
     d = graph.input_dim
     last = graph.units[-1].name
     with torch.no_grad():
@@ -337,23 +388,33 @@ def region_density(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor) -> Re
     """Regions per unit length on the segments from ``x0`` to ``x1`` (N pairs, or a
     single pair without batch axis), from the exact segment partition
     (:func:`maxaffine.partition_segment`, float64). ``values[:, l]`` counts the
-    regions of layers 1..l (depth l); ``.total`` is the density of all layers."""
-    _check_tensor(x0, "x0")
-    _check_tensor(x1, "x1")
+    regions of layers 1..l (depth l); ``.total`` is the density of all layers.
+    Every segment needs ``x0 != x1`` (a density per unit length); N may be 0."""
+    for what, v in (("x0", x0), ("x1", x1)):
+        if not isinstance(v, Tensor):
+            raise MaxAffineTypeError(f"{what} must be a torch.Tensor, got {type(v).__name__}")
+        _check_tensor(v, what)
     if x0.shape != x1.shape:
         raise MaxAffineError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
-                             f"and {tuple(x1.shape)}")
+                             f"and {tuple(x1.shape)}: pass N segment ends each, or one pair")
     base = model.model if isinstance(model, SplineGraph) else model
-    probe = as_graph(model, x0[:1] if x0.dim() > 1 else x0.unsqueeze(0))
+    probe = graph_for(model, x0 if x0.dim() > 1 else x0.unsqueeze(0), "x0")
     single = tuple(x0.shape) == probe.input_shape
     a = (x0.unsqueeze(0) if single else x0).double()
     b = (x1.unsqueeze(0) if single else x1).double()
-    check_input(probe, a.to(x0.dtype))
+    check_input(probe, x0.unsqueeze(0) if single else x0, "x0")
+    lengths = (b - a).flatten(1).norm(dim=1)
+    if bool((lengths == 0).any()):
+        i = int(torch.nonzero(lengths == 0)[0])
+        raise MaxAffineError(f"segment {i} has x0 == x1 (length 0), so it has no density of "
+                             "regions per unit length: pass distinct end points")
+    if a.shape[0] == 0:
+        return RegionDensity(probe.unit_names, torch.zeros((0, len(probe.units)),
+                                                           dtype=torch.int64), lengths)
     graph = _graph_in(base, a[:1], torch.float64)
-    counts, lengths = [], []
+    counts = []
     for i in range(a.shape[0]):
         seg = partition_segment(graph, a[i], b[i])
-        lengths.append(float((b[i] - a[i]).norm()))
         row, bits = [], seg.codes
         slices = list(bits.byte_slices().values())
         packed = bits.bits
@@ -363,23 +424,32 @@ def region_density(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor) -> Re
             row.append(1 + int(changes))
         counts.append(row)
     return RegionDensity(graph.unit_names, torch.tensor(counts, dtype=torch.int64).reshape(
-        a.shape[0], len(graph.units)), torch.tensor(lengths, dtype=torch.float64))
+        a.shape[0], len(graph.units)), lengths)
 
 
 def region_sharing(model: nn.Module | SplineGraph, X: Tensor, *,
                    batch_size: int = 1024) -> RegionSharing:
-    """How many distinct regions the samples ``X`` occupy, per layer depth."""
-    graph = as_graph(model, X)
+    """How many distinct regions the samples ``X`` occupy, per layer depth (codes
+    computed ``batch_size`` samples at a time). An empty ``X`` occupies 0 regions;
+    its ``shared`` fractions are NaN (a mean over no samples)."""
+    graph = graph_for(model, X, "X")
     check_input(graph, X, "X")
+    batch_size = arg.integer(batch_size, "batch_size", minimum=1,
+                             meaning="samples per forward pass")
     if not graph.units:
-        raise MaxAffineError("the model has no nonlinearity: one region")
+        raise MaxAffineError("the model has no nonlinearity: all of input space is one "
+                             "region, so there are no regions to share")
     parts = []
-    with torch.no_grad():
-        for s in range(0, X.shape[0], batch_size):
-            c = codes_of(graph, graph._run(X[s:s + batch_size], None, False).codes)
-            parts.append(c.bits)
-            slices = list(c.byte_slices().values())
+    for s in range(0, max(1, X.shape[0]), batch_size):
+        c = codes_of(graph, evaluate_codes(graph, X[s:s + batch_size]))
+        parts.append(c.bits)
+        slices = list(c.byte_slices().values())
     packed = torch.cat(parts)
+    if X.shape[0] == 0:
+        zeros = torch.zeros(len(slices), dtype=torch.int64)
+        return RegionSharing(graph.unit_names, zeros, zeros.clone(),
+                             torch.full((len(slices),), math.nan, dtype=torch.float64),
+                             torch.zeros(0, dtype=torch.int64), 0)
     regions, alone, shared = [], [], []
     ids = torch.zeros(X.shape[0], dtype=torch.int64)
     for s in slices:
@@ -405,8 +475,8 @@ def boundary_curvature(partition: Partition) -> BoundaryCurvature:
     on). Junctions of three or more classes and the domain's edge are skipped.
     """
     if not isinstance(partition, Partition):
-        raise MaxAffineError(f"boundary_curvature takes a maxaffine.Partition, got "
-                             f"{type(partition).__name__}")
+        raise MaxAffineTypeError(f"boundary_curvature takes a maxaffine.Partition (from "
+                                 f"maxaffine.partition_plane), got {type(partition).__name__}")
     p = partition
     segs, faces, pairs = _boundary_pieces(p)
     empty = BoundaryCurvature(torch.zeros(0, dtype=torch.float64), torch.zeros(0, 2),

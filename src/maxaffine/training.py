@@ -10,7 +10,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import _arguments as arg
 from .datasets import Dataset
+from .errors import MaxAffineError, MaxAffineTypeError
+
+OPTIMIZERS = ("adam", "sgd")
 
 Penalty = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -28,14 +32,16 @@ class History:
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in eval mode (the model's mode is restored)."""
+    """Top-1 accuracy in eval mode (the model's mode is restored); NaN for no samples."""
+    if len(x) == 0:
+        return float("nan")
     was = model.training
     model.eval()
     with torch.no_grad():
         correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
                       for i in range(0, len(x), batch_size))
     model.train(was)
-    return correct / max(1, len(x))
+    return correct / len(x)
 
 
 def _batches(y: Tensor, batch_size: int, balanced: bool, gen: torch.Generator) -> list[Tensor]:
@@ -59,7 +65,31 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 3, batch_size: int = 6
         desc: str = "train", optimizer: str = "adam") -> History:
     """Train ``model`` with cross-entropy (+ ``penalty(model, xb, yb)``) on
     ``data.x_train``; returns a :class:`History`. The model ends in eval mode.
-    ``balanced``: class-balanced mini-batches (equal count per class)."""
+    ``balanced``: class-balanced mini-batches (equal count per class); ``optimizer``:
+    ``"adam"`` or ``"sgd"`` (momentum 0.9). Only full batches are used, so the
+    training set needs at least ``batch_size`` samples."""
+    if not isinstance(model, nn.Module):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(data, Dataset):
+        raise MaxAffineTypeError(f"data must be a maxaffine.datasets.Dataset (load_dataset, "
+                                 f"load_file), got {type(data).__name__}")
+    epochs = arg.integer(epochs, "epochs", minimum=0)
+    batch_size = arg.integer(batch_size, "batch_size", minimum=1)
+    lr = arg.number(lr, "lr", minimum=0.0, strict=True, meaning="the learning rate")
+    seed = arg.integer(seed, "seed", minimum=0)
+    balanced, progress = arg.flag(balanced, "balanced"), arg.flag(progress, "progress")
+    optimizer = arg.choice(optimizer, "optimizer", OPTIMIZERS)
+    if eval_every is not None:
+        eval_every = arg.integer(eval_every, "eval_every", minimum=1,
+                                 meaning="iterations between test evaluations, or None")
+    if penalty is not None and not callable(penalty):
+        raise MaxAffineTypeError(f"penalty must be a function (model, xb, yb) -> scalar "
+                                 f"tensor, or None, got {type(penalty).__name__}")
+    n = len(data.x_train)
+    if epochs and n < batch_size:
+        raise MaxAffineError(f"batch_size={batch_size} but {data.name!r} has only {n} training "
+                             f"samples, and fit uses full batches only: pass batch_size <= "
+                             f"{n}" + (" (the training set is empty)" if n == 0 else ""))
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"

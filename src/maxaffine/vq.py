@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+import numbers
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import MaxAffineError
-from .graph import SplineGraph, as_graph
+from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import SplineGraph, _check_dtype, _check_tensor, as_graph, check_input
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,18 @@ class Codes:
     bits_per_unit: tuple[int, ...]
     num_samples: int | None = None
 
+    def __post_init__(self) -> None:
+        counts = {len(self.names), len(self.values), len(self.pieces), len(self.bits_per_unit)}
+        if len(counts) != 1:
+            raise MaxAffineError(f"Codes needs one entry per layer in names, values, pieces and "
+                                 f"bits_per_unit, got {len(self.names)}, {len(self.values)}, "
+                                 f"{len(self.pieces)} and {len(self.bits_per_unit)}")
+        if not all(isinstance(v, Tensor) and v.dim() >= 1 for v in self.values):
+            raise MaxAffineTypeError("Codes.values must be code tensors (N, *code_shape)")
+        if len({v.shape[0] for v in self.values}) > 1:
+            raise MaxAffineError(f"Codes.values have different batch sizes "
+                                 f"{[v.shape[0] for v in self.values]}: one row per sample")
+
     def __len__(self) -> int:
         return self.values[0].shape[0] if self.values else (self.num_samples or 0)
 
@@ -63,19 +76,37 @@ class Codes:
         return dict(self.items())
 
     def _index(self, key: str | int) -> int:
-        if isinstance(key, int):
-            return key
-        try:
-            return self.names.index(key)
-        except ValueError:
-            raise MaxAffineError(f"no layer {key!r}; layers are {self.names}") from None
+        """The position of a layer given by name or by index (negative from the end)."""
+        count = len(self.names)
+        if isinstance(key, str):
+            if key in self.names:
+                return self.names.index(key)
+            raise MaxAffineError(f"no layer {key!r}: the layers are {self.names}; pass one of "
+                                 f"these names or an index in [-{count}, {count - 1}]")
+        if isinstance(key, Tensor) and key.dim() == 0 and not key.is_floating_point():
+            key = int(key)
+        if not isinstance(key, numbers.Integral) or isinstance(key, bool):
+            raise MaxAffineTypeError(f"a layer is a name (str) or an index (int), got "
+                                     f"{type(key).__name__} {key!r}; the layers are {self.names}")
+        if not -count <= key < count:
+            raise MaxAffineError(
+                f"layer index {key} is out of range: there are {count} layers {self.names}"
+                + (f"; pass an index in [-{count}, {count - 1}] or a name" if count else
+                   " (the model has no nonlinearity)"))
+        return int(key) % count
 
-    def _layers(self, layers: Sequence[str | int] | None) -> list[int]:
-        return list(range(len(self.names))) if layers is None else [self._index(k) for k in layers]
+    def _layers(self, layers: Iterable[str | int] | None, what: str = "layers") -> list[int]:
+        if layers is None:
+            return list(range(len(self.names)))
+        if isinstance(layers, str | bytes) or not isinstance(layers, Iterable):
+            raise MaxAffineTypeError(f"{what} must be a list of layer names or indices (e.g. "
+                                     f"[{self.names[0] if self.names else '0'!r}]), got "
+                                     f"{type(layers).__name__} {layers!r}; None for all layers")
+        return [self._index(k) for k in layers]
 
     @property
     def num_units(self) -> tuple[int, ...]:
-        return tuple(v[0].numel() if len(v) else 0 for v in self.values)
+        return tuple(math.prod(v.shape[1:]) for v in self.values)
 
     @property
     def bits(self) -> Tensor:
@@ -104,7 +135,7 @@ class Codes:
         Ids number the distinct codes of this batch in order of first appearance.
         """
         packed = self.packed(layers)
-        if packed.shape[1] == 0:
+        if packed.shape[1] == 0 or len(self) == 0:
             return torch.zeros(len(self), dtype=torch.int64)
         _, inverse = torch.unique(packed, dim=0, return_inverse=True)
         first = torch.full((int(inverse.max()) + 1,), len(self), dtype=torch.int64)
@@ -115,19 +146,38 @@ class Codes:
 
     def hamming(self, other: Codes, normalized: bool = True) -> dict[str, Tensor]:
         """Per layer, the (fraction of) units whose codes differ between aligned
-        samples of ``self`` and ``other`` (max-pool: windows whose argmax differs)."""
-        if self.names != other.names or len(self) != len(other):
-            raise MaxAffineError("hamming needs codes of the same model and batch size")
+        samples of ``self`` and ``other`` (max-pool: windows whose argmax differs).
+        Both must come from one model on inputs of one shape, with as many samples."""
+        if not isinstance(other, Codes):
+            raise MaxAffineTypeError(f"Codes.hamming compares with other maxaffine.Codes, got "
+                                     f"{type(other).__name__}: compute them with "
+                                     "maxaffine.codes(model, x)")
+        why = mismatch(self, other)
+        if why is not None:
+            raise MaxAffineError(f"Codes.hamming needs codes of one model on inputs of one "
+                                 f"shape, but {why}")
+        if len(self) != len(other):
+            raise MaxAffineError(f"Codes.hamming compares aligned samples, but there are "
+                                 f"{len(self)} and {len(other)}: select matching samples "
+                                 "(Codes.select), or use maxaffine.vq_distance for all pairs")
         out = {}
-        for name, a, b in zip(self.names, self.values, other.values, strict=True):
-            diff = (a != b).flatten(1).sum(1)
-            out[name] = diff / max(1, a[0].numel()) if normalized else diff
+        for name, a, b, units in zip(self.names, self.values, other.values, self.num_units,
+                                     strict=True):
+            diff = (a != b).reshape(a.shape[0], units).sum(1)
+            out[name] = diff / max(1, units) if normalized else diff
         return out
 
     def select(self, index: Tensor | slice | Sequence[int]) -> Codes:
         """The codes of a subset of samples."""
-        kept = torch.arange(len(self))[index]
-        return Codes(self.names, tuple(v[index] for v in self.values), self.pieces,
+        try:
+            kept = torch.arange(len(self))[index]
+        except (IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise MaxAffineError(f"Codes.select: index {index!r} does not select among the "
+                                 f"{len(self)} samples ({err}); pass indices in "
+                                 f"[-{len(self)}, {len(self) - 1}], a slice or a bool mask "
+                                 f"of length {len(self)}") from None
+        kept = kept.reshape(-1)  # a single int selects one sample, kept as a batch of 1
+        return Codes(self.names, tuple(v[kept] for v in self.values), self.pieces,
                      self.bits_per_unit, kept.numel())
 
     def to_json(self) -> str:
@@ -150,18 +200,18 @@ def pack(values: Sequence[Tensor], bits_per_unit: Sequence[int]) -> Tensor:
     n = values[0].shape[0]
     chunks = []
     for v, b in zip(values, bits_per_unit, strict=True):
-        flat = v.reshape(n, -1)
+        units = math.prod(v.shape[1:])
+        flat = v.reshape(n, units)  # sizes explicit: n may be 0
         if b >= 8:  # whole bytes per unit, little-endian
             wide = flat.long()
             parts = [(wide >> (8 * k)) & 0xFF for k in range(b // 8)]
-            chunks.append(torch.stack(parts, -1).reshape(n, -1).to(torch.uint8))
+            chunks.append(torch.stack(parts, -1).reshape(n, units * (b // 8)).to(torch.uint8))
             continue
         per_byte = 8 // b
-        units = flat.shape[1]
         pad = (-units) % per_byte
         if pad:
             flat = torch.cat([flat, flat.new_zeros(n, pad)], 1)
-        grouped = flat.to(torch.uint8).reshape(n, -1, per_byte)
+        grouped = flat.to(torch.uint8).reshape(n, flat.shape[1] // per_byte, per_byte)
         shifts = torch.arange(0, 8, b, dtype=torch.uint8, device=flat.device)
         chunks.append((grouped << shifts).sum(-1, dtype=torch.uint8))
     return torch.cat(chunks, 1)
@@ -174,11 +224,61 @@ def codes(model: nn.Module | SplineGraph, x: Tensor) -> Codes:
     >>> c = codes(net, torch.randn(3, 2))
     >>> c.names, c["1"].shape, c.bits.shape
     (('1',), torch.Size([3, 4]), torch.Size([3, 1]))
+
+    An empty batch (0, *input_shape) gives codes with 0 rows and every layer.
     """
-    graph = as_graph(model, x)
+    graph = graph_for(model, x)
+    check_input(graph, x)
+    return codes_of(graph, evaluate_codes(graph, x), x.shape[0])
+
+
+def graph_for(model: nn.Module | SplineGraph, x: Tensor, what: str = "x") -> SplineGraph:
+    """The spline graph of ``model`` for a batch ``x`` that may be empty (an empty
+    batch is traced on one zero sample of its shape: the trace checks itself on a
+    sample). Errors name ``what``."""
+    if isinstance(model, SplineGraph):
+        return model
+    if not isinstance(model, nn.Module):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module or a maxaffine.SplineGraph, "
+                                 f"got {type(model).__name__}")
+    if not isinstance(x, Tensor):
+        raise MaxAffineTypeError(f"{what} must be a torch.Tensor batch (N, *input_shape), got "
+                                 f"{type(x).__name__}")
+    _check_tensor(x, what)
+    if x.dim() < 2:
+        raise MaxAffineError(f"{what} must be a batch (N, *input_shape); got shape "
+                             f"{tuple(x.shape)}: add a batch dimension with "
+                             f"{what}.unsqueeze(0)")
+    _check_dtype(model, x, what)
+    return as_graph(model, x if x.shape[0] else x.new_zeros((1, *x.shape[1:])))
+
+
+def evaluate_codes(graph: SplineGraph, x: Tensor) -> dict[str, Tensor]:
+    """name -> code tensor (N, *code_shape) of a checked batch ``x``; an empty batch
+    gets empty codes of the right shapes and dtypes (from one zero sample)."""
     with torch.no_grad():
-        found = graph.evaluate(x).codes
-    return codes_of(graph, found, x.shape[0])
+        if x.shape[0] == 0:
+            probe = graph._run(x.new_zeros((1, *graph.input_shape)), None, False).codes
+            return {k: v[:0] for k, v in probe.items()}
+        return graph._run(x, None, False).codes
+
+
+def mismatch(a: Codes, b: Codes) -> str | None:
+    """None if ``a`` and ``b`` hold codes of one model on inputs of one shape, else
+    what differs (the first layer that does, and how)."""
+    if a.names != b.names:
+        return (f"their layers differ, {a.names} vs {b.names}: they are codes of different "
+                "models")
+    for name, va, vb, pa, pb, ba, bb in zip(a.names, a.values, b.values, a.pieces, b.pieces,
+                                            a.bits_per_unit, b.bits_per_unit, strict=True):
+        if pa != pb or ba != bb:
+            return (f"layer {name!r} has {pa} pieces per unit ({ba} bits) vs {pb} ({bb} "
+                    "bits): they are codes of different models")
+        if va.shape[1:] != vb.shape[1:]:
+            return (f"codes of layer {name!r} have shape {tuple(va.shape[1:])} vs "
+                    f"{tuple(vb.shape[1:])}: the inputs have different sizes (or the models "
+                    "differ); compute both with the same model on inputs of the same shape")
+    return None
 
 
 def codes_of(graph: SplineGraph, found: dict[str, Tensor], num_samples: int | None = None
@@ -219,5 +319,5 @@ def unpack(packed: Tensor, shapes: Sequence[tuple[int, ...]], bits_per_unit: Seq
             continue
         shifts = torch.arange(0, 8, b, dtype=torch.uint8)
         vals = (chunk.unsqueeze(-1) >> shifts) & ((1 << b) - 1)
-        out.append(vals.reshape(n, -1)[:, :units].reshape(n, *shape))
+        out.append(vals.reshape(n, nbytes * (8 // b))[:, :units].reshape(n, *shape))
     return tuple(out)

@@ -40,6 +40,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def output_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an output directory (a file is in the way), or None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            if p == path:
+                return f"{path} is an existing file, not a directory"
+            return f"{p} (a parent of {path}) is an existing file, not a directory"
+    return None
+
+
 def write_table(out_dir: str | Path, name: str, table: Table) -> Path:
     """Write ``name.json`` and ``name.md`` under ``out_dir``; returns the .md path."""
     out = Path(out_dir)

@@ -30,7 +30,14 @@ from ..inference import soften, vq_posterior
 from ..models import small_cnn
 from ..nn.betavq import BetaVQ, BetaVQPool1d, BetaVQPool2d, _BetaModule, unit_pieces, vq_selection
 from ..training import fit
-from . import Experiment, Table, add_common_arguments, save_figure, write_table
+from . import (
+    Experiment,
+    Table,
+    add_common_arguments,
+    positive_int,
+    save_figure,
+    write_table,
+)
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -179,10 +186,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datasets", nargs="+", default=["mnist", "mnist1d"],
                    choices=["mnist", "mnist1d", "digits"])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration (default 5)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--seeds", type=positive_int, default=5,
+                   help="seeds per configuration (default 5)")
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"epochs for every dataset (default {EPOCHS}, digits 20)")
-    p.add_argument("--channels", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[16, 32])
     p.add_argument("--pool", choices=["max", "beta"], default="max",
                    help="max: keep max-pooling; beta: beta-VQ pooling with the same beta")
     add_common_arguments(p)

@@ -35,7 +35,17 @@ from ..datasets import Dataset
 from ..models import mlp, small_cnn
 from ..nn.hamming import GHN
 from ..training import fit
-from . import Experiment, Table, add_common_arguments, prepare, save_figure, write_table
+from . import (
+    Experiment,
+    Table,
+    add_common_arguments,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    prepare,
+    save_figure,
+    write_table,
+)
 
 CONFIGS = ("ghn", "ghn-double", "relu+bn", "relu")
 ARCHS = ("mlp", "cnn")
@@ -108,13 +118,15 @@ def _plot_curves(runs: list[dict], archs: list[str], lrs: list[float], configs: 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2],
+    p.add_argument("--seeds", type=positive_int, default=3,
+                   help="seeds per configuration (default 3)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="epochs (default 1)")
+    p.add_argument("--lrs", type=positive_float, nargs="+", default=[1e-3, 1e-2],
                    help="Adam learning rates, each a separate comparison (default 1e-3 1e-2)")
-    p.add_argument("--eval-every", type=int, default=8,
+    p.add_argument("--eval-every", type=positive_int, default=8,
                    help="evaluate the test accuracy every this many iterations (default 8)")
-    p.add_argument("--margin", type=float, default=0.1, help="double-thresholding margin")
+    p.add_argument("--margin", type=non_negative_float, default=0.1,
+                   help="double-thresholding margin")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
     add_common_arguments(p)
 

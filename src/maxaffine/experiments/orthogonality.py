@@ -31,7 +31,7 @@ from ..datasets import DATASETS, load_dataset
 from ..losses import template_gram, template_orthogonality, weight_orthogonality
 from ..models import small_cnn
 from ..training import Penalty, fit
-from . import Experiment, Table, save_figure, write_table
+from . import Experiment, Table, positive_float, positive_int, save_figure, write_table
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -118,19 +118,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                           if d in ("mnist", "digits", "mnist1d")])
     p.add_argument("--lambdas", type=_floats, default=[0.0, 0.1, 1.0],
                    help="penalty strengths, comma-separated (default 0,0.1,1)")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seeds", type=positive_int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=6)
     p.add_argument("--penalty", choices=PENALTIES, default="template")
     p.add_argument("--normalize", action="store_true",
                    help="squared cosines instead of squared inner products")
-    p.add_argument("--samples", type=int, default=16,
+    p.add_argument("--samples", type=positive_int, default=16,
                    help="template penalty on this many random inputs of each batch, an "
                         "unbiased estimate (default 16; 0: the whole batch, ~3x slower)")
-    p.add_argument("--train-size", type=int, default=None,
+    p.add_argument("--train-size", type=positive_int, default=None,
                    help="use only the first N training examples (a small-data regime)")
     p.add_argument("--channels", type=_ints, default=[8, 16])
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
 
 
 def _mean_std(vals: Sequence[float]) -> str:

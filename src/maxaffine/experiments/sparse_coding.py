@@ -36,7 +36,17 @@ from torch import Tensor, nn
 from ..datasets import Dataset
 from ..nn.sparse import SparseCodingConv2d, orthogonality_report
 from ..training import fit
-from . import Experiment, Table, add_common_arguments, prepare, save_figure, write_table
+from . import (
+    Experiment,
+    Table,
+    add_common_arguments,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    prepare,
+    save_figure,
+    write_table,
+)
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -163,10 +173,12 @@ def _plot(models: dict[str, nn.Sequential], runs: list[dict], configs: list[str]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--init-threshold", type=float, default=0.1,
+    p.add_argument("--seeds", type=positive_int, default=3,
+                   help="seeds per configuration (default 3)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="epochs (default 3)")
+    p.add_argument("--lr", type=positive_float, default=1e-3,
+                   help="Adam learning rate (default 1e-3)")
+    p.add_argument("--init-threshold", type=non_negative_float, default=0.1,
                    help="initial threshold of the sparse coders (default 0.1)")
     p.add_argument("--dataset", default="mnist", choices=["mnist"])
     add_common_arguments(p)

@@ -34,7 +34,15 @@ from ..graph import SplineGraph, trace
 from ..models import mlp, small_cnn
 from ..stats import boundary_distance, local_complexity
 from ..training import accuracy, fit
-from . import Experiment, Table, save_figure, write_table
+from . import (
+    Experiment,
+    Table,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    save_figure,
+    write_table,
+)
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -118,24 +126,24 @@ def plot_dynamics(records: list[dict], radius: float):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp")
-    p.add_argument("--widths", type=int, nargs="+", default=[200, 200, 200],
+    p.add_argument("--widths", type=positive_int, nargs="+", default=[200, 200, 200],
                    help="MLP widths or CNN channels (default 200 200 200)")
-    p.add_argument("--train-size", type=int, default=1000,
+    p.add_argument("--train-size", type=positive_int, default=1000,
                    help="training samples from the MNIST subset (default 1000)")
-    p.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--init-scale", type=float, default=1.0,
+    p.add_argument("--epochs", type=positive_int, default=1000, help="epochs (default 1000)")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--init-scale", type=positive_float, default=1.0,
                    help="multiply the initial weights by this (default 1)")
-    p.add_argument("--checkpoints", type=int, default=24, help="measurements (log-spaced)")
-    p.add_argument("--radius", type=float, default=0.2,
+    p.add_argument("--checkpoints", type=positive_int, default=24, help="measurements (log-spaced)")
+    p.add_argument("--radius", type=positive_float, default=0.2,
                    help="cross-polytope radius for the local complexity (default 0.2)")
-    p.add_argument("--directions", type=int, default=25, help="cross-polytope directions")
-    p.add_argument("--lc-points", type=int, default=500,
+    p.add_argument("--directions", type=positive_int, default=25, help="cross-polytope directions")
+    p.add_argument("--lc-points", type=positive_int, default=500,
                    help="train and test points for the local complexity (default 500 each)")
-    p.add_argument("--bd-points", type=int, default=100,
+    p.add_argument("--bd-points", type=positive_int, default=100,
                    help="train and test points for the boundary distance (default 100 each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--no-progress", action="store_true")
 
 

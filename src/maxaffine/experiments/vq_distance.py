@@ -32,7 +32,7 @@ from ..distances import vq_knn
 from ..models import small_cnn
 from ..training import fit
 from ..vq import Codes, codes
-from . import Experiment, Table, save_figure, write_table
+from . import Experiment, Table, non_negative_int, positive_int, save_figure, write_table
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -109,17 +109,19 @@ def retrieval_figure(rows: list[tuple[str, Tensor, Tensor, Tensor, Tensor, Tenso
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--channels", type=int, nargs="+", default=[8, 16],
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[8, 16],
                    help="CNN channels per conv stage (default 8 16, the demo CNN)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs on true labels (default 4)")
-    p.add_argument("--random-label-epochs", type=int, default=50,
+    p.add_argument("--epochs", type=positive_int, default=4,
+                   help="epochs on true labels (default 4)")
+    p.add_argument("--random-label-epochs", type=non_negative_int, default=50,
                    help="epochs on random labels (default 50)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--queries", type=int, default=4, help="queries in the figure (default 4)")
-    p.add_argument("--train-size", type=int, default=None, help="use only this many "
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--queries", type=positive_int, default=4,
+                   help="queries in the figure (default 4)")
+    p.add_argument("--train-size", type=positive_int, default=None, help="use only this many "
                    "training samples (quick runs)")
-    p.add_argument("--test-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--test-size", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
 
 

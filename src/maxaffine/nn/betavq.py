@@ -27,6 +27,7 @@ its pieces, ``(N, *unit_shape, R)``.  Per-channel betas use axis 1 (``C``).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _arguments as arg
 from .. import ops
+from ..errors import MaxAffineError, MaxAffineTypeError
 
 MAX_LOGIT = 40.0
 """``|logit(beta)|`` is clamped here: beta within ``sigmoid(-40) = 4.2e-18`` of 0 or 1."""
@@ -47,11 +50,20 @@ KINDS: tuple[str, ...] = ("relu", "leaky_relu", "abs")
 
 
 def _check_beta(beta: float, what: str = "beta", open_interval: bool = False) -> float:
-    b = float(beta)
+    where = "(0, 1)" if open_interval else "[0, 1]"
+    try:
+        b = arg.number(beta, what)
+    except MaxAffineTypeError:
+        raise MaxAffineTypeError(f"{what} must be a number in {where}, got "
+                                 f"{type(beta).__name__} {beta!r}") from None
+    except MaxAffineError:
+        b = math.nan
     ok = 0.0 < b < 1.0 if open_interval else 0.0 <= b <= 1.0
-    if not ok or math.isnan(b):
-        where = "(0, 1)" if open_interval else "[0, 1]"
-        raise ValueError(f"{what} must lie in {where}, got {beta!r}")
+    if not ok:
+        hint = (": a learnable beta is stored as its logit, so it cannot be exactly 0 or 1; "
+                "pass e.g. 1e-6 or 1 - 1e-6, or learnable=False" if open_interval
+                else ": 1 is the hard nonlinearity, 1/2 the soft one, 0 the mean of the pieces")
+        raise MaxAffineError(f"{what} must lie in {where}, got {beta!r}{hint}")
     return b
 
 
@@ -85,13 +97,12 @@ def unit_pieces(u: Tensor, kind: Kind, negative_slope: float = 0.01) -> Tensor:
     ReLU ``(0, u)``, leaky ReLU ``(a u, u)``, abs ``(-u, u)`` (Balestriero &
     Baraniuk 2018, sec. 3).  Shape ``(*u.shape, 2)``.
     """
+    arg.choice(kind, "kind", KINDS)
     if kind == "relu":
         return torch.stack([torch.zeros_like(u), u], -1)
     if kind == "leaky_relu":
         return torch.stack([u * negative_slope, u], -1)
-    if kind == "abs":
-        return torch.stack([-u, u], -1)
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return torch.stack([-u, u], -1)
 
 
 def window_pieces(
@@ -113,9 +124,7 @@ def window_pieces(
     layout in which reductions over pieces are fastest.
     """
     d = len(kernel)
-    if x.dim() < d + 1:
-        raise ValueError(f"pooling over {d} axes needs an input with at least {d + 1} "
-                         f"dimensions (C, *spatial), got shape {tuple(x.shape)}")
+    check_windows(x, kernel, padding, dilation, "window_pieces", batched=None)
     pad = [p for a in reversed(range(d)) for p in (padding[a], padding[a])]
     mask: Tensor | None = None
     if any(padding):
@@ -147,6 +156,29 @@ def window_pieces(
     return x, mask
 
 
+def check_windows(x: Tensor, kernel: Sequence[int], padding: Sequence[int],
+                  dilation: Sequence[int], owner: str, batched: bool | None = True) -> None:
+    """An error naming ``owner`` unless ``x`` is a (N, C, *spatial) or (C, *spatial)
+    tensor (any number of leading axes if ``batched`` is None) whose padded spatial
+    sizes hold a whole pooling window."""
+    d = len(kernel)
+    if not isinstance(x, Tensor):
+        raise MaxAffineTypeError(f"{owner} takes a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < d + 1 or (batched is not None and x.dim() > d + 2):
+        axes = {1: "L", 2: "H, W"}.get(d, ", ".join(f"S{i}" for i in range(d)))
+        raise MaxAffineError(f"{owner}: pooling over {d} spatial axes needs an input "
+                             f"(N, C, {axes}) or (C, {axes}), got shape {tuple(x.shape)}")
+    span = [dl * (k - 1) + 1 for k, dl in zip(kernel, dilation, strict=True)]
+    padded = [s + 2 * p for s, p in zip(x.shape[-d:], padding, strict=True)]
+    if any(p < w for p, w in zip(padded, span, strict=True)):
+        size = "x".join(map(str, x.shape[-d:]))
+        raise MaxAffineError(f"{owner}: the input's spatial size {size} (padded by "
+                             f"{tuple(padding)}: {'x'.join(map(str, padded))}) is smaller "
+                             f"than one pooling window ({'x'.join(map(str, span))} = kernel "
+                             f"{tuple(kernel)}, dilation {tuple(dilation)}): use a "
+                             f"kernel_size of at most {size}, or a larger input")
+
+
 # ------------------------------------------------------------------ selections
 
 
@@ -156,15 +188,25 @@ def _masked(logits: Tensor, valid: Tensor | None) -> Tensor:
     return logits.masked_fill(~valid, -math.inf)
 
 
+def _check_pieces(pieces: Tensor, dim: int) -> None:
+    if not isinstance(pieces, Tensor) or not pieces.is_floating_point():
+        got = f"dtype {pieces.dtype}" if isinstance(pieces, Tensor) else type(pieces).__name__
+        raise MaxAffineTypeError(f"pieces must be a floating-point torch.Tensor, got {got}: "
+                                 "use pieces.float()")
+    arg.integer(dim, "dim", minimum=-pieces.dim(), maximum=pieces.dim() - 1)
+
+
 def hard_selection(pieces: Tensor, dim: int = -1, valid: Tensor | None = None) -> Tensor:
     """Hard VQ: one-hot of ``argmax`` over ``dim`` (ties to the first piece, the
     code convention of :func:`maxaffine.codes`)."""
+    _check_pieces(pieces, dim)
     idx = _masked(pieces, valid).argmax(dim, keepdim=True)
     return torch.zeros_like(pieces).scatter_(dim, idx, 1.0)
 
 
 def soft_selection(pieces: Tensor, dim: int = -1, valid: Tensor | None = None) -> Tensor:
     """Soft VQ: the GMM posterior ``softmax(l)`` over ``dim`` (beta = 1/2)."""
+    _check_pieces(pieces, dim)
     return torch.softmax(_masked(pieces, valid), dim)
 
 
@@ -177,6 +219,7 @@ def vq_selection(
     exactly 1 gives :func:`hard_selection`, exactly 0 the uniform selection over the
     valid pieces.  ``valid``: optional mask of pieces that exist (pooling padding).
     """
+    _check_pieces(pieces, dim)
     end = _exact_end(beta)
     if end == 1.0:
         return hard_selection(pieces, dim, valid)
@@ -210,20 +253,26 @@ class _BetaModule(nn.Module):
     def __init__(self, beta: float | Sequence[float] | Tensor, learnable: bool,
                  per_channel: int | None):
         super().__init__()
-        values = torch.as_tensor(beta, dtype=torch.float64).flatten()
+        learnable = arg.flag(learnable, "learnable")
+        try:
+            if isinstance(beta, str | bytes):
+                raise TypeError
+            values = torch.as_tensor(beta, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise MaxAffineTypeError(f"beta must be a number in [0, 1], or one per channel "
+                                     f"(a list or tensor), got {type(beta).__name__} "
+                                     f"{beta!r}") from None
         if per_channel is not None:
-            if not isinstance(per_channel, int) or isinstance(per_channel, bool) \
-                    or per_channel < 1:
-                raise ValueError(f"per_channel must be a positive channel count or None, "
-                                 f"got {per_channel!r}")
+            per_channel = arg.integer(per_channel, "per_channel", minimum=1,
+                                      meaning="the channel count, or None for one beta")
             if values.numel() == 1:
                 values = values.expand(per_channel)
             elif values.numel() != per_channel:
-                raise ValueError(f"beta has {values.numel()} values but per_channel="
-                                 f"{per_channel}")
+                raise MaxAffineError(f"beta has {values.numel()} values but per_channel="
+                                     f"{per_channel}: pass one beta, or one per channel")
         elif values.numel() != 1:
-            raise ValueError(f"beta has {values.numel()} values: pass per_channel="
-                             f"{values.numel()} for one beta per channel")
+            raise MaxAffineError(f"beta has {values.numel()} values: pass per_channel="
+                                 f"{values.numel()} for one beta per channel")
         for b in values.tolist():
             _check_beta(b, "learnable beta" if learnable else "beta", open_interval=learnable)
         eta = torch.stack([logit(float(b)) for b in values.tolist()]).float()
@@ -260,8 +309,10 @@ class _BetaModule(nn.Module):
         if self.per_channel is None:
             return tau
         if x.dim() < 2 or x.shape[1] != self.per_channel:
-            raise ValueError(f"{type(self).__name__} has per_channel={self.per_channel} betas "
-                             f"(channel axis 1) but got input of shape {tuple(x.shape)}")
+            raise MaxAffineError(f"{type(self).__name__} has per_channel={self.per_channel} "
+                                 f"betas (channel axis 1) but got input of shape "
+                                 f"{tuple(x.shape)}: pass (N, {self.per_channel}, ...) or "
+                                 "build the module with the input's channel count")
         return tau.reshape((1, -1) + (1,) * (x.dim() - 2 + trailing))
 
     def extra_repr(self) -> str:
@@ -288,11 +339,11 @@ class BetaVQ(_BetaModule):
     def __init__(self, kind: Kind = "relu", beta: float | Sequence[float] | Tensor = 0.5,
                  learnable: bool = False, per_channel: int | None = None,
                  negative_slope: float = 0.01):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        if not 0.0 <= float(negative_slope) < 1.0:
-            raise ValueError(f"negative_slope must lie in [0, 1) (pieces (a u, u) with a < 1), "
-                             f"got {negative_slope!r}")
+        arg.choice(kind, "kind", KINDS)
+        slope = arg.number(negative_slope, "negative_slope", meaning="a in the pieces (a u, u)")
+        if not 0.0 <= slope < 1.0:
+            raise MaxAffineError(f"negative_slope must lie in [0, 1) (pieces (a u, u) with "
+                                 f"a < 1), got {negative_slope!r}")
         super().__init__(beta, learnable, per_channel)
         self.kind = kind
         self.negative_slope = float(negative_slope)
@@ -345,21 +396,27 @@ class _BetaVQPool(_BetaModule):
         super().__init__(beta, learnable, per_channel)
         d = self.spatial_dims
 
-        def tup(v: int | Sequence[int], what: str) -> tuple[int, ...]:
-            t = tuple(int(e) for e in v) if isinstance(v, Sequence) else (int(v),) * d
+        def tup(v: int | Sequence[int], what: str, minimum: int) -> tuple[int, ...]:
+            if isinstance(v, str | bytes) or not isinstance(v, Sequence | numbers.Integral
+                                                            | Tensor):
+                raise MaxAffineTypeError(f"{what} must be an int or {d} ints, got "
+                                         f"{type(v).__name__} {v!r}")
+            if isinstance(v, Sequence):
+                t = tuple(arg.integer(e, f"{what}[{i}]", minimum=minimum)
+                          for i, e in enumerate(v))
+            else:
+                t = (arg.integer(v, what, minimum=minimum),) * d
             if len(t) != d:
-                raise ValueError(f"{what} needs {d} value(s), got {v!r}")
+                raise MaxAffineError(f"{what} needs {d} value(s), got {v!r}")
             return t
 
-        self.kernel_size = tup(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else tup(stride, "stride")
-        self.padding = tup(padding, "padding")
-        self.dilation = tup(dilation, "dilation")
-        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
-            raise ValueError("kernel_size, stride, dilation must be >= 1 and padding >= 0")
+        self.kernel_size = tup(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else tup(stride, "stride", 1)
+        self.padding = tup(padding, "padding", 0)
+        self.dilation = tup(dilation, "dilation", 1)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ValueError(f"padding {self.padding} must be at most half of kernel_size "
-                             f"{self.kernel_size} (as for max-pooling)")
+            raise MaxAffineError(f"padding {self.padding} must be at most half of kernel_size "
+                                 f"{self.kernel_size} (as for max-pooling)")
 
     def pieces(self, x: Tensor, axis: Literal[-1, 0] = -1) -> tuple[Tensor, Tensor | None]:
         """Window entries (N, C, *out, K) and the padding mask (or None)."""
@@ -367,6 +424,8 @@ class _BetaVQPool(_BetaModule):
                              axis)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor):  # not under torch.fx tracing (proxies)
+            check_windows(x, self.kernel_size, self.padding, self.dilation, repr(self))
         end = self._exact()
         if end == 1.0:
             pool = F.max_pool1d if self.spatial_dims == 1 else F.max_pool2d

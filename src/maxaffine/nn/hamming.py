@@ -42,6 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _arguments as arg
+from ..errors import MaxAffineError
+from ..models import sizes, stage_sizes
+
 Threshold = Literal["single", "double", "none"]
 _THRESHOLDS = ("single", "double", "none")
 
@@ -51,18 +55,25 @@ def fuzzy_xor(x: Tensor, w: Tensor) -> Tensor:
     return x + w - 2 * x * w
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _pair(v: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
+    pair = sizes(v, name, minimum=minimum)
+    if len(pair) not in (1, 2):
+        raise MaxAffineError(f"{name} must be an int or a pair (h, w), got {v!r}")
+    return (pair[0], pair[-1])
+
+
+def _check_threshold(threshold: str, margin: float) -> tuple[str, float]:
+    threshold = arg.choice(threshold, "threshold", _THRESHOLDS)
+    margin = arg.number(margin, "margin", minimum=0.0,
+                        meaning="the dead zone around the chance-level distance")
+    return threshold, margin
 
 
 class _GHBase(nn.Module):
     weight: nn.Parameter
 
     def _setup(self, threshold: str, margin: float, fan_in: int) -> None:
-        if threshold not in _THRESHOLDS:
-            raise ValueError(f"threshold must be one of {_THRESHOLDS}, got {threshold!r}")
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
+        threshold, margin = _check_threshold(threshold, margin)
         self.threshold, self.margin, self.fan_in = threshold, float(margin), fan_in
         bound = 1 / math.sqrt(fan_in)
         with torch.no_grad():
@@ -96,6 +107,8 @@ class GHLinear(_GHBase):
     def __init__(self, in_features: int, out_features: int, *,
                  threshold: Threshold = "single", margin: float = 0.0) -> None:
         super().__init__()
+        in_features = arg.integer(in_features, "in_features", minimum=1)
+        out_features = arg.integer(out_features, "out_features", minimum=1)
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self._setup(threshold, margin, in_features)
@@ -107,6 +120,11 @@ class GHLinear(_GHBase):
         return F.linear(x, w - 0.5) - 0.5 * w.sum(1)
 
     def forward(self, x: Tensor) -> Tensor:
+        # checked on real tensors only: torch.fx traces this method with proxies
+        if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[-1] != self.in_features):
+            raise MaxAffineError(f"GHLinear({self.in_features}, {self.out_features}) takes "
+                                 f"inputs (..., {self.in_features}), got shape "
+                                 f"{tuple(x.shape)}: flatten the input or set in_features")
         return self._threshold(self.hamming(x))
 
     def extra_repr(self) -> str:
@@ -124,9 +142,12 @@ class GHConv2d(_GHBase):
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, *,
                  threshold: Threshold = "single", margin: float = 0.0) -> None:
         super().__init__()
+        in_channels = arg.integer(in_channels, "in_channels", minimum=1)
+        out_channels = arg.integer(out_channels, "out_channels", minimum=1)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding = _pair(padding)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self._setup(threshold, margin, in_channels * math.prod(self.kernel_size))
 
@@ -137,7 +158,21 @@ class GHConv2d(_GHBase):
         return h - 0.5 * w.sum((1, 2, 3)).view(-1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor):  # not under torch.fx tracing (proxies)
+            self._check_input(x)
         return self._threshold(self.hamming(x))
+
+    def _check_input(self, x: Tensor) -> None:
+        me = f"GHConv2d({self.in_channels}, {self.out_channels}, {self.kernel_size})"
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise MaxAffineError(f"{me} takes images (N, {self.in_channels}, H, W), got shape "
+                                 f"{tuple(x.shape)}")
+        padded = [s + 2 * p for s, p in zip(x.shape[-2:], self.padding, strict=True)]
+        if any(p < k for p, k in zip(padded, self.kernel_size, strict=True)):
+            raise MaxAffineError(f"{me}: the input is {x.shape[-2]}x{x.shape[-1]} "
+                                 f"({padded[0]}x{padded[1]} padded by {self.padding}), smaller "
+                                 f"than the {self.kernel_size[0]}x{self.kernel_size[1]} kernel: "
+                                 "use a smaller kernel_size, more padding or a larger input")
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -161,16 +196,22 @@ class GHN(nn.Sequential):
                  widths: Sequence[int] = (256, 256), channels: Sequence[int] = (),
                  kernel_size: int = 3, threshold: Threshold = "single",
                  margin: float = 0.0) -> None:
-        shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+        shape = sizes(input_shape, "input_shape")
+        num_classes = arg.integer(num_classes, "num_classes", minimum=1)
+        widths, channels = sizes(widths, "widths"), sizes(channels, "channels")
+        kernel_size = arg.integer(kernel_size, "kernel_size", minimum=1)
+        threshold, margin = _check_threshold(threshold, margin)
         layers: list[nn.Module] = []
         if channels:
             if len(shape) != 3:
-                raise ValueError(f"a GHN CNN needs images (C, H, W), got input_shape {shape}")
-            c, spatial = shape[0], list(shape[1:])
+                raise MaxAffineError(f"a GHN CNN (channels={channels}) needs images (C, H, W), "
+                                     f"got input_shape {shape}: pass channels=() for an MLP")
+            spatial = stage_sizes(shape, channels, kernel_size)
+            c = shape[0]
             for out in channels:
                 layers += [GHConv2d(c, out, kernel_size, padding=kernel_size // 2,
                                     threshold=threshold, margin=margin), nn.MaxPool2d(2)]
-                c, spatial = out, [s // 2 for s in spatial]
+                c = out
             d = c * math.prod(spatial)
         else:
             d = math.prod(shape)

@@ -22,11 +22,12 @@ step of non-negative orthogonal sparse coding (DESIGN.md section 1).
 
 :class:`SparseCoding` and :class:`SparseCodingConv2d` are trainable layers whose
 output is that MAP code. With ``orthogonal=True`` the dictionary is kept
-orthonormal by a parametrization (``torch.nn.utils.parametrizations.orthogonal``
-for the dense layer; an equivalent matrix-exponential map for the patch
-dictionary of the convolution), so the output *is* the exact minimiser of
-``E``. An orthonormal dictionary cannot be overcomplete: asking for more atoms
-than dimensions (K > D) with ``orthogonal=True`` raises an error. With
+orthonormal by :func:`maxaffine.orthogonal.orthogonal_filters` on the analysis
+weight ``Phi^T`` (a product of Householder reflections, orthonormal for every
+value of its parameter, so under any optimizer and weight decay), so the output
+*is* the exact minimiser of ``E``. An orthonormal dictionary cannot be
+overcomplete: asking for more atoms than dimensions (K > D) with
+``orthogonal=True`` raises an error. With
 ``orthogonal=False`` any K is allowed and the layer computes the same formula,
 which is then the first proximal-gradient (ISTA) step from ``a = 0`` with unit
 step, not the exact MAP code; :meth:`orthogonality` says how far the dictionary
@@ -44,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import orthogonal as _orthogonal
 
 from ..errors import MaxAffineError
+from ..orthogonal import orthogonal_filters
 
 Prior = Literal["exponential", "laplace"]
 _PRIORS = ("exponential", "laplace")
@@ -59,8 +60,9 @@ class OrthogonalityReport:
 
     ``gram_error``: ``||Phi^T Phi - I||_F``; ``relative_gram_error``: that over
     ``sqrt(K)``; ``distance``: ``||Phi - Q||_F / ||Phi||_F`` with ``Q`` the nearest
-    matrix with orthonormal columns (the polar factor; only when K <= D, else
-    ``nan``); ``coherence``: the largest ``|cos|`` between two atoms;
+    matrix with orthonormal columns (the polar factor; ``nan`` when K > D, or when
+    ``Phi = 0``, which is equally far from every orthonormal matrix); ``coherence``:
+    the largest ``|cos|`` between two nonzero atoms (zero atoms count as orthogonal);
     ``norm_min`` / ``norm_max``: the atoms' norms; ``overcomplete``: K > D (then no
     orthonormal dictionary exists); ``clamped_thresholds``: when read from an
     ordinary layer, how many units had a positive bias, i.e. a negative threshold
@@ -85,7 +87,7 @@ class OrthogonalityReport:
         return not self.overcomplete and self.relative_gram_error < 1e-4
 
     def to_json(self) -> str:
-        """The report as JSON (``nan`` distance of an overcomplete dictionary as null)."""
+        """The report as JSON (a ``nan`` distance as null)."""
         d = {k: (None if isinstance(v, float) and math.isnan(v) else v)
              for k, v in asdict(self).items()}
         return json.dumps(d)
@@ -117,11 +119,13 @@ def orthogonality_report(dictionary: Tensor, clamped_thresholds: int = 0) -> Ort
     eye = torch.eye(k, dtype=phi.dtype)
     gram_error = float(torch.linalg.matrix_norm(gram - eye))
     norms = phi.norm(dim=0)
-    cos = gram / (norms[:, None] * norms[None, :]).clamp_min(1e-300)
+    peak = phi.abs().amax(0)  # scale first: squares of tiny atoms underflow
+    unit = F.normalize(phi / torch.where(peak > 0, peak, 1.0), dim=0)  # zero atoms stay 0
+    cos = unit.T @ unit
     coherence = float((cos - torch.diag(torch.diag(cos))).abs().max()) if k > 1 else 0.0
-    if k <= d:
-        dist = float(torch.linalg.matrix_norm(phi - nearest_orthonormal(phi)))
-        dist /= max(float(torch.linalg.matrix_norm(phi)), 1e-300)
+    size = float(torch.linalg.matrix_norm(phi))
+    if k <= d and size > 0:
+        dist = float(torch.linalg.matrix_norm(phi - nearest_orthonormal(phi))) / size
     else:
         dist = math.nan
     return OrthogonalityReport(
@@ -227,8 +231,9 @@ class SparseCoding(_SparseCoder):
     ``prior='laplace'``.
 
     ``orthogonal=True`` (default) keeps ``Phi^T Phi = I`` through
-    ``torch.nn.utils.parametrizations.orthogonal`` on the analysis weight
-    ``Phi^T``, so the output is the exact minimiser of
+    :func:`maxaffine.orthogonal.orthogonal_filters` on the analysis weight
+    ``Phi^T`` (orthonormal for every value of the parameter
+    ``linear.parametrizations.weight.original``), so the output is the exact minimiser of
     ``1/2 ||x - Phi a||^2 + sum_k t_k |a_k|`` (over ``a >= 0`` for the exponential
     prior). It requires ``out_features <= in_features`` (an orthonormal dictionary
     cannot be overcomplete) and raises :class:`~maxaffine.MaxAffineError` otherwise.
@@ -251,7 +256,7 @@ class SparseCoding(_SparseCoder):
         self.in_features, self.out_features = in_features, out_features
         self.linear = nn.Linear(in_features, out_features, bias=False)
         if orthogonal:
-            _orthogonal(self.linear)
+            orthogonal_filters(self.linear)
         self._init_thresholds(out_features, init_threshold)
 
     @property
@@ -295,43 +300,6 @@ class SparseCoding(_SparseCoder):
         return layer
 
 
-class _OrthonormalPatches(nn.Module):
-    """Parametrization of a conv weight (K, C, kh, kw) whose flattened rows
-    (K, D = C kh kw) are orthonormal: the patch dictionary ``Phi = W^T`` (D, K)
-    has orthonormal columns.
-
-    It mirrors ``torch.nn.utils.parametrizations.orthogonal`` (matrix-exponential
-    map with a trivialization base), which cannot be applied to a 4-D weight
-    directly: the free parameter ``X`` (D, K) gives ``Phi = (base @ expm(A))[:, :K]``,
-    ``A`` the skew-symmetric matrix built from ``tril(X)`` padded to D x D.
-    """
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.shape = tuple(shape)
-        self.k, self.d = shape[0], math.prod(shape[1:])
-        self.register_buffer("base", torch.eye(self.d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.tril()
-        if self.k < self.d:
-            x = torch.cat([x, x.new_zeros(self.d, self.d - self.k)], dim=1)
-        q = self.base @ torch.matrix_exp(x - x.T)
-        return q[:, : self.k].T.reshape(self.shape)
-
-    @torch.no_grad()
-    def right_inverse(self, weight: Tensor) -> Tensor:
-        phi = weight.reshape(self.k, self.d).T
-        phi = nearest_orthonormal(phi)  # identity (up to rounding) when already orthonormal
-        if self.k < self.d:  # complete to an orthogonal D x D matrix
-            u, _, _ = torch.linalg.svd(phi, full_matrices=True)
-            complement = u[:, self.k:]
-            complement = complement - phi @ (phi.T @ complement)
-            phi = torch.cat([phi, torch.linalg.qr(complement).Q], dim=1)
-        self.base = phi.to(self.base.dtype)
-        return weight.new_zeros(self.d, self.k)
-
-
 class SparseCodingConv2d(_SparseCoder):
     """Patch-wise sparse coding as a convolution (Bowren 2021): every
     ``kernel_size`` patch ``p`` of the (zero-padded) input, flattened to
@@ -339,10 +307,9 @@ class SparseCodingConv2d(_SparseCoder):
     ``ReLU(Phi^T p - t)`` (exponential prior) or the soft threshold (Laplace),
     with one atom per output channel and one threshold per atom.
 
-    With ``orthogonal=True`` the flattened filters are kept orthonormal (a
-    matrix-exponential parametrization equivalent to
-    ``torch.nn.utils.parametrizations.orthogonal``, which cannot act on a 4-D
-    weight), so each output pixel is the exact MAP code of its patch;
+    With ``orthogonal=True`` the flattened filters are kept orthonormal by
+    :func:`maxaffine.orthogonal.orthogonal_filters` (as for :class:`SparseCoding`),
+    so each output pixel is the exact MAP code of its patch;
     ``out_channels <= in_channels * kh * kw`` is then required. Overlapping
     patches are coded independently: this is not the MAP code of a convolutional
     sparse-coding model of the whole image.
@@ -367,8 +334,7 @@ class SparseCodingConv2d(_SparseCoder):
         if orthogonal:
             _check_complete(d, out_channels, f"SparseCodingConv2d({in_channels}, "
                             f"{out_channels}, kernel_size={self.conv.kernel_size}) asks for")
-            parametrize.register_parametrization(
-                self.conv, "weight", _OrthonormalPatches(tuple(self.conv.weight.shape)))
+            orthogonal_filters(self.conv)
         self._init_thresholds(out_channels, init_threshold)
 
     @property

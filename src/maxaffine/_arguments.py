@@ -1,0 +1,85 @@
+"""Validation of scalar arguments: every error names the argument, the value it got,
+what is expected and what to do (a string where a number belongs is a
+:class:`~maxaffine.MaxAffineTypeError`, a number out of range a
+:class:`~maxaffine.MaxAffineError`)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import MaxAffineError, MaxAffineTypeError
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def integer(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
+            meaning: str = "") -> int:
+    """``value`` as an int (Python / numpy integers, 0-d integer tensors; never bool)
+    within ``[minimum, maximum]``. ``meaning`` says in the message what it is."""
+    about = f" ({meaning})" if meaning else ""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype is not torch.bool:
+        ok, value = True, int(value)
+    if not ok:
+        raise MaxAffineTypeError(f"{name} must be an integer{about}, got {_kind(value)}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            want = f">= {minimum}"
+        elif minimum is None:
+            want = f"<= {maximum}"
+        else:
+            want = f"in [{minimum}, {maximum}]"
+        raise MaxAffineError(f"{name} must be {want}{about}, got {value}")
+    return value
+
+
+def number(value: Any, name: str, *, minimum: float | None = None,
+           maximum: float | None = None, strict: bool = False, meaning: str = "") -> float:
+    """``value`` as a finite float (Python / numpy reals, one-element tensors; never
+    bool or str) within ``[minimum, maximum]`` (open interval if ``strict``)."""
+    about = f" ({meaning})" if meaning else ""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        ok = True
+    if not ok:
+        raise MaxAffineTypeError(f"{name} must be a number{about}, got {_kind(value)}")
+    v = float(value)
+    low = minimum is not None and (v <= minimum if strict else v < minimum)
+    high = maximum is not None and (v >= maximum if strict else v > maximum)
+    if not math.isfinite(v) or low or high:
+        if minimum is not None and maximum is not None:
+            want = f"in {'(' if strict else '['}{minimum:g}, {maximum:g}{')' if strict else ']'}"
+        elif minimum is not None:
+            want = f"{'>' if strict else '>='} {minimum:g}"
+        elif maximum is not None:
+            want = f"{'<' if strict else '<='} {maximum:g}"
+        else:
+            want = "finite"
+        if minimum is not None or maximum is not None:
+            want = "a finite number " + want
+        raise MaxAffineError(f"{name} must be {want}{about}, got {value!r}")
+    return v
+
+
+def flag(value: Any, name: str) -> bool:
+    """``value`` as a bool (True / False only: ``"no"`` would be truthy)."""
+    if not isinstance(value, bool):
+        raise MaxAffineTypeError(f"{name} must be True or False, got {_kind(value)}")
+    return value
+
+
+def choice(value: Any, name: str, options: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``options``."""
+    if not isinstance(value, str) or value not in options:
+        cls = MaxAffineError if isinstance(value, str) else MaxAffineTypeError
+        raise cls(f"{name} must be one of {options}, got {_kind(value)}")
+    return value
