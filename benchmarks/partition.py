@@ -7,6 +7,8 @@ regions/s; the first run's time is printed too. Also regions and peak resident
 memory. The baseline measured in the same run
 is the project's slow per-face clipping reference (tests/reference_partition.py)
 on the small network where it is feasible; its ratio to the fast path is printed.
+The 1000-class head case also times the first access to ``.decision_boundary``
+(computed lazily) and, as its baseline, the same trunk with one output.
 
     python benchmarks/partition.py [--quick] [--dtype float64|float32] [--only NAME]
                                    [--repeat N]
@@ -52,7 +54,9 @@ def _case(name: str, dtype_name: str, repeat: int, queue) -> None:
     dtype = getattr(torch, dtype_name)
     domain = ma.Slice.square()
     if name.startswith("mlp 2-"):
-        widths = [int(w) for w in name.split()[1].split("-")] + [1]
+        widths = [int(w) for w in name.split()[1].split("-")]
+        if "class head" not in name:
+            widths.append(1)
         model = _mlp(widths)
         if "^2" in name:  # "[-r,r]^2"
             r = float(name.split("[-")[1].split(",")[0])
@@ -82,22 +86,40 @@ def _case(name: str, dtype_name: str, repeat: int, queue) -> None:
     # the algorithm's: warm up on a tiny unrelated network first
     ma.partition_plane(_mlp([2, 8, 8, 1], seed=1), ma.Slice.square(), progress=False)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, part = [], None
+    times, boundary, part = [], [], None
     for _ in range(repeat if not name.endswith("^2") else 1):  # the big cases: once
         part = None  # the last run's result is freed first: peak memory is one run's
         t0 = time.perf_counter()
         part = ma.partition_plane(model, domain, dtype=dtype, progress=False,
                                   max_regions=10_000_000)
         times.append(time.perf_counter() - t0)
+        if "class head" in name:  # the decision boundary is computed on first use
+            t0 = time.perf_counter()
+            segments = part.decision_boundary.shape[0]
+            boundary.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    extra = {}
+    if boundary:
+        # baseline in the same process: the same trunk with one output (same seed,
+        # same first layers: the same partition), whose decision boundary is trivial
+        trunk = _mlp([int(w) for w in name.split()[1].split("-")[:-1]] + [1])
+        part_trunk, trunk_times = None, []
+        for _ in range(repeat):
+            part_trunk = None
+            t0 = time.perf_counter()
+            part_trunk = ma.partition_plane(trunk, domain, dtype=dtype, progress=False)
+            trunk_times.append(time.perf_counter() - t0)
+        extra = {"boundary_seconds": statistics.median(boundary), "segments": segments,
+                 "trunk_seconds": statistics.median(trunk_times),
+                 "trunk_regions": part_trunk.num_regions}
     queue.put({
         "case": name, "dtype": dtype_name, "regions": part.num_regions, "seconds": seconds,
         "first_seconds": times[0], "runs": len(times),
         "regions_per_s": part.num_regions / seconds,
         "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - base) / 1024,
         "reference_regions": reference[0] if reference else None,
-        "reference_seconds": reference[1] if reference else None,
+        "reference_seconds": reference[1] if reference else None, **extra,
     })
 
 
@@ -114,7 +136,8 @@ def main() -> None:
     cases = ["mlp 2-32-32-32 (vs reference)", "mlp 2-64-64-64"]
     if not args.quick:
         cases += ["mlp 2-128-128-128", "mlp 2-256-256-256", "mlp 784-256-256-256-10 (MNIST plane)",
-                  "demo cnn (MNIST plane, 2% window)", "mlp 2-256-256-256 [-4,4]^2",
+                  "demo cnn (MNIST plane, 2% window)",
+                  "mlp 2-256-256-256-1000 (1000-class head)", "mlp 2-256-256-256 [-4,4]^2",
                   "mlp 2-512-512-512 [-8,8]^2"]
     cases = [c for c in cases if args.only in c]
     ctx = mp.get_context("spawn")
@@ -131,6 +154,14 @@ def main() -> None:
             ratio = (f"  reference: {row['reference_regions']} regions in "
                      f"{row['reference_seconds']:.2f} s -> fast path "
                      f"{row['reference_seconds'] / row['seconds']:.0f}x faster")
+        if "boundary_seconds" in row:
+            ratio = (f"  decision boundary {row['boundary_seconds']:.2f} s "
+                     f"({row['segments']} segments); same trunk, one output: "
+                     f"{row['trunk_seconds']:.2f} s -> default call "
+                     f"{row['seconds'] / row['trunk_seconds']:.2f}x, with the boundary "
+                     f"{(row['seconds'] + row['boundary_seconds']) / row['trunk_seconds']:.2f}x"
+                     f"; boundary / default call "
+                     f"{row['boundary_seconds'] / row['seconds']:.2f}")
         print(f"{name:<40} {row['regions']:>9} regions {row['seconds']:8.2f} s "
               f"(first {row['first_seconds']:.2f} s, {row['runs']} runs) "
               f"{row['regions_per_s']:>10.0f} regions/s  peak {row['peak_rss_mb']:7.0f} MB"

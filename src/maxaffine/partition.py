@@ -1222,7 +1222,7 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, local: Slice, shift: Tens
         exact_codes, exact_slopes, exact_offsets = _exact_at(graph, local, interior[redo])
         out = torch.einsum("fcd,fd->fc", slopes[redo], interior[redo]) + offsets[redo]
         exact_out = torch.einsum("fcd,fd->fc", exact_slopes, interior[redo]) + exact_offsets
-        scale = 1e-9 * (1.0 + float(outputs.abs().max()))
+        scale = 1e-9 * (1.0 + float(_abs_max(outputs).max()))
         corrected[redo] = ((exact_codes != codes[redo]).any(1)
                            | ((out - exact_out).abs().amax(1) > scale)) & ~thin[redo]
         codes[redo] = exact_codes
