@@ -9,7 +9,8 @@ Reused by the graph, affine-map, code and partition tests.  The public API:
   blocks -- linear / conv (any stride, padding, groups, dilation), batch-norm,
   residual blocks, ReLU / leaky / abs / PReLU / Hardtanh / ReLU6 / clamp, max-pool
   and average pooling (any kernel, stride, padding, dilation, ceil mode), adaptive
-  pooling, flatten / view / transpose, ``torch.maximum`` / ``minimum`` / ``cat``
+  average and max pooling, maxima over the spatial axes (``amax`` / ``max(dim)``),
+  flatten / view / transpose, ``torch.maximum`` / ``minimum`` / ``cat``
   branches -- each both as ``nn`` modules and as functional calls, nested in user
   submodules (some modules called twice).
 * :func:`inputs` -- a batch for an architecture, drawn from a seed and a scale.
@@ -199,7 +200,8 @@ class Branches(nn.Module):
 
 
 class Lambda(nn.Module):
-    """Shape glue written inline (flatten, view, transpose, slicing, scaling)."""
+    """Shape glue written inline (flatten, view, transpose, slicing, scaling, maxima
+    over the spatial axes)."""
 
     def __init__(self, kind: str, arg: int = 0):
         super().__init__()
@@ -215,6 +217,8 @@ class Lambda(nn.Module):
             return x.contiguous().view(x.size(0), -1)
         if k == "mean":
             return x.mean((-2, -1)) if self.arg == 2 else x.mean(-1)
+        if k == "amax":
+            return x.amax((-2, -1)) if self.arg == 2 else x.max(-1).values
         if k == "transpose":
             return x.transpose(-1, -2)
         if k == "slice":
@@ -419,16 +423,21 @@ def _spatial_block(draw: Draw, dims: int, c: int, size: tuple[int, ...]
 def _spatial_head(draw: Draw, dims: int, c: int, size: tuple[int, ...]
                   ) -> tuple[list[nn.Module], int, str]:
     kind = draw(st.sampled_from(["flatten", "nn.Flatten", "torch.flatten", "view", "adaptive",
-                                 "mean"]))
+                                 "adaptive-max", "mean", "amax"]))
     if kind == "nn.Flatten":
         return [nn.Flatten()], c * math.prod(size), kind
     if kind in ("flatten", "torch.flatten", "view"):
         return [Lambda(kind)], c * math.prod(size), kind
     if kind == "mean":
         return [Lambda("mean", dims)], c, "mean(spatial)"
+    if kind == "amax":  # a max over the spatial axes (maxout): a window maximum
+        return [Lambda("amax", dims)], c, "amax(spatial)"
     out = tuple(draw(st.integers(1, s)) for s in size)
-    cls = nn.AdaptiveAvgPool1d if dims == 1 else nn.AdaptiveAvgPool2d
-    return [cls(out if dims == 2 else out[0]), nn.Flatten()], c * math.prod(out), f"adaptive{out}"
+    if kind == "adaptive-max":
+        cls = nn.AdaptiveMaxPool1d if dims == 1 else nn.AdaptiveMaxPool2d
+    else:
+        cls = nn.AdaptiveAvgPool1d if dims == 1 else nn.AdaptiveAvgPool2d
+    return [cls(out if dims == 2 else out[0]), nn.Flatten()], c * math.prod(out), f"{kind}{out}"
 
 
 @st.composite
@@ -565,7 +574,12 @@ def margins(graph: SplineGraph, x: Tensor, codes: dict[str, Tensor]
             m = torch.where(code == 1, diff, -diff)
             out.append((unit.name, m.unsqueeze(-1), (1 - code).unsqueeze(-1)))
         elif isinstance(rule, ops.MaxPool):
-            win = maxpool_windows(rule, args[0], unit.code_shape)
+            if isinstance(rule, ops.KernelMaxPool):
+                win = maxpool_windows(rule, args[0], unit.code_shape)
+            else:  # adaptive pooling, amax: from the op's own window table
+                t = rule.window_index(tuple(args[0].shape[1:]))
+                win = args[0].flatten(1)[:, t.clamp(min=0)].masked_fill(t < 0, -math.inf)
+                win = win.reshape(*code.shape, -1)
             chosen = win.gather(-1, code.unsqueeze(-1))
             m = chosen - win
             k = win.shape[-1]
