@@ -1,6 +1,6 @@
-"""Validation of scalar arguments: every error names the argument, the value it got,
-what is expected and what to do (a string where a number belongs is a
-:class:`~maxaffine.MaxAffineTypeError`, a number out of range a
+"""Validation of scalar arguments and of layers' inputs: every error names the
+argument, the value it got, what is expected and what to do (a string where a
+number belongs is a :class:`~maxaffine.MaxAffineTypeError`, a number out of range a
 :class:`~maxaffine.MaxAffineError`)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numbers
 from typing import Any
 
 import torch
+import torch.fx
 from torch import Tensor
 
 from .errors import MaxAffineError, MaxAffineTypeError
@@ -83,3 +84,38 @@ def choice(value: Any, name: str, options: tuple[str, ...]) -> str:
         cls = MaxAffineError if isinstance(value, str) else MaxAffineTypeError
         raise cls(f"{name} must be one of {options}, got {_kind(value)}")
     return value
+
+
+def pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
+    """A kernel size / stride / padding: an int or a pair of ints, each >= ``minimum``."""
+    if isinstance(value, str | bytes) or not isinstance(value, numbers.Integral | tuple | list
+                                                        | Tensor):
+        raise MaxAffineTypeError(f"{name} must be an int or a pair (h, w) of ints, got "
+                                 f"{_kind(value)}")
+    if isinstance(value, tuple | list):
+        if len(value) not in (1, 2):
+            raise MaxAffineError(f"{name} must be an int or a pair (h, w), got {value!r}")
+        items = [integer(v, f"{name}[{i}]", minimum=minimum) for i, v in enumerate(value)]
+        return (items[0], items[-1])
+    v = integer(value, name, minimum=minimum)
+    return (v, v)
+
+
+def layer_input(x: Any, owner: Any, what: str = "input",
+                dtype: torch.dtype | None = None) -> bool:
+    """Check the input of a layer's ``forward``: a floating-point tensor (of the
+    layer's ``dtype`` if given). Returns False, checking nothing, for the proxies
+    ``torch.fx`` passes while tracing (then shapes are unknown), else True.
+    ``owner``: the layer (its repr is made only for an error message) or a name."""
+    if isinstance(x, torch.fx.Proxy):
+        return False
+    if isinstance(x, Tensor) and x.is_floating_point() and (dtype is None or x.dtype == dtype):
+        return True
+    name = owner if isinstance(owner, str) else repr(owner)
+    if not isinstance(x, Tensor):
+        raise MaxAffineTypeError(f"{name} takes a torch.Tensor {what}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise MaxAffineTypeError(f"{name} takes a floating-point {what}, got dtype {x.dtype}: "
+                                 "convert it with .float()")
+    raise MaxAffineError(f"{name} has {dtype} parameters but its {what} is {x.dtype}: convert "
+                         f"the {what} with .to({dtype}) or the layer with .to({x.dtype})")

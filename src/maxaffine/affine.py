@@ -20,14 +20,16 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from . import _arguments as arg
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import (
     SplineGraph,
@@ -109,8 +111,12 @@ class AffineMap:
     def reconstruct(self, x: Tensor | None = None) -> Tensor:
         """``A[x] x + B[x]`` (N, C); with another ``x``, the region's affine map extended."""
         x = self.x if x is None else x
+        _check_tensor(x, "x")
         if x.shape != self.x.shape:
             raise MaxAffineError(f"x must have shape {tuple(self.x.shape)}, got {tuple(x.shape)}")
+        if x.dtype != self.A.dtype:
+            raise MaxAffineError(f"x is {x.dtype} but the map is {self.A.dtype}: convert x with "
+                                 f".to({self.A.dtype})")
         return _apply(self.A, x) + self.B
 
     def plot(self, n: int = 4, classes: list[int] | None = None, ax=None):
@@ -119,6 +125,9 @@ class AffineMap:
         figures. Needs image-like inputs ((C, H, W), (H, W), (D,) for D a square)."""
         from ._plotting import plot_templates
 
+        n = arg.integer(n, "n", minimum=1, meaning="inputs to draw")
+        if classes is not None:
+            classes = _class_list(classes, self.num_outputs)
         return plot_templates(self, n=n, classes=classes, ax=ax)
 
     def to_json(self) -> str:
@@ -132,6 +141,8 @@ class AffineMap:
 
     def save(self, path: str | Path) -> None:
         """All tensors to a ``.pt`` file."""
+        if not isinstance(path, str | PathLike):
+            raise MaxAffineTypeError(f"path must be a str or a path, got {type(path).__name__}")
         state = {k: getattr(self, k) for k in ("A", "B", "x", "output", "exact", "mode")}
         if self.output_slices is not None:  # as [start, stop] (torch.load's safe types)
             state["output_slices"] = {k: [s.start, s.stop] for k, s in self.output_slices.items()}
@@ -167,6 +178,10 @@ def affine_map(
     """
     if mode not in ("auto", "forward", "reverse"):
         raise MaxAffineError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+    exact = arg.flag(exact, "exact")
+    if chunk_size is not None:
+        chunk_size = arg.integer(chunk_size, "chunk_size", minimum=1,
+                                 meaning="products computed at once, or None")
     found: dict[str, Tensor] = {}
     if exact:
         graph = as_graph(model, x)
@@ -225,9 +240,41 @@ def affine_map(
         B = graph._run(torch.zeros_like(x), found, False).output.reshape(out.shape)
     else:
         B = out - _apply(A, x)
+    check_overflow("the affine map", {"A": A, "B": B, "f(x)": out})
     return AffineMap(A=A, B=B, x=x, output=out, exact=exact, mode=used,
                      output_slices=slices if exact else model.output_slices if isinstance(
                          model, SplineGraph) else _slices(leaves))
+
+
+def check_overflow(what: str, tensors: dict[str, Tensor]) -> None:
+    """Inputs and parameters are checked finite before, so a non-finite result is an
+    overflow of the dtype (e.g. huge weights or inputs in float32): refuse it rather
+    than return NaN / inf. ``what`` names the result, ``tensors`` its parts."""
+    for name, t in tensors.items():
+        t = t.detach()
+        if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise MaxAffineError(
+                f"{what} overflows {t.dtype}: {name} has {int(torch.isnan(t).sum())} NaN and "
+                f"{int(torch.isinf(t).sum())} infinite value(s) although x and the parameters "
+                "are finite (values beyond the dtype's range); evaluate the model in float64 "
+                "(model.double(), x.double()) or rescale its weights or inputs")
+
+
+def _class_list(classes: Sequence[int] | Tensor, num: int) -> list[int]:
+    """``classes`` (output indices to draw) as a list of ints in [0, num), validated."""
+    if isinstance(classes, str | bytes) or not isinstance(classes, Sequence | Tensor):
+        raise MaxAffineTypeError(f"classes must be a list of output indices, got "
+                                 f"{type(classes).__name__} {classes!r}")
+    if isinstance(classes, Tensor) and (classes.dim() != 1 or classes.dtype == torch.bool):
+        raise MaxAffineError(f"classes must be a list of output indices, got a tensor of "
+                             f"shape {tuple(classes.shape)} and dtype {classes.dtype}")
+    out = [arg.integer(c, f"classes[{i}]", minimum=-num, maximum=num - 1,
+                       meaning=f"an index of the C={num} outputs") % max(1, num)
+           for i, c in enumerate(classes)]
+    if not out:
+        raise MaxAffineError("classes is empty: pass at least one output index, or None for "
+                             "all outputs")
+    return out
 
 
 def _slices(leaves: list[tuple[str, tuple[int, ...]]]) -> dict[str, slice]:

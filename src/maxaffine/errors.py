@@ -31,9 +31,9 @@ class UnsupportedOperation(MaxAffineError):
     """
 
     def __init__(self, problems: list[str] | str):
-        if isinstance(problems, str):
+        if isinstance(problems, str) or not isinstance(problems, list | tuple):
             problems = [problems]
-        self.problems = list(problems)
+        self.problems = [str(p) for p in problems]
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
             f"{len(self.problems)} operation(s) are not affine or piecewise-affine, "

@@ -34,6 +34,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.fx.node import map_arg
 
+from . import _arguments as arguments
 from . import ops
 from .errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
 
@@ -176,6 +177,12 @@ class SplineGraph:
         model's named outputs, each reshaped to its per-sample shape: e.g.
         ``split_output(evaluation.output)`` -> name -> (N, *shape),
         ``split_output(amap.A)`` -> name -> (N, *shape, *input_shape)."""
+        if not isinstance(t, Tensor) or t.dim() == 0:
+            raise MaxAffineTypeError(
+                f"split_output takes a tensor with an axis of the flattened output size "
+                f"C={self.num_outputs}, got {_what(t)}")
+        dim = arguments.integer(dim, "dim", minimum=-t.dim(), maximum=t.dim() - 1,
+                                meaning=f"an axis of the tensor of shape {tuple(t.shape)}")
         dim = dim % t.dim()
         if t.shape[dim] != self.num_outputs:
             raise MaxAffineError(
@@ -207,11 +214,16 @@ class SplineGraph:
         ``record``: also return each nonlinearity's inputs (pre-activations).
         """
         check_input(self, x)
-        if codes:
+        record = arguments.flag(record, "record")
+        if codes is not None:
             self._check_codes(codes, x.shape[0])
         return self._run(x, codes, record)
 
     def _check_codes(self, codes: dict[str, Tensor], n: int) -> None:
+        if not isinstance(codes, Mapping):
+            raise MaxAffineTypeError(
+                f"codes must be a dict unit name -> code tensor (e.g. maxaffine.codes(graph, "
+                f"x).as_dict()), got {type(codes).__name__}")
         unknown = [k for k in codes if k not in self.unit_names]
         if unknown:
             raise MaxAffineError(
@@ -219,11 +231,22 @@ class SplineGraph:
             )
         for unit in self.units:
             code = codes.get(unit.name)
-            if code is not None and tuple(code.shape) != (n, *unit.code_shape):
+            if code is None:
+                continue
+            if not isinstance(code, Tensor) or code.is_floating_point() or code.is_complex():
+                raise MaxAffineTypeError(
+                    f"code of {unit.name!r} must be an integer tensor (the index of each "
+                    f"unit's piece), got {_what(code)}")
+            if tuple(code.shape) != (n, *unit.code_shape):
                 raise MaxAffineError(
                     f"code of {unit.name!r} has shape {tuple(code.shape)}, expected "
                     f"{(n, *unit.code_shape)} (batch size, code shape)"
                 )
+            if code.numel() and (int(code.min()) < 0 or int(code.max()) >= unit.num_pieces):
+                raise MaxAffineError(
+                    f"code of {unit.name!r} holds values in [{int(code.min())}, "
+                    f"{int(code.max())}], but its units have {unit.num_pieces} pieces: codes "
+                    f"must lie in [0, {unit.num_pieces - 1}]")
 
     def _run(self, x: Tensor, codes: dict[str, Tensor] | None, record: bool,
              until: str | None = None) -> Evaluation:
@@ -876,11 +899,18 @@ def _check_faithful(graph: SplineGraph, model: nn.Module, example: Tensor) -> No
 # ------------------------------------------------------------------------- inputs
 
 
+def _what(value: Any) -> str:
+    """A short description of an argument: a tensor's shape and dtype, else its type."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
+
+
 def _check_tensor(x: Any, what: str) -> None:
     if not isinstance(x, Tensor):
-        raise MaxAffineError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        raise MaxAffineTypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if not torch.is_floating_point(x):
-        raise MaxAffineError(
+        raise MaxAffineTypeError(
             f"{what} has dtype {x.dtype}; spline maps need floating-point inputs: "
             f"use {what}.float() (or .double() for exact checks)"
         )

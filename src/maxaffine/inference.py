@@ -38,10 +38,12 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from . import _arguments as arguments
 from . import ops
-from .errors import MaxAffineError, UnsupportedOperation
+from .errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
 from .graph import (
     SplineGraph,
+    _check_dtype,
     _check_tensor,
     _name,
     _rule_for_module,
@@ -138,9 +140,16 @@ def vq_posterior(model: nn.Module | SplineGraph, x: Tensor, layer: str | None = 
     """
     if beta is not None:
         betavq._check_beta(beta)
+    if not isinstance(model, nn.Module | SplineGraph):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module or a maxaffine.SplineGraph, "
+                                 f"got {type(model).__name__}")
     _check_tensor(x, "x")
     if not isinstance(model, SplineGraph) and any(
             isinstance(m, BETA_MODULES) for m in model.modules()):
+        if x.dim() < 2:
+            raise MaxAffineError(f"x must be a batch (N, *input_shape); got shape "
+                                 f"{tuple(x.shape)}: add a batch dimension with x.unsqueeze(0)")
+        _check_dtype(model, x, "x")
         check_parameters(model)
         return _posterior_by_hooks(model, x, layer, beta)
     graph = as_graph(model, x)
@@ -187,6 +196,9 @@ def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | None,
     handles = [m.register_forward_hook(hook_for(p)) for p, m in units.items() if p in wanted]
     try:
         model(x)
+    except RuntimeError as err:  # shapes the model's own layers refuse
+        raise MaxAffineError(f"the model fails on x of shape {tuple(x.shape)} ({err}): pass a "
+                             "batch of the model's input shape (N, *input_shape)") from err
     finally:
         for h in handles:
             h.remove()
@@ -278,7 +290,8 @@ def soften(model: nn.Module, beta: float = 0.5, *, share_weights: bool = False,
     """
     if not isinstance(model, nn.Module):
         raise MaxAffineError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    learnable = bool(learnable)
+    learnable = arguments.flag(learnable, "learnable")
+    share_weights = arguments.flag(share_weights, "share_weights")
     betavq._check_beta(beta, "learnable beta" if learnable else "beta", open_interval=learnable)
     if not any(True for _ in model.children()):  # a single module, e.g. nn.ReLU()
         alone = _soft_counterpart(model, beta, learnable)

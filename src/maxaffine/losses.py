@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from . import _arguments as arg
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, _check_dtype, _check_tensor
+from .graph import SplineGraph, _check_dtype, _check_tensor, check_parameters
 
 Classes = Sequence[int] | Tensor | None
 
@@ -94,7 +94,8 @@ def template_orthogonality(
     >>> p = template_orthogonality(net, torch.randn(8, 4))
     >>> p.backward()  # gradients w.r.t. the weights
 
-    An empty batch raises: the penalty is a mean over the batch's samples.
+    An empty batch raises: the penalty is a mean over the batch's samples; so do NaN /
+    inf parameters (named).
     """
     if samples is not None:
         samples = arg.integer(samples, "samples", minimum=1,
@@ -149,6 +150,7 @@ def _batch_size(model: nn.Module | SplineGraph, x: Tensor) -> int:
             "add a batch dimension with x.unsqueeze(0)"
         )
     _check_dtype(module, x, "x")
+    check_parameters(module)  # a NaN weight would give NaN templates, or none at all
     return x.shape[0]
 
 
@@ -307,8 +309,9 @@ def _off_diagonal_squares(gram: Tensor, normalize: bool) -> Tensor:
     """``sum_{a != c} G[..., a, c]^2`` (ordered pairs), of cosines if ``normalize``."""
     if normalize:
         gram = _cosines(gram)
-    off = gram - torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1))
-    return off.pow(2).sum((-2, -1))
+    # the diagonal masked, not subtracted: an overflowed (inf) Gram gives inf, not NaN
+    eye = torch.eye(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    return gram.masked_fill(eye, 0.0).pow(2).sum((-2, -1))
 
 
 # -------------------------------------------------------------------------- weights

@@ -53,7 +53,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .errors import MaxAffineError
+from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import _check_tensor
 
 __all__ = ["orthogonal_filters"]
 
@@ -161,6 +162,9 @@ def orthogonal_filters(module: nn.Module, name: str = "weight") -> nn.Module:
     """
     if not isinstance(module, nn.Module):
         raise MaxAffineError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise MaxAffineTypeError(f"name must be the name of the weight (a str such as "
+                                 f"'weight'), got {type(name).__name__} {name!r}")
     weight = getattr(module, name, None)
     if not isinstance(weight, Tensor) or weight.dim() < 2:
         raise MaxAffineError(
@@ -188,5 +192,6 @@ def orthogonal_filters(module: nn.Module, name: str = "weight") -> nn.Module:
         )
     if parametrize.is_parametrized(module, name):
         raise MaxAffineError(f"{type(module).__name__}.{name} is already parametrized")
+    _check_tensor(weight.detach(), f"{type(module).__name__}.{name}")
     parametrize.register_parametrization(module, name, OrthonormalFilters(groups))
     return module

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import ops
+from ._arguments import integer, number
 from ._planar import Mesh, _Prefault, clip_halfplanes, unpack_bits
 from .affine import jacobian
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
@@ -85,19 +87,18 @@ class Slice:
             raise MaxAffineError(
                 "u and v are (nearly) parallel at the precision of their dtype "
                 f"({self.u.dtype}): they do not span a plane")
-        b = torch.as_tensor(self.bounds, dtype=torch.float64)
-        _check_tensor(b, "bounds")
-        if b.dim() != 2 or b.shape[1] != 2 or b.shape[0] < 3:
-            raise MaxAffineError(f"bounds must be (K >= 3, 2) corners, got {tuple(b.shape)}")
-        area = _shoelace(b)
+        b = _polygon(self.bounds, "bounds")
+        # shape tests on the polygon scaled to unit size (no overflow, no cancellation)
+        unit = (b - b[0]) / _extent(b)
+        area = _shoelace(unit)
         if area < 0:
-            b, area = b.flip(0), -area
-        scale = float((b.max(0).values - b.min(0).values).max()) ** 2
-        if area <= 1e-12 * scale:
+            b, unit, area = b.flip(0), unit.flip(0), -area
+        if area <= 1e-12:
             raise MaxAffineError("the domain polygon has zero area")
-        nxt, nxt2 = b.roll(-1, 0), b.roll(-2, 0)
-        turn = ((nxt - b)[:, 0] * (nxt2 - nxt)[:, 1] - (nxt - b)[:, 1] * (nxt2 - nxt)[:, 0])
-        if bool((turn < -1e-12 * scale).any()):
+        nxt, nxt2 = unit.roll(-1, 0), unit.roll(-2, 0)
+        turn = ((nxt - unit)[:, 0] * (nxt2 - nxt)[:, 1]
+                - (nxt - unit)[:, 1] * (nxt2 - nxt)[:, 0])
+        if bool((turn < -1e-12).any()):
             raise MaxAffineError("the domain polygon must be convex (split a non-convex one)")
         self.bounds = b
         self.anchors = torch.as_tensor(self.anchors, dtype=torch.float64).reshape(-1, 2)
@@ -149,6 +150,10 @@ class Slice:
     @classmethod
     def square(cls, low: float = -1.0, high: float = 1.0) -> Slice:
         """The square [low, high]^2 of a model with 2-D inputs."""
+        low, high = number(low, "low"), number(high, "high")
+        if not low < high:
+            raise MaxAffineError(f"the square [low, high]^2 needs low < high, got {low!r}, "
+                                 f"{high!r}")
         e = torch.eye(2, dtype=torch.float64)
         b = torch.tensor([[low, low], [high, low], [high, high], [low, high]],
                          dtype=torch.float64)
@@ -189,6 +194,10 @@ class Slice:
 
     def to_input(self, st: Tensor) -> Tensor:
         """Points (N, 2) of slice coordinates as inputs (N, *input_shape)."""
+        _check_tensor(st, "st")
+        if st.dim() != 2 or st.shape[1] != 2:
+            raise MaxAffineError(f"st must be points (N, 2) of slice coordinates, got shape "
+                                 f"{tuple(st.shape)}")
         o, u, v = (t.to(st.dtype) for t in (self.origin, self.u, self.v))
         shape = (st.shape[0], *o.shape)
         return (o.reshape(1, -1) + st[:, :1] * u.reshape(1, -1)
@@ -207,13 +216,65 @@ def _eps(*xs: Tensor) -> float:
     return max(torch.finfo(x.dtype).eps for x in xs)
 
 
+def _polygon(corners: Any, what: str) -> Tensor:
+    """``corners`` as a float64 polygon (K >= 3, 2), finite, of a size float64
+    geometry can handle (its areas must not overflow)."""
+    try:
+        b = torch.as_tensor(corners, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise MaxAffineTypeError(
+            f"{what} must be the polygon's corners (K, 2): a tensor or nested lists of "
+            f"numbers, got {type(corners).__name__} {corners!r}") from err
+    _check_tensor(b, what)
+    if b.dim() != 2 or b.shape[1] != 2 or b.shape[0] < 3:
+        raise MaxAffineError(f"{what} must be (K >= 3, 2) corners, got {tuple(b.shape)}")
+    if float(b.abs().max()) > 1e150:
+        raise MaxAffineError(
+            f"{what} reach {float(b.abs().max()):.3g}: areas and cross products of "
+            "coordinates beyond 1e150 overflow float64; rescale the plane (e.g. a slice "
+            "with a longer u, v) or partition a smaller domain")
+    return b
+
+
+def _extent(b: Tensor) -> float:
+    """The polygon's largest side of its bounding box (> 0)."""
+    extent = float((b.max(0).values - b.min(0).values).max())
+    if extent == 0:
+        raise MaxAffineError("the domain polygon has zero area")
+    if extent < 1e-150:
+        raise MaxAffineError(
+            f"the domain polygon is {extent:.3g} wide: its areas underflow float64 "
+            "(below 1e-150); scale the plane (e.g. a slice with a shorter u, v) or zoom less")
+    return extent
+
+
+def _indices(values: Any, n: int, what: str) -> Tensor:
+    """``values`` as (k,) int64 indices into ``n`` items (negative from the end)."""
+    try:
+        idx = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise MaxAffineTypeError(f"{what} must be a list or tensor of indices, got "
+                                 f"{type(values).__name__} {values!r}") from err
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise MaxAffineTypeError(f"{what} must be integer indices, got dtype {idx.dtype}")
+    if idx.dim() > 1:
+        raise MaxAffineError(f"{what} must be a flat list of indices, got shape "
+                             f"{tuple(idx.shape)}")
+    idx = idx.reshape(-1).long()
+    bad = (idx < -n) | (idx >= n)
+    if bool(bad.any()):
+        raise MaxAffineError(f"{what}: index {int(idx[bad][0])} is out of range for {n} "
+                             f"item(s) (valid: -{n} .. {n - 1})")
+    return idx % max(n, 1)
+
+
 def _as_slice(domain: Any, graph: SplineGraph) -> Slice:
     if isinstance(domain, Slice):
         if tuple(domain.origin.shape) != graph.input_shape:
             raise MaxAffineError(f"slice lives in inputs of shape {tuple(domain.origin.shape)} "
                                  f"but the model takes {graph.input_shape}")
         return domain
-    poly = torch.as_tensor(domain, dtype=torch.float64)
+    poly = _polygon(domain, "domain")
     if graph.input_shape != (2,):
         raise MaxAffineError(
             f"a bare polygon is a domain only for models with 2-D inputs; this model takes "
@@ -309,6 +370,8 @@ class Partition:
 
     def polygon(self, i: int) -> Tensor:
         """Corners (k, 2) of face ``i``, counter-clockwise."""
+        i = integer(i, "i", minimum=-self.num_regions, maximum=self.num_regions - 1,
+                    meaning=f"a face index; the partition has {self.num_regions} faces")
         return self.vertices[self.faces[i, : int(self.face_sizes[i])]]
 
     def predicted(self) -> Tensor:
@@ -351,7 +414,8 @@ class Partition:
 
         if self.graph is None:
             raise MaxAffineError("this partition was loaded without its model")
-        idx = torch.arange(self.num_regions) if faces is None else torch.as_tensor(faces)
+        idx = (torch.arange(self.num_regions) if faces is None
+               else _indices(faces, self.num_regions, "faces"))
         return affine_map(self.graph, self.domain.to_input(self.interior[idx]))
 
     def summary(self) -> dict[str, Any]:
@@ -402,6 +466,9 @@ class Partition:
     def save(self, path: str | Path) -> None:
         """Write JSON (``.json``), all tensors with torch (``.pt``) or numpy arrays
         (``.npz``, with the code layout as a JSON string)."""
+        if not isinstance(path, str | os.PathLike):
+            raise MaxAffineTypeError(f"path must be a str or a path, got "
+                                     f"{type(path).__name__} {path!r}")
         path = Path(path)
         state = {k: v for k, v in self.__dict__.items()
                  if isinstance(v, Tensor) and not k.startswith("_")}
@@ -449,10 +516,12 @@ class SegmentPartition:
         """The outputs along the segment, with the region breakpoints."""
         import matplotlib.pyplot as plt
 
+        n_out = self.slopes.shape[1]
+        cols = (range(n_out) if outputs is None
+                else _indices(outputs, n_out, "outputs").tolist())
         if ax is None:
             _, ax = plt.subplots(figsize=(7, 3))
         t = self.breakpoints.double()
-        cols = range(self.slopes.shape[1]) if outputs is None else outputs
         for c in cols:
             left = self.offsets[:, c] + self.slopes[:, c] * t[:-1]
             right = self.offsets[:, c] + self.slopes[:, c] * t[1:]
@@ -542,6 +611,7 @@ def _graph_and_slice(model: nn.Module | SplineGraph, domain: Any, dtype: torch.d
                 f"which the model does not take ({err}); build the slice from inputs of "
                 "the model's own shape, e.g. Slice.through(x[0], x[1], x[2])") from err
     else:
+        _polygon(domain, "domain")  # a clear error before any tracing
         try:
             graph = _graph_in(model, torch.zeros((1, 2), dtype=dtype), dtype)
         except MaxAffineError as err:
@@ -593,6 +663,7 @@ def _partition(graph: SplineGraph, sl: Slice, dtype: torch.dtype, rel_tol: float
         bar.set_postfix(regions=mesh.nf)
     bar.close()
     outputs = values.outputs()
+    _check_finite(_abs_max(outputs), "the output", mesh.xy.dtype)
     mesh.drop_vals()  # the last layer's values are not needed any more
     near = torch.cat(suspects) if suspects else torch.zeros((0, 2), dtype=mesh.xy.dtype)
     part, places = _finish(mesh, graph, sl, local, shift, outputs, rel_tol,
@@ -887,6 +958,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         values.columns(index, unit, sel, table)
         k = sel.shape[0]
         own = values.scale()
+        _check_finite(own, unit.name, mesh.xy.dtype)
         # tolerances scale with each column's range, and at least with the values it
         # was computed from (its rounding)
         scale = own.clamp(min=values.upstream)
@@ -916,6 +988,14 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         start += done
     values.upstream = max(values.upstream, upstream)
     values.advance(index)
+
+
+def _check_finite(scale: Tensor, where: str, dtype: torch.dtype) -> None:
+    """Values that overflowed (inf, or NaN from inf - inf) have no geometry."""
+    if scale.numel() and not bool(torch.isfinite(scale).all()):
+        raise MaxAffineError(
+            f"values of {where} overflow {dtype} on this domain (the network's values "
+            "there exceed the largest float): scale the model's weights or the domain down")
 
 
 def _abs_max(cols: Tensor) -> Tensor:
@@ -1490,6 +1570,8 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
         for unit in graph.units:
             ins = graph._run(points(t), None, True, unit.name).inputs[unit.name]
             cols = _segment_columns(unit, ins)  # list of (T, K) cut functions
+            for d in cols:
+                _check_finite(_abs_max(d) if d.numel() else d, unit.name, dtype)
             new = [t]
             for d in cols:
                 scale = d.abs().amax(0, keepdim=True)
@@ -1519,6 +1601,8 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
     jac, out, _ = jacobian(along, mids.unsqueeze(1), mode="forward")
     slopes = jac[..., 0].detach()
     offsets = out.detach() - slopes * mids.unsqueeze(1)
+    _check_finite(torch.cat([_abs_max(slopes), _abs_max(offsets)]) if len(slopes) else slopes,
+                  "the output", dtype)
     return SegmentPartition(x0, x1, t, codes, slopes, offsets)
 
 

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import _arguments as arg
 from . import ops
-from .affine import jacobian
-from .errors import MaxAffineError
+from .affine import check_overflow, jacobian
+from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import SplineGraph, Unit, _check_tensor, as_graph, check_input
 from .inference import _rule_pieces
 
@@ -73,10 +74,13 @@ class PowerDiagram:
 
     def power(self, h: Tensor) -> Tensor:
         """Power distances (N, M) of points ``h`` (N, D) (or (N, *shape)) to every cell."""
-        h = h.reshape(h.shape[0], -1).to(self.mu.dtype)
-        if h.shape[1] != self.mu.shape[1]:
-            raise MaxAffineError(f"points have {h.shape[1]} coordinates, the diagram "
-                                 f"lives in {self.mu.shape[1]} dimensions")
+        _check_tensor(h, "h")
+        d = self.mu.shape[1]
+        if h.dim() < 1 or math.prod(h.shape[1:]) != d:
+            raise MaxAffineError(f"points must be a batch (N, {d}) (or (N, *shape) of {d} "
+                                 f"values each), got shape {tuple(h.shape)}: the diagram lives "
+                                 f"in {d} dimensions")
+        h = h.reshape(h.shape[0], d).to(self.mu.dtype)
         d2 = (h.pow(2).sum(1, keepdim=True) - 2 * h @ self.mu.T
               + self.mu.pow(2).sum(1).unsqueeze(0))
         return d2 - self.rad.unsqueeze(0)
@@ -93,9 +97,17 @@ class PowerDiagram:
         if self.mu.shape[1] != 2:
             raise MaxAffineError(f"plot needs a 2-D layer input, this one has "
                                  f"{self.mu.shape[1]} dimensions")
+        if isinstance(bounds, str | bytes) or not isinstance(bounds, Sequence | Tensor) or (
+                isinstance(bounds, Tensor) and bounds.dim() != 1) or len(bounds) != 4:
+            raise MaxAffineError(f"bounds must be 4 numbers (x0, x1, y0, y1), got {bounds!r}")
+        x0, x1, y0, y1 = (arg.number(b, f"bounds[{i}]") for i, b in enumerate(bounds))
+        if not (x0 < x1 and y0 < y1):
+            raise MaxAffineError(f"bounds (x0, x1, y0, y1) must have x0 < x1 and y0 < y1, got "
+                                 f"{(x0, x1, y0, y1)}")
+        resolution = arg.integer(resolution, "resolution", minimum=2, maximum=4096,
+                                 meaning="grid points per side")
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 5))
-        x0, x1, y0, y1 = bounds
         gx, gy = torch.meshgrid(torch.linspace(x0, x1, resolution),
                                 torch.linspace(y0, y1, resolution), indexing="xy")
         pts = torch.stack([gx.flatten(), gy.flatten()], 1).to(self.mu.dtype)
@@ -149,6 +161,7 @@ def power_diagram(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
     the earlier layers, in input space. Computed without enumerating pieces:
     ``mu`` is the gradient of the sum of the selected pieces (one backward pass).
     """
+    input_space = arg.flag(input_space, "input_space")
     graph, index, fn, point, code = _layer_setup(model, layer, x, input_space)
     unit = graph.units[index]
     v = point.detach().requires_grad_(True)
@@ -161,6 +174,7 @@ def power_diagram(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
     total = total.detach()
     offsets = total - (mu * point).flatten(1).sum(1)
     rad = mu.flatten(1).pow(2).sum(1) + 2 * offsets
+    check_overflow("the power diagram", {"mu": mu, "rad": rad})
     return PowerCells(unit.name, input_space or index == 0, point.detach(), code, mu, rad)
 
 
@@ -175,6 +189,7 @@ def layer_pieces(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
     ``B = -inf``. Memory grows as K R D per input: meant for small layers and for
     :func:`layer_power_diagram` ``((A[n], B[n]))``.
     """
+    input_space = arg.flag(input_space, "input_space")
     graph, index, fn, point, _ = _layer_setup(model, layer, x, input_space)
     unit = graph.units[index]
     n = point.shape[0]
@@ -192,6 +207,7 @@ def layer_pieces(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
 
     jac, out, _ = jacobian(flat, point.detach(), num_outputs=probe[:1].numel())
     offsets = out - torch.einsum("npd,nd->np", jac.flatten(2), point.detach().flatten(1))
+    check_overflow("the layer's pieces", {"A": jac, "B": offsets})  # absent pieces are 0 here
     if valid is not None:
         offsets = torch.where(valid.reshape(n, -1), offsets, -math.inf)
     return (jac.reshape(n, k, r, *point.shape[1:]).detach(), offsets.reshape(n, k, r).detach())
@@ -209,6 +225,8 @@ def layer_power_diagram(layer: nn.Module | SplineGraph | tuple[Tensor, Tensor],
     ``B = -inf`` do not exist and are skipped. Raises if there are more than
     ``max_cells`` codes (the count is the product of the units' pieces).
     """
+    max_cells = arg.integer(max_cells, "max_cells", minimum=1,
+                            meaning="the most codes to enumerate")
     if isinstance(layer, tuple | list):
         if len(layer) != 2:
             raise MaxAffineError("layer as MASO parameters must be a pair (A, B)")
@@ -217,6 +235,9 @@ def layer_power_diagram(layer: nn.Module | SplineGraph | tuple[Tensor, Tensor],
         if not isinstance(B, Tensor) or B.shape != A.shape[:2] or A.dim() < 3:
             raise MaxAffineError(f"A must be (K, R, D) and B (K, R), got "
                                  f"{tuple(A.shape)} and {tuple(getattr(B, 'shape', ()))}")
+        if not B.is_floating_point() or bool((torch.isnan(B) | (B == math.inf)).any()):
+            raise MaxAffineError("B must hold finite offsets, or -inf for pieces that do not "
+                                 "exist; it holds NaN, +inf or is not floating-point")
         return _enumerate(A.reshape(A.shape[0], A.shape[1], -1), B, max_cells)
     if not isinstance(layer, nn.Module | SplineGraph):
         raise MaxAffineError(f"layer must be a torch.nn.Module or a pair (A, B), got "
@@ -253,6 +274,11 @@ def face_centroids(part, layer: Layer | None = None) -> tuple[Tensor, Tensor]:
     is a power diagram. ``layer``: default the last nonlinearity, whose cells
     subdivide the regions of the earlier layers into the faces.
     """
+    from .partition import Partition
+
+    if not isinstance(part, Partition):
+        raise MaxAffineTypeError(f"face_centroids takes a maxaffine.Partition (from "
+                                 f"maxaffine.partition_plane), got {type(part).__name__}")
     if part.graph is None:
         raise MaxAffineError("this partition was loaded without its model")
     graph = part.graph

@@ -83,12 +83,13 @@ class LocalComplexity(LayerStat):
         return self.values.sum(1)
 
     def plot(self, ax=None, **kwargs):
-        """Histogram of the total local complexity."""
+        """Histogram of the total local complexity (``bins``: 30 by default)."""
         import matplotlib.pyplot as plt
 
+        bins = _bins(kwargs.pop("bins", 30))
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3))
-        ax.hist(self.total.numpy(), bins=kwargs.pop("bins", 30), **kwargs)
+        ax.hist(self.total.numpy(), bins=bins, **kwargs)
         ax.set_xlabel(f"units crossing the neighbourhood (radius {self.radius:g})")
         ax.set_ylabel("inputs")
         return ax
@@ -167,12 +168,19 @@ class BoundaryCurvature:
         """Histogram of the turning angles in degrees."""
         import matplotlib.pyplot as plt
 
+        bins = _bins(bins)
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3))
         ax.hist(torch.rad2deg(self.angles).numpy(), bins=bins, range=(0, 180))
         ax.set_xlabel("turning angle of the decision boundary (degrees)")
         ax.set_ylabel("joints")
         return ax
+
+
+def _bins(bins: int) -> int:
+    """A histogram's number of bins, validated (None: matplotlib's default 10)."""
+    return 10 if bins is None else arg.integer(bins, "bins", minimum=1, maximum=100_000,
+                                                meaning="histogram bins")
 
 
 # ------------------------------------------------------------------- local complexity
@@ -225,6 +233,11 @@ def local_complexity(model: nn.Module | SplineGraph, x: Tensor, radius: float,
         for s in range(0, x.shape[0], chunk):
             xs = x[s:s + chunk]
             pts = (xs.unsqueeze(1) + steps.unsqueeze(0)).reshape(-1, *graph.input_shape)
+            if not math.isfinite(float(pts.sum())) and not bool(torch.isfinite(pts).all()):
+                raise MaxAffineError(
+                    f"the cross-polytope's vertices x +- radius d_j overflow {x.dtype} "
+                    f"(radius={radius:g}, max |x| = {float(x.abs().max()):g}): use a "
+                    "smaller radius, or x and the model in float64")
             found = graph._run(pts, None, False).codes
             row = []
             for unit in graph.units:

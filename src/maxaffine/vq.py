@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import _arguments as arg
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import SplineGraph, _check_dtype, _check_tensor, as_graph, check_input
 
@@ -58,6 +59,11 @@ class Codes:
         if len({v.shape[0] for v in self.values}) > 1:
             raise MaxAffineError(f"Codes.values have different batch sizes "
                                  f"{[v.shape[0] for v in self.values]}: one row per sample")
+        for name, v, p in zip(self.names, self.values, self.pieces, strict=True):
+            if v.numel() and (int(v.min()) < 0 or int(v.max()) >= p):
+                raise MaxAffineError(f"codes of layer {name!r} hold values in [{int(v.min())}, "
+                                     f"{int(v.max())}], but its units have {p} pieces: codes "
+                                     f"must lie in [0, {p - 1}]")
 
     def __len__(self) -> int:
         return self.values[0].shape[0] if self.values else (self.num_samples or 0)
@@ -148,6 +154,7 @@ class Codes:
         """Per layer, the (fraction of) units whose codes differ between aligned
         samples of ``self`` and ``other`` (max-pool: windows whose argmax differs).
         Both must come from one model on inputs of one shape, with as many samples."""
+        normalized = arg.flag(normalized, "normalized")
         if not isinstance(other, Codes):
             raise MaxAffineTypeError(f"Codes.hamming compares with other maxaffine.Codes, got "
                                      f"{type(other).__name__}: compute them with "
@@ -170,6 +177,9 @@ class Codes:
     def select(self, index: Tensor | slice | Sequence[int]) -> Codes:
         """The codes of a subset of samples."""
         try:
+            probe = torch.as_tensor(index) if isinstance(index, list | tuple | Tensor) else None
+            if probe is not None and probe.numel() and probe.is_floating_point():
+                raise TypeError("indices must be integers or bools")
             kept = torch.arange(len(self))[index]
         except (IndexError, TypeError, ValueError, RuntimeError) as err:
             raise MaxAffineError(f"Codes.select: index {index!r} does not select among the "

@@ -98,6 +98,7 @@ def unit_pieces(u: Tensor, kind: Kind, negative_slope: float = 0.01) -> Tensor:
     Baraniuk 2018, sec. 3).  Shape ``(*u.shape, 2)``.
     """
     arg.choice(kind, "kind", KINDS)
+    arg.layer_input(u, "unit_pieces", "u")
     if kind == "relu":
         return torch.stack([torch.zeros_like(u), u], -1)
     if kind == "leaky_relu":
@@ -146,7 +147,7 @@ def window_pieces(
         if axis == -1:
             return t.flatten(-d)
         front = tuple(range(t.dim() - d, t.dim())) + tuple(range(t.dim() - d))
-        return t.permute(front).reshape((-1, *t.shape[:-d]))
+        return t.permute(front).reshape((math.prod(t.shape[-d:]), *t.shape[:-d]))
 
     x = gather(x)
     if mask is not None:
@@ -157,13 +158,14 @@ def window_pieces(
 
 
 def check_windows(x: Tensor, kernel: Sequence[int], padding: Sequence[int],
-                  dilation: Sequence[int], owner: str, batched: bool | None = True) -> None:
-    """An error naming ``owner`` unless ``x`` is a (N, C, *spatial) or (C, *spatial)
-    tensor (any number of leading axes if ``batched`` is None) whose padded spatial
-    sizes hold a whole pooling window."""
+                  dilation: Sequence[int], owner: str | nn.Module,
+                  batched: bool | None = True) -> None:
+    """An error naming ``owner`` (a name, or a module: its repr) unless ``x`` is a
+    (N, C, *spatial) or (C, *spatial) tensor (any number of leading axes if
+    ``batched`` is None) whose padded spatial sizes hold a whole pooling window."""
     d = len(kernel)
-    if not isinstance(x, Tensor):
-        raise MaxAffineTypeError(f"{owner} takes a torch.Tensor, got {type(x).__name__}")
+    if not arg.layer_input(x, owner):
+        return
     if x.dim() < d + 1 or (batched is not None and x.dim() > d + 2):
         axes = {1: "L", 2: "H, W"}.get(d, ", ".join(f"S{i}" for i in range(d)))
         raise MaxAffineError(f"{owner}: pooling over {d} spatial axes needs an input "
@@ -188,25 +190,44 @@ def _masked(logits: Tensor, valid: Tensor | None) -> Tensor:
     return logits.masked_fill(~valid, -math.inf)
 
 
-def _check_pieces(pieces: Tensor, dim: int) -> None:
+def _check_pieces(pieces: Tensor, dim: int, valid: Tensor | None = None) -> None:
     if not isinstance(pieces, Tensor) or not pieces.is_floating_point():
         got = f"dtype {pieces.dtype}" if isinstance(pieces, Tensor) else type(pieces).__name__
         raise MaxAffineTypeError(f"pieces must be a floating-point torch.Tensor, got {got}: "
                                  "use pieces.float()")
     arg.integer(dim, "dim", minimum=-pieces.dim(), maximum=pieces.dim() - 1)
+    if valid is None:
+        return
+    if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
+        got = f"dtype {valid.dtype}" if isinstance(valid, Tensor) else type(valid).__name__
+        raise MaxAffineTypeError(f"valid must be a bool tensor (True where a piece exists), "
+                                 f"got {got}")
+    try:
+        shape = torch.broadcast_shapes(valid.shape, pieces.shape)
+    except RuntimeError:
+        shape = None
+    if shape != pieces.shape:
+        raise MaxAffineError(f"valid of shape {tuple(valid.shape)} does not broadcast to the "
+                             f"pieces' shape {tuple(pieces.shape)}")
+    if pieces.numel() and not bool(valid.expand(shape).any(dim).all()):
+        raise MaxAffineError("valid marks no piece of some unit as existing: every unit needs "
+                             "at least one valid piece")
 
 
 def hard_selection(pieces: Tensor, dim: int = -1, valid: Tensor | None = None) -> Tensor:
     """Hard VQ: one-hot of ``argmax`` over ``dim`` (ties to the first piece, the
     code convention of :func:`maxaffine.codes`)."""
-    _check_pieces(pieces, dim)
+    _check_pieces(pieces, dim, valid)
+    if bool(torch.isnan(pieces).any()):  # argmax would select the NaN as the maximum
+        raise MaxAffineError(f"pieces contain {int(torch.isnan(pieces).sum())} NaN value(s): "
+                             "a NaN has no place in the order the hard selection takes")
     idx = _masked(pieces, valid).argmax(dim, keepdim=True)
     return torch.zeros_like(pieces).scatter_(dim, idx, 1.0)
 
 
 def soft_selection(pieces: Tensor, dim: int = -1, valid: Tensor | None = None) -> Tensor:
     """Soft VQ: the GMM posterior ``softmax(l)`` over ``dim`` (beta = 1/2)."""
-    _check_pieces(pieces, dim)
+    _check_pieces(pieces, dim, valid)
     return torch.softmax(_masked(pieces, valid), dim)
 
 
@@ -219,7 +240,7 @@ def vq_selection(
     exactly 1 gives :func:`hard_selection`, exactly 0 the uniform selection over the
     valid pieces.  ``valid``: optional mask of pieces that exist (pooling padding).
     """
-    _check_pieces(pieces, dim)
+    _check_pieces(pieces, dim, valid)
     end = _exact_end(beta)
     if end == 1.0:
         return hard_selection(pieces, dim, valid)
@@ -255,7 +276,9 @@ class _BetaModule(nn.Module):
         super().__init__()
         learnable = arg.flag(learnable, "learnable")
         try:
-            if isinstance(beta, str | bytes):
+            if isinstance(beta, str | bytes | bool) or (
+                    isinstance(beta, Tensor) and beta.dtype == torch.bool) or (
+                    isinstance(beta, Sequence) and any(isinstance(b, bool) for b in beta)):
                 raise TypeError
             values = torch.as_tensor(beta, dtype=torch.float64).flatten()
         except (TypeError, ValueError, RuntimeError):
@@ -349,6 +372,7 @@ class BetaVQ(_BetaModule):
         self.negative_slope = float(negative_slope)
 
     def forward(self, u: Tensor) -> Tensor:
+        arg.layer_input(u, self)
         end = self._exact()
         a = self.negative_slope if self.kind == "leaky_relu" else 0.0
         if end == 1.0:
@@ -371,6 +395,7 @@ class BetaVQ(_BetaModule):
 
     def selection(self, u: Tensor, beta: float | Tensor | None = None) -> Tensor:
         """Posterior over the pieces (N, ..., 2) at this module's beta (or ``beta``)."""
+        arg.layer_input(u, self)
         pieces, _ = self.pieces(u)
         if beta is not None:
             return vq_selection(pieces, beta)
@@ -424,8 +449,8 @@ class _BetaVQPool(_BetaModule):
                              axis)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor):  # not under torch.fx tracing (proxies)
-            check_windows(x, self.kernel_size, self.padding, self.dilation, repr(self))
+        if arg.layer_input(x, self):  # not under torch.fx tracing (proxies)
+            check_windows(x, self.kernel_size, self.padding, self.dilation, self)
         end = self._exact()
         if end == 1.0:
             pool = F.max_pool1d if self.spatial_dims == 1 else F.max_pool2d
@@ -474,6 +499,7 @@ class Abs(nn.Module):
     spline graph as the :class:`maxaffine.ops.Abs` nonlinearity."""
 
     def forward(self, u: Tensor) -> Tensor:
+        arg.layer_input(u, "Abs")
         return u.abs()
 
 

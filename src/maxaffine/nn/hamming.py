@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _arguments as arg
-from ..errors import MaxAffineError
+from ..errors import MaxAffineError, MaxAffineTypeError
 from ..models import sizes, stage_sizes
 
 Threshold = Literal["single", "double", "none"]
@@ -52,6 +52,15 @@ _THRESHOLDS = ("single", "double", "none")
 
 def fuzzy_xor(x: Tensor, w: Tensor) -> Tensor:
     """The fuzzy XOR ``x + w - 2 x w`` elementwise (Fan 2017); equal to XOR on {0, 1}."""
+    for name, t in (("x", x), ("w", w)):
+        if not isinstance(t, Tensor):
+            raise MaxAffineTypeError(f"fuzzy_xor takes tensors, got {type(t).__name__} for "
+                                     f"{name}")
+    try:
+        torch.broadcast_shapes(x.shape, w.shape)
+    except RuntimeError as err:
+        raise MaxAffineError(f"fuzzy_xor: x of shape {tuple(x.shape)} and w of shape "
+                             f"{tuple(w.shape)} do not broadcast ({err})") from None
     return x + w - 2 * x * w
 
 
@@ -115,17 +124,21 @@ class GHLinear(_GHBase):
 
     def hamming(self, x: Tensor) -> Tensor:
         """``h = -g(x, w) / 2`` before thresholding, (..., out_features)."""
+        self._check_input(x)
         w = self.weight
         # <w, x> - sum(x)/2 = <w - 1/2, x>: one matmul for both input terms.
         return F.linear(x, w - 0.5) - 0.5 * w.sum(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        # checked on real tensors only: torch.fx traces this method with proxies
-        if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[-1] != self.in_features):
-            raise MaxAffineError(f"GHLinear({self.in_features}, {self.out_features}) takes "
-                                 f"inputs (..., {self.in_features}), got shape "
-                                 f"{tuple(x.shape)}: flatten the input or set in_features")
         return self._threshold(self.hamming(x))
+
+    def _check_input(self, x: Tensor) -> None:
+        me = f"GHLinear({self.in_features}, {self.out_features})"
+        # checked on real tensors only: torch.fx traces this method with proxies
+        if arg.layer_input(x, me, dtype=self.weight.dtype) and (
+                x.dim() == 0 or x.shape[-1] != self.in_features):
+            raise MaxAffineError(f"{me} takes inputs (..., {self.in_features}), got shape "
+                                 f"{tuple(x.shape)}: flatten the input or set in_features")
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, " + super().extra_repr()
@@ -153,17 +166,18 @@ class GHConv2d(_GHBase):
 
     def hamming(self, x: Tensor) -> Tensor:
         """``h = -g(patch, w) / 2`` per output pixel before thresholding."""
+        self._check_input(x)
         w = self.weight
         h = F.conv2d(x, w - 0.5, None, self.stride, self.padding)
         return h - 0.5 * w.sum((1, 2, 3)).view(-1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor):  # not under torch.fx tracing (proxies)
-            self._check_input(x)
         return self._threshold(self.hamming(x))
 
     def _check_input(self, x: Tensor) -> None:
         me = f"GHConv2d({self.in_channels}, {self.out_channels}, {self.kernel_size})"
+        if not arg.layer_input(x, me, dtype=self.weight.dtype):
+            return  # torch.fx tracing: a proxy
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise MaxAffineError(f"{me} takes images (N, {self.in_channels}, H, W), got shape "
                                  f"{tuple(x.shape)}")

@@ -46,7 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..errors import MaxAffineError
+from .. import _arguments as arg
+from ..errors import MaxAffineError, MaxAffineTypeError
+from ..graph import _check_tensor, check_parameters
 from ..orthogonal import orthogonal_filters
 
 Prior = Literal["exponential", "laplace"]
@@ -111,9 +113,16 @@ class OrthogonalityReport:
 
 def orthogonality_report(dictionary: Tensor, clamped_thresholds: int = 0) -> OrthogonalityReport:
     """An :class:`OrthogonalityReport` for ``dictionary`` (D x K, atoms as columns)."""
+    if not isinstance(dictionary, Tensor):
+        raise MaxAffineTypeError(f"dictionary must be a torch.Tensor (D, K), got "
+                                 f"{type(dictionary).__name__}")
+    if dictionary.dim() != 2 or not dictionary.numel():
+        raise MaxAffineError(f"dictionary must be a matrix (D, K) with D, K >= 1 (atoms as "
+                             f"columns), got shape {tuple(dictionary.shape)}")
+    _check_tensor(dictionary.detach(), "dictionary")
+    clamped_thresholds = arg.integer(clamped_thresholds, "clamped_thresholds", minimum=0,
+                                     meaning="how many biases were clamped")
     phi = dictionary.detach().to(torch.float64)
-    if phi.dim() != 2:
-        raise MaxAffineError(f"dictionary must be a matrix (D, K), got shape {tuple(phi.shape)}")
     d, k = phi.shape
     gram = phi.T @ phi
     eye = torch.eye(k, dtype=phi.dtype)
@@ -139,14 +148,19 @@ def orthogonality_report(dictionary: Tensor, clamped_thresholds: int = 0) -> Ort
 def nearest_orthonormal(phi: Tensor) -> Tensor:
     """The matrix with orthonormal columns nearest to ``phi`` (D x K, K <= D) in
     Frobenius norm: the polar factor ``U V^T`` of ``phi = U S V^T``."""
-    u, _, vh = torch.linalg.svd(phi, full_matrices=False)
-    return u @ vh
+    if not isinstance(phi, Tensor):
+        raise MaxAffineTypeError(f"phi must be a torch.Tensor (D, K), got {type(phi).__name__}")
+    if phi.dim() < 2:
+        raise MaxAffineError(f"phi must be a matrix (D, K) (or a batch of them), got shape "
+                             f"{tuple(phi.shape)}")
+    _check_tensor(phi.detach(), "phi")
+    work = phi if phi.dtype in (torch.float32, torch.float64) else phi.float()  # half: no SVD
+    u, _, vh = torch.linalg.svd(work, full_matrices=False)
+    return (u @ vh).to(phi.dtype)
 
 
 def _check_prior(prior: str) -> str:
-    if prior not in _PRIORS:
-        raise ValueError(f"prior must be one of {_PRIORS}, got {prior!r}")
-    return prior
+    return arg.choice(prior, "prior", _PRIORS)
 
 
 def _check_complete(d: int, k: int, what: str) -> None:
@@ -171,9 +185,9 @@ class _SparseCoder(nn.Module):
     orthogonal: bool
 
     def _init_thresholds(self, k: int, init_threshold: float) -> None:
-        if init_threshold < 0:
-            raise ValueError(f"init_threshold must be >= 0 (it is sigma^2 lambda), "
-                             f"got {init_threshold}")
+        init_threshold = arg.number(init_threshold, "init_threshold", minimum=0.0,
+                                    maximum=torch.finfo(torch.float32).max,
+                                    meaning="sigma^2 lambda, stored in float32")
         # thresholds = softplus(raw_thresholds) >= 0 keeps a gradient everywhere.
         self.raw_thresholds = nn.Parameter(
             _inverse_softplus(torch.full((k,), float(init_threshold))))
@@ -213,6 +227,16 @@ class _SparseCoder(nn.Module):
         """The sparse-coding energy ``1/2 ||p - Phi a||^2 + sum_k t_k |a_k|`` per
         signal: ``x_patches`` (..., D), ``code`` (..., K) -> (...)."""
         phi = self.dictionary
+        d, k = phi.shape
+        for what, t, size in (("x_patches", x_patches, d), ("code", code, k)):
+            if arg.layer_input(t, f"{type(self).__name__}.objective", what, phi.dtype) and (
+                    t.dim() == 0 or t.shape[-1] != size):
+                raise MaxAffineError(f"{what} must have shape (..., {size}), got "
+                                     f"{tuple(t.shape)}")
+        if x_patches.shape[:-1] != code.shape[:-1]:
+            raise MaxAffineError(f"x_patches {tuple(x_patches.shape)} and code "
+                                 f"{tuple(code.shape)} must have the same leading axes: one "
+                                 "code per signal")
         resid = x_patches - code @ phi.T
         return 0.5 * resid.pow(2).sum(-1) + (code.abs() * self.thresholds).sum(-1)
 
@@ -248,8 +272,10 @@ class SparseCoding(_SparseCoder):
     def __init__(self, in_features: int, out_features: int, prior: Prior = "exponential",
                  orthogonal: bool = True, *, init_threshold: float = 0.1) -> None:
         super().__init__()
+        in_features = arg.integer(in_features, "in_features", minimum=1)
+        out_features = arg.integer(out_features, "out_features", minimum=1)
         self.prior = _check_prior(prior)
-        self.orthogonal = bool(orthogonal)
+        self.orthogonal = orthogonal = arg.flag(orthogonal, "orthogonal")
         if orthogonal:
             _check_complete(in_features, out_features, f"SparseCoding({in_features}, "
                             f"{out_features}) asks for")
@@ -265,11 +291,20 @@ class SparseCoding(_SparseCoder):
         return self.linear.weight.T
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_last(x, "input", self.in_features)
         return self._shrink(self.linear(x), self.thresholds)
 
     def reconstruct(self, code: Tensor) -> Tensor:
         """``Phi a``: (..., out_features) -> (..., in_features)."""
+        self._check_last(code, "code", self.out_features)
         return F.linear(code, self.dictionary)
+
+    def _check_last(self, x: Tensor, what: str, size: int) -> None:
+        me = f"SparseCoding({self.in_features}, {self.out_features})"
+        if arg.layer_input(x, me, what, self.raw_thresholds.dtype) and (
+                x.dim() == 0 or x.shape[-1] != size):
+            raise MaxAffineError(f"{me} takes {what}s (..., {size}), got shape "
+                                 f"{tuple(x.shape)}")
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, prior: Prior = "exponential",
@@ -287,6 +322,7 @@ class SparseCoding(_SparseCoder):
         if not isinstance(linear, nn.Linear):
             raise MaxAffineError(f"from_linear needs a torch.nn.Linear, got "
                                  f"{type(linear).__name__}")
+        check_parameters(linear)
         w = linear.weight.detach()
         b = linear.bias.detach() if linear.bias is not None else torch.zeros(w.shape[0])
         layer = cls(linear.in_features, linear.out_features, prior, orthogonal,
@@ -325,10 +361,13 @@ class SparseCodingConv2d(_SparseCoder):
                  prior: Prior = "exponential", orthogonal: bool = True, *,
                  init_threshold: float = 0.1) -> None:
         super().__init__()
+        in_channels = arg.integer(in_channels, "in_channels", minimum=1)
+        out_channels = arg.integer(out_channels, "out_channels", minimum=1)
+        kernel_size = arg.pair(kernel_size, "kernel_size")
+        stride = arg.pair(stride, "stride")
+        padding = arg.pair(padding, "padding", minimum=0)
         self.prior = _check_prior(prior)
-        self.orthogonal = bool(orthogonal)
-        if isinstance(padding, str):
-            raise MaxAffineError(f"padding must be an int or a pair of ints, got {padding!r}")
+        self.orthogonal = orthogonal = arg.flag(orthogonal, "orthogonal")
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         d = in_channels * math.prod(self.conv.kernel_size)
         if orthogonal:
@@ -344,11 +383,27 @@ class SparseCodingConv2d(_SparseCoder):
         return self.conv.weight.flatten(1).T
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_image(x)
         return self._shrink(self.conv(x), self.thresholds.view(-1, 1, 1))
+
+    def _check_image(self, x: Tensor) -> None:
+        c = self.conv
+        me = f"SparseCodingConv2d({c.in_channels}, {c.out_channels}, {c.kernel_size})"
+        if not arg.layer_input(x, me, dtype=self.raw_thresholds.dtype):
+            return  # torch.fx tracing: a proxy
+        if x.dim() not in (3, 4) or x.shape[-3] != c.in_channels:
+            raise MaxAffineError(f"{me} takes images (N, {c.in_channels}, H, W), got shape "
+                                 f"{tuple(x.shape)}")
+        padded = [s + 2 * p for s, p in zip(x.shape[-2:], c.padding, strict=True)]
+        if any(p < k for p, k in zip(padded, c.kernel_size, strict=True)):
+            raise MaxAffineError(f"{me}: the input is {x.shape[-2]}x{x.shape[-1]} "
+                                 f"({padded[0]}x{padded[1]} padded by {c.padding}), smaller "
+                                 f"than the kernel: use a larger input or more padding")
 
     def patches(self, x: Tensor) -> Tensor:
         """The zero-padded patches the layer codes, (N, L, D), L = output pixels
         in row-major order: ``forward(x)[n, :, i, j]`` codes ``patches(x)[n, i * W' + j]``."""
+        self._check_image(x)
         c = self.conv
         return F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride).transpose(1, 2)
 
@@ -357,6 +412,18 @@ class SparseCodingConv2d(_SparseCoder):
         becomes ``Phi a`` and overlapping patches are averaged (the least-squares
         image for those patch estimates; padding is dropped)."""
         c = self.conv
+        output_size = arg.pair(output_size, "output_size")
+        arg.layer_input(code, "SparseCodingConv2d.reconstruct", "code",
+                        self.raw_thresholds.dtype)
+        if code.dim() != 4 or code.shape[1] != c.out_channels:
+            raise MaxAffineError(f"code must be (N, {c.out_channels}, H', W'), got shape "
+                                 f"{tuple(code.shape)}")
+        out = [(s + 2 * p - k) // st + 1 for s, p, k, st in zip(
+            output_size, c.padding, c.kernel_size, c.stride, strict=True)]
+        if tuple(code.shape[-2:]) != tuple(out):
+            raise MaxAffineError(f"a code of spatial size {tuple(code.shape[-2:])} does not come "
+                                 f"from images of size {output_size} (their codes are "
+                                 f"{tuple(out)}): pass the coded images' (H, W) as output_size")
         n = code.shape[0]
         cols = self.dictionary @ code.flatten(2)  # (N, D, L)
         args = dict(kernel_size=c.kernel_size, dilation=c.dilation, padding=c.padding,
@@ -375,6 +442,7 @@ class SparseCodingConv2d(_SparseCoder):
         the same way)."""
         if not isinstance(conv, nn.Conv2d):
             raise MaxAffineError(f"from_conv needs a torch.nn.Conv2d, got {type(conv).__name__}")
+        check_parameters(conv)
         if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
             raise MaxAffineError("from_conv supports groups=1, dilation=1 and zero padding only")
         w = conv.weight.detach()
