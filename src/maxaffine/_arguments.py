@@ -119,3 +119,20 @@ def layer_input(x: Any, owner: Any, what: str = "input",
                                  "convert it with .float()")
     raise MaxAffineError(f"{name} has {dtype} parameters but its {what} is {x.dtype}: convert "
                          f"the {what} with .to({dtype}) or the layer with .to({x.dtype})")
+
+
+def image_input(x: Any, owner: str, channels: int, kernel: tuple[int, int],
+                padding: tuple[int, int], dtype: torch.dtype) -> None:
+    """Check the input of a 2-D convolutional layer: images (N, ``channels``, H, W)
+    (or one (C, H, W)) of ``dtype``, at least ``kernel`` large once padded."""
+    if not layer_input(x, owner, dtype=dtype):
+        return  # torch.fx tracing: a proxy
+    if x.dim() not in (3, 4) or x.shape[-3] != channels:
+        raise MaxAffineError(f"{owner} takes images (N, {channels}, H, W), got shape "
+                             f"{tuple(x.shape)}")
+    padded = [s + 2 * p for s, p in zip(x.shape[-2:], padding, strict=True)]
+    if any(p < k for p, k in zip(padded, kernel, strict=True)):
+        raise MaxAffineError(f"{owner}: the input is {x.shape[-2]}x{x.shape[-1]} "
+                             f"({padded[0]}x{padded[1]} padded by {padding}), smaller than "
+                             f"the {kernel[0]}x{kernel[1]} kernel: use a smaller kernel_size, "
+                             "more padding or a larger input")

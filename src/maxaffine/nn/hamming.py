@@ -176,17 +176,8 @@ class GHConv2d(_GHBase):
 
     def _check_input(self, x: Tensor) -> None:
         me = f"GHConv2d({self.in_channels}, {self.out_channels}, {self.kernel_size})"
-        if not arg.layer_input(x, me, dtype=self.weight.dtype):
-            return  # torch.fx tracing: a proxy
-        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
-            raise MaxAffineError(f"{me} takes images (N, {self.in_channels}, H, W), got shape "
-                                 f"{tuple(x.shape)}")
-        padded = [s + 2 * p for s, p in zip(x.shape[-2:], self.padding, strict=True)]
-        if any(p < k for p, k in zip(padded, self.kernel_size, strict=True)):
-            raise MaxAffineError(f"{me}: the input is {x.shape[-2]}x{x.shape[-1]} "
-                                 f"({padded[0]}x{padded[1]} padded by {self.padding}), smaller "
-                                 f"than the {self.kernel_size[0]}x{self.kernel_size[1]} kernel: "
-                                 "use a smaller kernel_size, more padding or a larger input")
+        arg.image_input(x, me, self.in_channels, self.kernel_size, self.padding,
+                        self.weight.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

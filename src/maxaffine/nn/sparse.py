@@ -389,16 +389,8 @@ class SparseCodingConv2d(_SparseCoder):
     def _check_image(self, x: Tensor) -> None:
         c = self.conv
         me = f"SparseCodingConv2d({c.in_channels}, {c.out_channels}, {c.kernel_size})"
-        if not arg.layer_input(x, me, dtype=self.raw_thresholds.dtype):
-            return  # torch.fx tracing: a proxy
-        if x.dim() not in (3, 4) or x.shape[-3] != c.in_channels:
-            raise MaxAffineError(f"{me} takes images (N, {c.in_channels}, H, W), got shape "
-                                 f"{tuple(x.shape)}")
-        padded = [s + 2 * p for s, p in zip(x.shape[-2:], c.padding, strict=True)]
-        if any(p < k for p, k in zip(padded, c.kernel_size, strict=True)):
-            raise MaxAffineError(f"{me}: the input is {x.shape[-2]}x{x.shape[-1]} "
-                                 f"({padded[0]}x{padded[1]} padded by {c.padding}), smaller "
-                                 f"than the kernel: use a larger input or more padding")
+        arg.image_input(x, me, c.in_channels, c.kernel_size, c.padding,
+                        self.raw_thresholds.dtype)
 
     def patches(self, x: Tensor) -> Tensor:
         """The zero-padded patches the layer codes, (N, L, D), L = output pixels
