@@ -34,7 +34,6 @@ import copy
 import warnings
 from collections.abc import Callable
 
-import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -62,39 +61,15 @@ Posterior = Tensor | dict[str, Tensor]
 
 def _rule_pieces(rule: ops.Nonlinearity, name: str,
                  inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
-    """A hard unit's pieces (N, *code_shape, R) and padding mask, from its inputs."""
-    u = inputs[0]
-    if isinstance(rule, ops.ReLU):
-        return betavq.unit_pieces(u, "relu"), None
-    if isinstance(rule, ops.LeakyReLU):
-        return torch.stack([u * rule.slope, u], -1), None
-    if isinstance(rule, ops.PReLU):
-        weight = rule.site.module.weight if rule.site.module is not None else inputs[1]
-        if weight.numel() > 1 and u.dim() > 1:
-            weight = weight.reshape((1, -1) + (1,) * (u.dim() - 2))
-        return torch.stack([u * weight.to(u.dtype), u], -1), None
-    if isinstance(rule, ops.Abs):
-        return betavq.unit_pieces(u, "abs"), None
-    if isinstance(rule, ops.MaxPool):
-        # every window max (max-pooling with any options, adaptive pooling, amax) by its
-        # window table: pieces row-major as the code; padding / absent entries invalid
-        table, padded, out = rule._table(tuple(u.shape[1:]))
-        table = table.to(u.device)
-        pieces = u.reshape(u.shape[0], -1)[:, table.clamp(min=0)]
-        shape = (u.shape[0], *out, table.shape[1])
-        if not padded:
-            return pieces.reshape(shape), None
-        valid = (table >= 0).reshape(1, *out, table.shape[1])
-        return pieces.masked_fill(~valid.reshape(1, *table.shape), 0.0).reshape(shape), valid
-    if isinstance(rule, ops.Minimum):  # min(a, b) = -max(-a, -b): log-odds (-a, -b)
-        return torch.stack(torch.broadcast_tensors(-inputs[0], -inputs[1]), -1), None
-    if isinstance(rule, ops.Maximum):
-        return torch.stack(torch.broadcast_tensors(inputs[0], inputs[1]), -1), None
-    raise MaxAffineError(
-        f"{name} ({type(rule).__name__}) is not a single max over affine pieces "
-        "(e.g. Hardtanh = min(max(u, lo), hi)), so it has no GMM posterior; pick "
-        "another layer with layer=..."
-    )
+    """A hard unit's pieces (N, *code_shape, R) and validity mask: the log-odds of
+    its GMM, for a unit that is a single max (or min) over its affine pieces."""
+    if not rule.single_max:
+        raise MaxAffineError(
+            f"{name} ({type(rule).__name__}) is not a single max over affine pieces "
+            "(e.g. Hardtanh = min(max(u, lo), hi)), so it has no GMM posterior; pick "
+            "another layer with layer=..."
+        )
+    return rule.pieces(*inputs)
 
 
 def _cannot(what: str, problems: list[str]) -> UnsupportedOperation:

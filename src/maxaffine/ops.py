@@ -242,19 +242,69 @@ class WhereMethod(Where):
 # --------------------------------------------------------------------- nonlinearities
 
 
+@dataclass(frozen=True)
+class Lines:
+    """A layer's region boundaries as lines over its :meth:`Nonlinearity.columns`:
+    line ``l`` is the zero set of ``columns[:, pos[l]] - columns[:, neg[l]] - level[l]``
+    (``neg[l] < 0``: no second term), affine on every region of the earlier
+    layers, and belongs to unit ``unit[l]``. Lines are unit-major, the same number
+    per unit, and a unit's lines decrease in order (line j >= line j + 1
+    everywhere), so a unit's code is ``base`` plus the number of its positive lines
+    (ties to the lower piece)."""
+
+    pos: Tensor
+    neg: Tensor
+    level: Tensor
+    unit: Tensor
+    base: int = 0
+    direct: bool = False  # the columns are the op's input-dependent inputs, flattened, in order
+
+    @property
+    def per_unit(self) -> int:
+        return self.pos.shape[0] // max(1, int(self.unit[-1]) + 1) if len(self.unit) else 0
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A layer's units as maxima over entries of its :meth:`Nonlinearity.columns`:
+    unit ``k``'s code is the position ``r`` of the largest ``columns[:, table[k, r]]``
+    (the first of equal maxima; ``table`` -1: no entry), and its region boundaries
+    are the ties of two entries. ``direct``: the columns are the op's first input
+    itself (flattened), so they can be read where that input is stored (likewise
+    :attr:`Lines.direct`: the columns are the op's input-dependent inputs, flattened
+    and concatenated in order)."""
+
+    table: Tensor
+    direct: bool = False
+
+
 class Nonlinearity(Rule):
     """A piecewise-affine convex (or concave) unit-wise spline with ``num_pieces`` pieces.
 
-    ``code(*args)`` returns the VQ code of every unit, an integer tensor in
-    ``[0, num_pieces)`` with the shape of the op's output; ``piece(code, *args)``
-    evaluates the selected affine piece (Balestriero & Baraniuk 2018, eq. 6:
-    ``z_k = <A[k, r_k], x> + B[k, r_k]``).
+    Every mode of the op lives here:
+
+    * ``code(*args)``: the VQ code of every unit, an integer tensor in
+      ``[0, num_pieces)`` with the shape of the op's output; ``piece(code, *args)``:
+      the selected affine piece (Balestriero & Baraniuk 2018, eq. 6:
+      ``z_k = <A[k, r_k], x> + B[k, r_k]``); ``select``: both.
+    * ``pieces(*args)``: (N, *code_shape, R) affine functions of the inputs whose
+      argmax is the code (ties to the first), with a validity mask; for a MASO unit
+      (``single_max``) they are the unit's own pieces (``max_r`` of them is the
+      output; for a min, of their negatives), the log-odds of its GMM ("From Hard to
+      Soft", ICLR 2019). Power diagrams, posteriors and boundary distances read them.
+    * ``columns(*args)`` and ``boundary(*args)``: the region boundaries as
+      :class:`Lines` or :class:`Windows` over per-sample columns; the exact
+      partitions cut along them.
+
+    An op defined by ``code``, ``piece`` and ``pieces`` alone works everywhere: its
+    default boundary is the windows of its pieces.
     """
 
     kind = "nonlinearity"
     num_pieces: ClassVar[int] = 2
     linear_args: ClassVar[frozenset[int | str]] = frozenset({0, "input"})
     dependent_hint: ClassVar[str] = ""  # appended to the refusal of such arguments
+    single_max: ClassVar[bool] = False  # the output is the max of ``pieces`` (a MASO unit)
 
     def __init__(self, site: Site):
         super().__init__(site)
@@ -291,12 +341,64 @@ class Nonlinearity(Rule):
     def piece(self, code: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         raise NotImplementedError
 
+    def pieces(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        """(N, *code_shape, R) pieces whose argmax is the code, and a validity mask
+        of the same shape (None: all valid; invalid pieces are ``-inf``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} defines no pieces(): implement it (the affine pieces "
+            "whose argmax is the code) to partition, power-diagram and measure it")
+
+    def columns(self, *args: Any, **kwargs: Any) -> Tensor:
+        """(N, C) per-sample values that :meth:`boundary` refers to (default: the
+        pieces, flattened; invalid ones 0)."""
+        pieces, valid = self.pieces(*args, **kwargs)
+        flat = _rows(pieces)
+        return flat if valid is None else torch.where(valid.reshape(flat.shape), flat, 0.0)
+
+    def boundary(self, *args: Any, **kwargs: Any) -> Lines | Windows:
+        """The layer's region boundaries over :meth:`columns` (static: the same for
+        every batch of inputs of these shapes; default: the windows of the pieces)."""
+        pieces, valid = self.pieces(*args, **kwargs)
+        k, r = math.prod(pieces.shape[1:-1]), pieces.shape[-1]
+        table = torch.arange(k * r).reshape(k, r)
+        if valid is not None:
+            table = torch.where(valid[:1].reshape(k, r), table, -1)
+        return Windows(table)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(N, everything else): one row per sample, also for empty batches."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
+
+
+def _selection_pieces(z: Tensor, breakpoints: tuple[float, ...]
+                      ) -> tuple[Tensor, Tensor | None]:
+    """``P_i(z) = sum_{j <= i} (z - b_j)`` over the finite breakpoints ``b_j`` below
+    piece i: the convex spline whose argmax counts the breakpoints below ``z`` (the
+    elementwise code); codes no value reaches (below a ``-inf`` or above a ``+inf``
+    breakpoint) are ``-inf``."""
+    lower = [-math.inf, *breakpoints]
+    upper = [*breakpoints, math.inf]
+    pieces, valid, acc = [], [], torch.zeros_like(z)
+    for i, (lo, hi) in enumerate(zip(lower, upper, strict=True)):
+        if i and math.isfinite(lo):
+            acc = acc + (z - lo)
+        pieces.append(acc)
+        valid.append(lo < hi and lo != math.inf and hi != -math.inf)
+    stacked = torch.stack(pieces, -1)
+    if all(valid):
+        return stacked, None
+    mask = torch.tensor(valid, device=z.device).expand(stacked.shape)
+    return torch.where(mask, stacked, -math.inf), mask
+
 
 class Elementwise(Nonlinearity):
     """Unit-wise spline of the pre-activation ``z = args[0]``: ``slope(code) * z + offset``.
 
     ``breakpoints`` are the values of ``z`` where the piece changes; ``code`` is the
-    number of breakpoints strictly below ``z`` (ties go to the lower piece).
+    number of breakpoints strictly below ``z`` (ties go to the lower piece). Its
+    boundaries are the lines ``z = b`` of the finite breakpoints, and its pieces the
+    selection pieces of the breakpoints (a MASO unit overrides them with its own).
     """
 
     def breakpoints(self) -> tuple[float, ...]:
@@ -309,9 +411,29 @@ class Elementwise(Nonlinearity):
             code += z > b
         return code
 
+    def pieces(self, z: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        return _selection_pieces(z, self.breakpoints())
+
+    def columns(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return _rows(z)
+
+    def boundary(self, z: Tensor, *args: Any, **kwargs: Any) -> Lines:
+        k = math.prod(z.shape[1:])
+        bps = self.breakpoints()
+        finite = [b for b in bps if math.isfinite(b)]
+        units = torch.arange(k).repeat_interleave(len(finite))
+        return Lines(units, torch.full_like(units, -1),
+                     torch.tensor(finite, dtype=torch.float64).repeat(k), units,
+                     base=sum(1 for b in bps if b == -math.inf), direct=True)
+
 
 class ReLU(Elementwise):
     """``max(0, z)``: pieces {0, z}."""
+
+    single_max = True
+
+    def pieces(self, z: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        return torch.stack([torch.zeros_like(z), z], -1), None
 
     def piece(self, code: Tensor, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return z * code.to(z.dtype)
@@ -342,19 +464,47 @@ class LeakyReLU(Elementwise):
         # leaky_relu's derivative at 0 is the slope, the lower piece, as the tie rule
         return (z > 0).view(torch.uint8), F.leaky_relu(z, self.slope)
 
+    @property
+    def single_max(self) -> bool:  # type: ignore[override]
+        return self.slope < 1  # max(a z, z); a > 1 makes it a min
+
+    def pieces(self, z: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        return _slope_pieces(z, z.new_tensor(float(self.slope)))
+
+
+def _slope_pieces(z: Tensor, slope: Tensor) -> tuple[Tensor, None]:
+    """Pieces of ``z -> z`` (code 1, z > 0) and ``z -> a z`` (code 0): {a z, z},
+    whose argmax is the code where ``a < 1``; elsewhere (a >= 1, a min) the
+    selection pieces {0, z}."""
+    low = torch.where(slope < 1, z * slope.to(z.dtype), torch.zeros_like(z))
+    return torch.stack([low, z], -1), None
+
 
 class PReLU(Elementwise):
     """Leaky ReLU with a learned slope per channel (channel axis 1)."""
 
-    def piece(self, code: Tensor, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    single_max = True  # for slopes below 1 (the usual case); see _slope_pieces
+
+    def _weight(self, z: Tensor, *args: Any) -> Tensor:
         weight = self.site.module.weight if self.site.module is not None else args[0]
         if weight.numel() > 1 and z.dim() > 1:
             weight = weight.reshape((1, -1) + (1,) * (z.dim() - 2))
-        return torch.where(code.bool(), z, z * weight.to(z.dtype))
+        return weight.to(z.dtype)
+
+    def piece(self, code: Tensor, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.where(code.bool(), z, z * self._weight(z, *args))
+
+    def pieces(self, z: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        return _slope_pieces(z, self._weight(z, *args))
 
 
 class Abs(Elementwise):
     """``|z| = max(-z, z)``."""
+
+    single_max = True
+
+    def pieces(self, z: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        return torch.stack([-z, z], -1), None
 
     def piece(self, code: Tensor, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return z * (2 * code.to(z.dtype) - 1)
@@ -481,6 +631,24 @@ class MaxPool(Nonlinearity):
             vals = vals.masked_fill((table < 0).to(x.device), -math.inf)
         best, code = vals.max(-1)
         return code.to(self._code_dtype()).reshape(n, *out), best.reshape(n, *out)
+
+    single_max = True
+
+    def pieces(self, x: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        table, padded, out = self._table(tuple(x.shape[1:]))
+        table = table.to(x.device)
+        n = x.shape[0]
+        vals = _rows(x)[:, table.clamp(min=0)].reshape(n, *out, table.shape[1])
+        if not padded:
+            return vals, None
+        valid = (table >= 0).reshape(1, *out, table.shape[1]).expand_as(vals)
+        return vals.masked_fill(~valid, -math.inf), valid
+
+    def columns(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return _rows(x)
+
+    def boundary(self, x: Tensor, *args: Any, **kwargs: Any) -> Windows:
+        return Windows(self._table(tuple(x.shape[1:]))[0], direct=True)
 
     def code(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return self.select(x)[0]
@@ -798,15 +966,39 @@ class Maximum(Nonlinearity):
                 f"a reduction over dim={other!r} computed in forward(); pass dim as a "
                 "Python int (x.max(1), torch.amax(x, (1, 2))) so tracing can read it")
 
+    single_max = True
+    _sign: ClassVar[float] = 1.0  # max: pieces (a, b); min = -max(-a, -b): (-a, -b)
+
     def code(self, a: Tensor, b: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return (b > a).to(torch.uint8)
 
     def piece(self, code: Tensor, a: Tensor, b: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return torch.where(code.bool(), b, a)
 
+    def pieces(self, a: Tensor, b: Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[Tensor, Tensor | None]:
+        a, b = torch.broadcast_tensors(a, b)
+        return torch.stack([a, b], -1) * self._sign, None
+
+    def columns(self, a: Tensor, b: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        a, b = torch.broadcast_tensors(a, b)
+        return torch.cat([_rows(a), _rows(b)], 1)
+
+    def boundary(self, a: Tensor, b: Tensor, *args: Any, **kwargs: Any) -> Lines:
+        # one line per unit: b - a (maximum: code 1 where b > a), a - b (minimum)
+        k = math.prod(torch.broadcast_shapes(a.shape, b.shape)[1:])
+        units = torch.arange(k)
+        first, second = (units + k, units) if self._sign > 0 else (units, units + k)
+        direct = (a.shape == b.shape and len(self.site.dependent) >= 2
+                  and all(self.site.dependent[:2]))
+        return Lines(first, second, torch.zeros(k, dtype=torch.float64), units,
+                     direct=direct)
+
 
 class Minimum(Maximum):
     """``min(a, b)`` of two tensors: code 1 where ``b < a``."""
+
+    _sign = -1.0
 
     def code(self, a: Tensor, b: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return (b < a).to(torch.uint8)
@@ -1018,7 +1210,7 @@ _register_all(Minimum, torch.minimum, torch.min, "minimum", "min")
 
 __all__ = [
     "Abs", "AdaptiveMaxPool", "Affine", "Amax", "Elementwise", "Hardsigmoid", "Hardtanh",
-    "KernelMaxPool", "LeakyReLU", "MaxPool", "Maximum", "Minimum", "Nonlinearity", "PReLU",
-    "ReLU", "Rule", "Site", "Softshrink", "lookup", "refusal", "register_op",
-    "supported_ops",
+    "KernelMaxPool", "LeakyReLU", "Lines", "MaxPool", "Maximum", "Minimum", "Nonlinearity",
+    "PReLU", "ReLU", "Rule", "Site", "Softshrink", "Windows", "lookup", "refusal",
+    "register_op", "supported_ops",
 ]

@@ -651,12 +651,12 @@ def _partition(graph: SplineGraph, sl: Slice, dtype: torch.dtype, rel_tol: float
     extent = float((local.bounds.max(0).values - local.bounds.min(0).values).max())
     for index, unit in enumerate(graph.units):
         mesh.mark_layer()
-        _cut_unit(mesh, values, index, unit, rel_tol, max_regions, suspects)
-        if isinstance(unit.rule, ops.MaxPool):
-            # ties of different pairs of entries can be the same line in a face (two
-            # dead entries, both 0; padding of equal constants): vertices made for it
-            # on the two sides of an edge then coincide (to rounding). Weld them
-            # (within rel_tol of the domain's size), then merge pieces of regions.
+        if _cut_unit(mesh, values, index, unit, rel_tol, max_regions, suspects):
+            # windows: ties of different pairs of entries can be the same line in a
+            # face (two dead entries, both 0; padding of equal constants): vertices
+            # made for it on the two sides of an edge then coincide (to rounding).
+            # Weld them (within rel_tol of the domain's size), then merge the pieces
+            # of regions that ties of non-maximal entries split.
             mesh.weld(rel_tol * extent)
             _merge_regions(mesh, graph, unit)
         bar.update(1)
@@ -734,12 +734,12 @@ class _VertexValues:
         self.start_nv = mesh.nv  # vertices at the current layer's start
         self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
-        self._scale: Tensor | None = None  # per column of the last resume: max |value|
+        self._resumed_scale: Tensor | None = None  # per column of the last resume: max |v|
+        self._scale: Tensor | None = None  # the same, while those are the cut columns
         # the largest |value| of any earlier unit's inputs: values computed from them
         # (interpolated, or through forward passes) are rounded to ~eps of it, however
         # small their own range (e.g. after a clamp)
         self.upstream = 0.0
-        self.window_cols: Tensor | None = None  # max-pooling read in place: entry columns
         self.offset = 0  # where the live columns start
         self.output: Tensor | None = None
         if self.resume:
@@ -796,7 +796,7 @@ class _VertexValues:
                 torch.maximum(scale, _abs_max(dest[a:b]), out=scale)
         if pause is None:
             self.output = dest
-        self._scale = None if pause is None else scale
+        self._resumed_scale = None if pause is None else scale
         self.ncols = self.offset = 0
 
     def _env(self) -> dict:
@@ -807,36 +807,44 @@ class _VertexValues:
             at += k
         return env
 
-    def columns(self, index: int, unit: Unit, sel: Tensor, table: Tensor | None) -> None:
-        """Put the cut-function inputs of units ``sel`` in the mesh's first columns."""
+    def columns(self, index: int, unit: Unit, sel: Tensor, desc: ops.Lines | ops.Windows
+                ) -> ops.Lines | ops.Windows:
+        """Put the columns the boundaries of units ``sel`` read (the rule's
+        :meth:`~maxaffine.ops.Nonlinearity.columns`) first in the mesh, and return
+        those boundaries in terms of them (``desc`` restricted to ``sel``)."""
         mesh, graph = self.mesh, self.graph
-        if self.resume:
+        self._scale = None
+        if self.resume and desc.direct:
             env = self._env()
             nodes = _input_nodes(graph, self.pauses[index][0])
             ins = tuple(env[n] for n in nodes)
             shapes = {tuple(t.shape) for t in ins}
-            pool = isinstance(unit.rule, ops.MaxPool)
             in_place = (len(shapes) == 1 and len(set(nodes)) == len(nodes)
                         and [n for n, _ in self.live[: len(nodes)]] == nodes
-                        and sel.shape[0] == unit.num_units and (not pool or len(nodes) == 1))
-            if in_place:  # the inputs are the first live columns already
-                self.ncols, self.offset = sum(t[:1].numel() for t in ins), 0
-                # max-pooling reads its window entries where they are (table: the
-                # input's flat index = the column of each entry), not gathered
-                self.window_cols = table if pool else None
-                return
-            self._scale = self.window_cols = None
-            cols = _columns(unit, ins, sel, table)
+                        and sel.shape[0] == unit.num_units)
+            if in_place:  # the columns are the first live columns already: read them
+                self.ncols, self.offset = sum(t[:1].numel() for t in ins), 0  # there
+                self._scale = self._resumed_scale
+                return desc
+            local, used = _restrict(desc, sel)
+            cols = torch.cat([t.reshape(t.shape[0], -1) for t in ins], 1)[:, used]
             mesh.set_vals(torch.cat([cols, mesh.vals[:, self.offset:]], 1))
             self.ncols = self.offset = cols.shape[1]
-            return
-        self._scale = self.window_cols = None
-        width = len(sel) * (unit.num_pieces if isinstance(unit.rule, ops.MaxPool) else
-                            2 if isinstance(unit.rule, ops.Maximum) else 1)
-        vals = mesh.fresh_vals(width)  # written in place: one copy of the values
+            return local
+        # columns that are not the op's inputs, or recompute mode: forward passes
+        local, used = _restrict(desc, sel)
+        if self.resume:  # the live values stay, after the new columns
+            cols = torch.empty((mesh.nv, used.shape[0]), dtype=mesh.xy.dtype)
+            for part, ev in _evaluate(graph, self.sl, mesh.xy, unit.name):
+                cols[part] = unit.rule.columns(*ev.inputs[unit.name])[:, used]
+            mesh.set_vals(torch.cat([cols, mesh.vals[:, self.offset:]], 1))
+            self.ncols = self.offset = cols.shape[1]
+            return local
+        vals = mesh.fresh_vals(used.shape[0])  # written in place: one copy of the values
         for part, ev in _evaluate(graph, self.sl, mesh.xy, unit.name):
-            vals[part] = _columns(unit, ev.inputs[unit.name], sel, table)
-        self.ncols = width
+            vals[part] = unit.rule.columns(*ev.inputs[unit.name])[:, used]
+        self.ncols = used.shape[0]
+        return local
 
     def scale(self) -> Tensor:
         """(ncols,) the largest absolute value of each cut-function input column at
@@ -896,20 +904,32 @@ def _evaluate(graph: SplineGraph, sl: Slice, st: Tensor, until: str | None,
                                                   until)
 
 
-def _columns(unit: Unit, inputs: tuple[Tensor, ...], sel: Tensor, table: Tensor | None) -> Tensor:
-    """Values at points (N, cols) of the chosen units' cut-function inputs: the
-    pre-activation (elementwise), both arguments (maximum / minimum), or the
-    window entries, unit-major (max-pool; 0 at padding)."""
-    rule = unit.rule
-    if isinstance(rule, ops.MaxPool):
-        x = inputs[0].flatten(1)
-        t = table[sel]
-        vals = x[:, t.clamp(min=0)]
-        return torch.where(t >= 0, vals, 0.0).flatten(1)
-    if isinstance(rule, ops.Maximum):
-        a, b = torch.broadcast_tensors(inputs[0], inputs[1])
-        return torch.cat([a.flatten(1)[:, sel], b.flatten(1)[:, sel]], 1)
-    return inputs[0].flatten(1)[:, sel]
+def _restrict(desc: ops.Lines | ops.Windows, sel: Tensor
+              ) -> tuple[ops.Lines | ops.Windows, Tensor]:
+    """The boundaries of units ``sel`` (consecutive) over the columns they read:
+    returns them in terms of those columns, and which of the rule's columns they
+    are (``used``, in order). Windows read their entries unit-major (an absent
+    entry reads column 0, never compared)."""
+    if isinstance(desc, ops.Windows):
+        t = desc.table[sel]
+        k, r = t.shape
+        local = torch.where(t >= 0, torch.arange(k * r).reshape(k, r), -1)
+        return ops.Windows(local), t.clamp(min=0).flatten()
+    per = desc.per_unit
+    lo, hi = int(sel[0]) * per, (int(sel[-1]) + 1) * per
+    pos, neg = desc.pos[lo:hi], desc.neg[lo:hi]
+    used = torch.unique(torch.cat([pos, neg[neg >= 0]]))
+    local_neg = torch.where(neg >= 0, torch.searchsorted(used, neg.clamp(min=0)), -1)
+    return ops.Lines(torch.searchsorted(used, pos), local_neg, desc.level[lo:hi],
+                     desc.unit[lo:hi] - int(sel[0]), desc.base), used
+
+
+def _columns_per_unit(desc: ops.Lines | ops.Windows, n_units: int) -> int:
+    """Columns one unit's boundaries read (for the values budget)."""
+    if isinstance(desc, ops.Windows):
+        return desc.table.shape[1]
+    used = torch.unique(torch.cat([desc.pos, desc.neg[desc.neg >= 0]]))
+    return max(1, -(-used.shape[0] // max(1, n_units)))
 
 
 _VALUES_BUDGET = 2e7  # per-vertex values held at once in recompute mode (floats)
@@ -917,33 +937,31 @@ _REROOT = 4  # a new phase of cuts starts when the faces have multiplied this mu
 
 
 def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
-              rel_tol: float, max_regions: int, suspects: list[Tensor]) -> None:
-    """Cut every face along the boundaries of one nonlinearity's units, and record
-    the units' codes on every face (packed, in the mesh's payload); vertices that a
-    boundary passed within the tolerance of (without being made on it) are
-    appended to ``suspects`` (their coordinates) and their faces flagged."""
-    rule = unit.rule
+              rel_tol: float, max_regions: int, suspects: list[Tensor]) -> bool:
+    """Cut every face along the boundaries of one nonlinearity's units (the rule's
+    :meth:`~maxaffine.ops.Nonlinearity.boundary`: lines, or ties of window entries),
+    and record the units' codes on every face (packed, in the mesh's payload);
+    vertices that a boundary passed within the tolerance of (without being made on
+    it) are appended to ``suspects`` (their coordinates) and their faces flagged.
+    Returns whether the boundaries were windows (whose pieces need merging)."""
     graph = values.graph
-    pieces = unit.num_pieces if isinstance(rule, ops.MaxPool) else 1
-    per_unit = pieces if isinstance(rule, ops.MaxPool) else (
-        2 if isinstance(rule, ops.Maximum) else 1)
-    table = None
-    if isinstance(rule, ops.MaxPool):
-        _, ev = next(_evaluate(graph, values.sl, values.sl.bounds[:1].to(mesh.xy.dtype),
-                               unit.name))
-        table = rule.window_index(tuple(ev.inputs[unit.name][0].shape[1:]))
+    _, ev = next(_evaluate(graph, values.sl, values.sl.bounds[:1].to(mesh.xy.dtype),
+                           unit.name))
+    desc = unit.rule.boundary(*ev.inputs[unit.name])
+    windows = isinstance(desc, ops.Windows)
     n_units = unit.num_units
+    per_unit = _columns_per_unit(desc, n_units)
     # line identities of the whole layer: vertices are keyed by (edge, line) across
     # all chunks of units, so a line cut partly in one chunk and finished in the
     # next still makes one vertex per edge
-    ident = _line_identities(rule, n_units, table)
+    ident = _line_identities(desc)
     n_ident = int(ident.max()) + 1 if ident.numel() else 0
     mesh.begin_lines(n_ident)
     per_line = ident.shape[0] // max(1, n_units)
-    # the unit that owns each line identity (max-pooling: the first window comparing
-    # the pair): lines of one window may meet at a vertex (ties of three entries)
+    # the unit that owns each line identity (windows: the first comparing the pair):
+    # lines of one window may meet at a vertex (ties of three entries)
     owner = torch.full((max(1, n_ident),), -2, dtype=torch.int64)
-    if isinstance(rule, ops.MaxPool) and n_ident:
+    if windows and n_ident:
         owner.fill_(n_units).scatter_reduce_(
             0, ident, torch.arange(n_units).repeat_interleave(per_line), reduce="amin")
     start, upstream = 0, 0.0
@@ -955,7 +973,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         chunk = n_units if values.resume else max(
             64, int(_VALUES_BUDGET // max(1, mesh.nv * per_unit)) // 64 * 64)
         sel = torch.arange(start, min(n_units, start + chunk))
-        values.columns(index, unit, sel, table)
+        local = values.columns(index, unit, sel, desc)
         k = sel.shape[0]
         own = values.scale()
         _check_finite(own, unit.name, mesh.xy.dtype)
@@ -963,31 +981,30 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         # was computed from (its rounding)
         scale = own.clamp(min=values.upstream)
         upstream = max(upstream, float(own.max()) if own.numel() else 0.0)
-        lines = _Lines.of(rule, k, scale, rel_tol, None if table is None else table[sel],
-                          ident[start * per_line: (start + k) * per_line], values.window_cols)
+        lines = _Lines.of(local, scale, rel_tol, ident[start * per_line: (start + k) * per_line])
         done, hit = _cut_lines(mesh, lines, limit, max_regions, unit.name, start, owner,
                                rel_tol, suspects)
         if lines.window is not None:
             code = lines.window_codes(mesh, done)
         else:
-            # each face lies on one side of each line (up to the tolerance): its code
-            # counts the breakpoints below the value at its interior point (-inf
-            # ones: always below)
+            # each face lies on one side of each line (up to the tolerance): a unit's
+            # code is the base plus the count of its lines positive at the face's
+            # interior point
             nb = lines.unit.shape[0] // k
-            base = 0 if isinstance(rule, ops.Maximum) else sum(
-                1 for b in rule.breakpoints() if b == -math.inf)
-            if nb == 1 and base == 0 and unit.bits == 1:  # the bits are the packed codes
+            if nb == 1 and local.base == 0 and unit.bits == 1:  # the packed codes
                 mesh.add_payload(hit.view(torch.uint8)[:, : (done + 7) // 8])
                 start += done
                 continue
             hit = unpack_bits(hit, lines.unit.shape[0])
-            code = (hit.reshape(mesh.nf, k, nb).sum(2, dtype=torch.uint8) + base)[:, :done]
+            code = (hit.reshape(mesh.nf, k, nb).sum(2, dtype=torch.uint8)
+                    + local.base)[:, :done]
         # these units' codes are final on every face: later cuts copy them to both halves
-        mesh.add_payload(pack([code.to(torch.uint8 if pieces <= 256 else torch.int64)],
-                              [unit.bits]))
+        mesh.add_payload(pack([code.to(torch.uint8 if unit.num_pieces <= 256
+                                       else torch.int64)], [unit.bits]))
         start += done
     values.upstream = max(values.upstream, upstream)
     values.advance(index)
+    return windows
 
 
 def _check_finite(scale: Tensor, where: str, dtype: torch.dtype) -> None:
@@ -1004,21 +1021,19 @@ def _abs_max(cols: Tensor) -> Tensor:
     return torch.maximum(cols.amax(0), -cols.amin(0))
 
 
-def _line_identities(rule: ops.Nonlinearity, n_units: int, table: Tensor | None) -> Tensor:
+def _line_identities(desc: ops.Lines | ops.Windows) -> Tensor:
     """Ids of every line of a layer (the order of :meth:`_Lines.of`), equal for the
-    same line of two units: overlapping max-pool windows comparing the same two
-    inputs. (Identical lines of elementwise units are candidates in the same faces:
-    the first cuts, and the second finds its vertices on the line already.)"""
-    if isinstance(rule, ops.MaxPool):
+    same line of two units: windows that compare the same two columns (overlapping
+    max-pool windows). (Identical lines of other units are candidates in the same
+    faces: the first cuts, and the second finds its vertices on the line already.)"""
+    if isinstance(desc, ops.Windows):
+        table = desc.table
         r = table.shape[1]
         a, b = torch.triu_indices(r, r, 1)
         p, q = table[:, a].flatten(), table[:, b].flatten()
         pair = torch.minimum(p, q) * (int(table.max()) + 2) + torch.maximum(p, q)
         return torch.unique(pair, return_inverse=True)[1]
-    if isinstance(rule, ops.Maximum):
-        return torch.arange(n_units)
-    nb = sum(1 for b in rule.breakpoints() if math.isfinite(b))
-    return torch.arange(n_units * nb)
+    return torch.arange(desc.pos.shape[0])
 
 
 @dataclass
@@ -1048,43 +1063,31 @@ class _Lines:
     _near: Tensor | None = field(default=None, repr=False)  # bits at the layer's start
 
     @classmethod
-    def of(cls, rule: ops.Nonlinearity, k: int, scale: Tensor, rel_tol: float,
-           table: Tensor | None, ident: Tensor, cols: Tensor | None = None) -> _Lines:
-        """``table`` (k, R): max-pooling windows' input indices (-1: padding);
-        ``ident``: the lines' identities (:func:`_line_identities`); ``cols``
-        (k, R): the value column of each window entry (default: the entries
-        unit-major, ``j * R + a``, as :func:`_columns` gathers them)."""
-        units = torch.arange(k)
-        none = torch.full((k,), -1, dtype=torch.int64)
-        if isinstance(rule, ops.MaxPool):
-            window = table >= 0
-            r = window.shape[1]
-            if cols is None:
-                cols = torch.arange(k * r).reshape(k, r)
-            cols = torch.where(window, cols, 0)  # padding: any column, never read
+    def of(cls, local: ops.Lines | ops.Windows, scale: Tensor, rel_tol: float,
+           ident: Tensor) -> _Lines:
+        """The lines of a chunk of units from their boundaries over the mesh's columns
+        (:func:`_restrict`); ``scale`` (columns,): each column's largest |value|;
+        ``ident``: the lines' identities (:func:`_line_identities`)."""
+        if isinstance(local, ops.Windows):
+            window = local.table >= 0
+            k, r = window.shape
+            cols = torch.where(window, local.table, 0)  # absent: any column, never read
             unit_tol = rel_tol * torch.where(window, scale[cols], 0.0).amax(1)
             a, b = torch.triu_indices(r, r, 1)
-            # every pair of every window (unit-major); a pair with a padding entry
+            # every pair of every window (unit-major); a pair with an absent entry
             # gets an infinite tolerance: never cut
             ok = (window[:, a] & window[:, b]).flatten()
-            j = units.repeat_interleave(a.shape[0])
+            j = torch.arange(k).repeat_interleave(a.shape[0])
             tol = torch.where(ok, unit_tol[j], math.inf)
             zero = torch.zeros(j.shape[0], dtype=scale.dtype)
             ea, eb = j * r + a.repeat(k), j * r + b.repeat(k)
             return cls(cols.flatten()[ea], cols.flatten()[eb], zero, tol, j, window,
                        unit_tol, (ea, eb), ident, cols.contiguous())
-        if isinstance(rule, ops.Maximum):
-            # maximum: b - a > 0 picks b (code 1); minimum: a - b > 0 picks b
-            first, second = (units + k, units) if not isinstance(rule, ops.Minimum) else (
-                units, units + k)
-            return cls(first, second, torch.zeros(k, dtype=scale.dtype),
-                       rel_tol * (scale[:k] + scale[k:2 * k]), units, ident=ident)
-        bps = [b for b in rule.breakpoints() if math.isfinite(b)]
-        nb = len(bps)
-        tol = rel_tol * (scale[:k] + max([abs(b) for b in bps], default=0.0))
-        return cls(units.repeat_interleave(nb), none.repeat_interleave(nb),
-                   torch.tensor(bps, dtype=scale.dtype).repeat(k),
-                   tol.repeat_interleave(nb), units.repeat_interleave(nb), ident=ident)
+        neg = local.neg
+        level = local.level.to(scale.dtype)
+        tol = rel_tol * (scale[local.pos] + torch.where(neg >= 0, scale[neg.clamp(min=0)], 0.0)
+                         + level.abs())
+        return cls(local.pos, neg, level, tol, local.unit, ident=ident)
 
     def __post_init__(self) -> None:
         n = self.pos.shape[0]
@@ -1607,12 +1610,14 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
 
 
 def _segment_columns(unit: Unit, ins: tuple[Tensor, ...]) -> list[Tensor]:
-    """The unit's cut functions at the breakpoints: each (T, K), zero = boundary."""
-    rule = unit.rule
-    if isinstance(rule, ops.MaxPool):
-        table = rule.window_index(tuple(ins[0].shape[1:]))
-        x = ins[0].flatten(1)
-        vals = x[:, table.clamp(min=0)]  # (T, K, R)
+    """The unit's cut functions at the breakpoints: each (T, K), zero = boundary
+    (lines: their values; windows: the differences of every pair of entries, 1
+    where one is absent)."""
+    desc = unit.rule.boundary(*ins)
+    cols = unit.rule.columns(*ins)
+    if isinstance(desc, ops.Windows):
+        table = desc.table
+        vals = cols[:, table.clamp(min=0)]  # (T, K, R)
         out = []
         r = table.shape[1]
         for i in range(r):
@@ -1620,11 +1625,8 @@ def _segment_columns(unit: Unit, ins: tuple[Tensor, ...]) -> list[Tensor]:
                 ok = (table[:, i] >= 0) & (table[:, j] >= 0)
                 out.append(torch.where(ok, vals[..., i] - vals[..., j], 1.0))
         return out
-    if isinstance(rule, ops.Maximum):
-        a, b = torch.broadcast_tensors(ins[0], ins[1])
-        return [(b - a).flatten(1)]
-    z = ins[0].flatten(1)
-    return [z - bp for bp in rule.breakpoints() if math.isfinite(bp)]
+    second = torch.where(desc.neg >= 0, cols[:, desc.neg.clamp(min=0)], 0.0)
+    return [cols[:, desc.pos] - second - desc.level.to(cols.dtype)]
 
 
 __all__ = ["Partition", "SegmentPartition", "Slice", "partition_plane", "partition_segment"]

@@ -46,11 +46,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
-from . import ops
 from .affine import check_overflow, jacobian
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, Unit, _check_tensor, as_graph, check_input
-from .inference import _rule_pieces
+from .graph import SplineGraph, _check_tensor, as_graph, check_input
 
 Layer = str | int
 
@@ -166,7 +164,7 @@ def power_diagram(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
     unit = graph.units[index]
     v = point.detach().requires_grad_(True)
     with torch.enable_grad():
-        pieces, _ = _pieces(unit, fn(v))
+        pieces, _ = unit.rule.pieces(*fn(v))
         flat = pieces.reshape(pieces.shape[0], math.prod(pieces.shape[1:-1]), pieces.shape[-1])
         chosen = flat.gather(2, code.reshape(*flat.shape[:2], 1).long())[..., 0]
         total = chosen.sum(1)  # sum_k <A[k, r_k], v> + B[k, r_k]
@@ -195,14 +193,14 @@ def layer_pieces(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
     n = point.shape[0]
 
     with torch.no_grad():
-        probe, valid = _pieces(unit, fn(point))
+        probe, valid = unit.rule.pieces(*fn(point))
     r = probe.shape[-1]
     k = math.prod(probe.shape[1:-1])
     if n == 0:  # an empty batch: empty pieces of the right shapes
         return point.new_zeros((0, k, r, *point.shape[1:])), point.new_zeros((0, k, r))
 
     def flat(v: Tensor) -> Tensor:  # missing pieces (-inf) are 0 here, -inf again below
-        p, ok = _pieces(unit, fn(v))
+        p, ok = unit.rule.pieces(*fn(v))
         return (p if ok is None else torch.where(ok, p, 0.0)).reshape(v.shape[0], k * r)
 
     jac, out, _ = jacobian(flat, point.detach(), num_outputs=probe[:1].numel())
@@ -364,54 +362,6 @@ def _layer_setup(model: nn.Module | SplineGraph, layer: Layer, x: Tensor, input_
         return graph._walk(local, n, s_prev + 1, None, True, unit.name).inputs[unit.name]
 
     return graph, index, fn_h, h, code
-
-
-def _pieces(unit: Unit, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
-    """Unit pieces (N, *code_shape, R) whose argmax is the code (ties to the first),
-    and a validity mask (None: all valid); invalid pieces are -inf."""
-    rule = unit.rule
-    if isinstance(rule, ops.MaxPool):
-        table = rule.window_index(tuple(inputs[0].shape[1:]))  # (K, R)
-        vals = inputs[0].flatten(1)[:, table.clamp(min=0)]
-        valid = (table >= 0).unsqueeze(0).expand_as(vals)
-        pieces = torch.where(valid, vals, -math.inf)
-        shape = (vals.shape[0], *unit.code_shape, table.shape[1])
-        return pieces.reshape(shape), (valid.reshape(shape) if not bool(valid.all()) else None)
-    if isinstance(rule, ops.Elementwise) and not isinstance(
-            rule, ops.ReLU | ops.LeakyReLU | ops.PReLU | ops.Abs):
-        return _selection_pieces(inputs[0], rule.breakpoints())
-    pieces, valid = _rule_pieces(rule, unit.name, inputs)
-    if isinstance(rule, ops.LeakyReLU | ops.PReLU):
-        # max(a z, z) selects by sign(z) only for a < 1; otherwise use (0, z)
-        z = inputs[0]
-        one = rule.piece(torch.zeros_like(z, dtype=torch.uint8), torch.ones_like(z),
-                         *inputs[1:])
-        flipped = one >= 1
-        if bool(flipped.any()):
-            fallback = torch.stack([torch.zeros_like(z), z], -1)
-            pieces = torch.where(flipped.unsqueeze(-1), fallback, pieces)
-    return pieces, valid
-
-
-def _selection_pieces(z: Tensor, breakpoints: Sequence[float]) -> tuple[Tensor, Tensor | None]:
-    """``P_i(z) = sum_{j <= i} (z - b_j)`` (finite b_j): the convex spline whose argmax
-    counts the breakpoints below z, the elementwise code; impossible codes -inf."""
-    bps = list(breakpoints)
-    pieces, valid = [torch.zeros_like(z)], []
-    lower = [-math.inf, *bps]
-    upper = [*bps, math.inf]
-    acc = torch.zeros_like(z)
-    for b in bps:
-        if math.isfinite(b):
-            acc = acc + (z - b)
-        pieces.append(acc)
-    for lo, hi in zip(lower, upper, strict=True):
-        valid.append(lo < hi and lo != math.inf and hi != -math.inf)
-    stacked = torch.stack(pieces, -1)
-    if all(valid):
-        return stacked, None
-    mask = torch.tensor(valid).expand(stacked.shape)
-    return torch.where(mask, stacked, -math.inf), mask
 
 
 def _enumerate(A: Tensor, B: Tensor, max_cells: int) -> PowerDiagram:

@@ -25,11 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
-from . import ops
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import SplineGraph, _check_tensor, check_input
 from .partition import Partition, _graph_in, partition_segment
-from .power import _pieces
 from .vq import codes_of, evaluate_codes, graph_for
 
 DEFAULT_DIRECTIONS = 25
@@ -285,27 +283,20 @@ def _check_directions(directions: Tensor, graph: SplineGraph, n_directions: int 
 
 
 def _unit_margins(unit, inputs: tuple[Tensor, ...], code: Tensor) -> Tensor:
-    """(N, cols) non-negative margins of one layer's units on x's region, each an
-    affine function whose zero set is a boundary of the unit (``inf``: none):
-    elementwise ``|z - b|`` per finite breakpoint b, ``torch.maximum`` ``|b - a|``,
-    max-pool ``z_c - z_j`` for the selected entry c against the window's others."""
-    rule = unit.rule
+    """(N, cols) non-negative margins of one layer's units on x's region: for the
+    selected piece c of each unit, ``p_c - p_j`` against its other pieces
+    (:meth:`maxaffine.ops.Nonlinearity.pieces`; ``inf`` for c itself and absent
+    pieces). Each is affine on the region and its zero set is where piece j would
+    take over (ReLU: ``|z|``; Hardtanh: ``z - lo`` and ``hi - z``; max-pool: the
+    selected entry against the window's others); margins between pieces that are
+    not neighbours are only farther."""
     n = code.shape[0]
-    if isinstance(rule, ops.MaxPool):
-        pieces, _ = _pieces(unit, inputs)
-        flat = pieces.reshape(n, -1, pieces.shape[-1])
-        c = code.reshape(n, -1, 1).long()
-        own = torch.arange(flat.shape[-1], device=flat.device) == c
-        m = torch.where(own | ~torch.isfinite(flat), math.inf, flat.gather(2, c) - flat)
-        return m.flatten(1)
-    if isinstance(rule, ops.Maximum):
-        a, b = torch.broadcast_tensors(inputs[0], inputs[1])
-        diff = (b - a).reshape(n, -1)
-        return diff * diff.sign().detach()
-    z = inputs[0].reshape(n, -1)
-    cols = [(z - bp) * (z - bp).sign().detach() for bp in rule.breakpoints()
-            if math.isfinite(bp)]
-    return torch.cat(cols, 1) if cols else z.new_full((n, 0), math.inf)
+    pieces, _ = unit.rule.pieces(*inputs)
+    flat = pieces.reshape(n, -1, pieces.shape[-1])
+    c = code.reshape(n, -1, 1).long()
+    own = torch.arange(flat.shape[-1], device=flat.device) == c
+    return torch.where(own | ~torch.isfinite(flat), math.inf,
+                       flat.gather(2, c) - flat).flatten(1)
 
 
 def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
