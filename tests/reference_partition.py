@@ -5,11 +5,15 @@ graph order, every current polygon is clipped by that unit's boundary, where the
 unit's inputs are affine functions of the slice coordinates read off the graph
 with the codes of the earlier units frozen at the polygon's centroid (the frozen
 graph is one affine map, so three evaluations give it exactly). Max-pool units
-split a polygon into the cells ``e_r >= e_j`` for all j. Nothing is shared with
-the fast path but the spline graph itself.
+split a polygon into the cells ``e_r >= e_j`` for all j; units known only by their
+``pieces`` (no breakpoints, no window table) likewise into the cells where each
+piece is the largest. Nothing is shared with the fast path but the spline graph
+itself (and, for those units, the rule's pieces).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -73,9 +77,12 @@ def reference_partition(model, sl, min_area: float = 1e-14) -> list[tuple[Poly, 
         for poly in faces:
             coef = _unit_inputs(graph, sl, poly, unit.name)
             pieces: list[Poly] = [poly]
-            if isinstance(rule, ops.MaxPool):
-                x = coef[0]
-                table = rule.window_index(_input_shape(graph, sl, unit.name))
+            if isinstance(rule, ops.MaxPool) or not hasattr(rule, "breakpoints"):
+                if isinstance(rule, ops.MaxPool):
+                    x = coef[0]
+                    table = rule.window_index(_input_shape(graph, sl, unit.name))
+                else:  # an op known by its pieces only: the windows of its pieces
+                    x, table = _unit_pieces(graph, sl, poly, unit.name)
                 scale = 1.0 + float(x.abs().max())
                 for k in range(table.shape[0]):
                     entries = [int(i) for i in table[k] if i >= 0]
@@ -120,6 +127,23 @@ def reference_partition(model, sl, min_area: float = 1e-14) -> list[tuple[Poly, 
     cents = torch.tensor([centroid(p) for p in faces], dtype=torch.float64)
     bits = ma.codes(graph, sl.to_input(cents)).bits
     return [(p, bytes(b.tolist())) for p, b in zip(faces, bits, strict=True)]
+
+
+def _unit_pieces(graph, sl, poly: Poly, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine coefficients (3, K * R) of the unit's pieces on the polygon (as
+    :func:`_unit_inputs`) and the (K, R) table of each unit's pieces into them."""
+    c = torch.tensor([centroid(poly)], dtype=torch.float64)
+    frozen = graph.evaluate(sl.to_input(c)).codes
+    frozen = {k: v.expand((3, *v.shape[1:])) for k, v in frozen.items() if k != name}
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    ins = graph.evaluate(sl.to_input(pts), codes=frozen, record=True).inputs[name]
+    pieces, valid = graph.unit(name).rule.pieces(*ins)
+    k, r = math.prod(pieces.shape[1:-1]), pieces.shape[-1]
+    p = pieces.reshape(3, k * r)
+    table = torch.arange(k * r).reshape(k, r)
+    if valid is not None:
+        table = torch.where(valid[:1].reshape(k, r), table, -1)
+    return torch.stack([p[0], p[1] - p[0], p[2] - p[0]]).nan_to_num(0.0, 0.0, 0.0), table
 
 
 def _input_shape(graph, sl, name: str) -> tuple[int, ...]:
