@@ -388,7 +388,9 @@ def case_id(case: OpCase) -> str:
 
 def test_every_registered_op_is_in_the_table():
     covered = {id(c.target) for c in OPS}
-    missing = [ops.describe_target(t) for t in ops._REGISTRY if id(t) not in covered]
+    # (ops that other tests register for themselves, e.g. test_op_contract, excluded)
+    missing = [ops.describe_target(t) for t in ops._REGISTRY if id(t) not in covered
+               and not str(getattr(t, "__module__", "")).startswith("test_")]
     assert not missing, f"add an OpCase for {missing}"
 
 

@@ -181,7 +181,7 @@ def _boundary_values(rule, inputs) -> Tensor:
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_every_mode_agrees_with_the_code(rule, seed):
-    net, graph = _probe(rule, seed % 7)
+    _, graph = _probe(rule, seed % 7)
     unit = _unit(graph, rule)
     x = torch.randn(200, 2, dtype=D64, generator=torch.Generator().manual_seed(seed)) * 2
     ev = graph.evaluate(x, record=True)
@@ -205,7 +205,7 @@ def test_every_mode_agrees_with_the_code(rule, seed):
 
 @pytest.mark.parametrize("rule", list(CASES), ids=lambda r: r.__name__)
 def test_codes_change_where_boundaries_change_sign(rule):
-    net, graph = _probe(rule, 3)
+    _, graph = _probe(rule, 3)
     unit = _unit(graph, rule)
     g = torch.Generator().manual_seed(1)
     for _ in range(4):
