@@ -233,6 +233,23 @@ def amap_cnn() -> ma.AffineMap:
 
 
 @functools.cache
+def paused2() -> dict[str, Tensor]:
+    """The live values of graph2's pause before its first nonlinearity, at x2()."""
+    return graph2().run(x2(), stop="1").values
+
+
+def _paused_cases(valid: dict[str, Any], draw: Draw) -> list[tuple[str, str, Any, str]]:
+    """Corrupted live values for a resumed run."""
+    (name, value), = valid["values"].items()
+    return [("values", "nan", {name: value.masked_fill(value > 0, math.nan)}, REFUSE),
+            ("values", "missing", {}, REFUSE),
+            ("values", "unknown name", {name: value, "zz": value}, REFUSE),
+            ("values", "wrong shape", {name: value[:, :3]}, REFUSE),
+            ("values", "a tensor", value, REFUSE),
+            ("values", "integer", {name: value.long()}, REFUSE),
+            ("values", "empty batch", {name: value[:0]}, EITHER)]
+
+
 def codes2() -> ma.Codes:
     return ma.codes(graph2(), x2())
 
@@ -1205,6 +1222,27 @@ RECIPES: list[Recipe] = [
       lambda: dict(graph=graph2(), x=x2(), codes=dict(codes2().items()), record=True),
       {"x": "batch", "codes": "codes_dict", "record": "flag"},
       check=lambda r, kw: need(r.output.shape == (rows(kw), 3))),
+    R("SplineGraph.run", lambda graph, x, until, record: graph.run(x, until=until,
+                                                                    record=record),
+      lambda: dict(graph=graph2(), x=x2(), until="3", record=True),
+      {"x": "batch", "until": "layer", "record": "flag"},
+      check=lambda r, kw: need((r.output is None) == (kw["until"] is not None))),
+    R("SplineGraph.run[resume]", lambda values, start, stop: graph2().run(
+        values, start=start, stop=stop, keep_codes=False),
+      lambda: dict(values=paused2(), start="1", stop="3"),
+      {"start": "layer", "stop": "layer"}, extra=_paused_cases,
+      check=lambda r, kw: need(set(r.values) == ({n for n, _ in graph2().pause("3").live}
+                                                 if kw["stop"] is not None else set()))),
+    R("SplineGraph.pause", lambda layer: graph2().pause(layer), lambda: dict(layer="3"),
+      {"layer": "layer"}),
+    R("SplineGraph.between", lambda start, stop: graph2().between(start, stop),
+      lambda: dict(start="1", stop="3"), {"start": "layer", "stop": "layer"}),
+    R("Between.source", lambda x: graph2().between("1", "3").source(x),
+      lambda: dict(x=x2()), {"x": "batch"},
+      check=lambda r, kw: need(r.shape == (rows(kw), 8))),
+    R("Between.__call__", lambda h: graph2().between("1", "3")(h),
+      lambda: dict(h=torch.rand(5, 8, dtype=torch.float64)), {"h": "batch"},
+      check=lambda r, kw: need(r[0].shape == (rows(kw, "h"), 8))),
     R("SplineGraph.split_output", lambda t, dim: graph2().split_output(t, dim),
       lambda: dict(t=torch.randn(4, 3), dim=1), {"t": "tensor", "dim": "layer"},
       expect={"dim:None": REFUSE}, **PROPAGATE),
@@ -1630,7 +1668,8 @@ BY_NAME = {r.name: r for r in RECIPES}
 # Result objects the library builds (users call their methods, not their constructors).
 RESULTS = {"AffineMap", "Partition", "SegmentPartition", "SplineGraph", "PowerCells",
            "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
-           "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport"}
+           "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport",
+           "Evaluation", "Unit", "Pause", "Between"}
 
 
 def public_callables() -> set[str]:
@@ -1676,7 +1715,8 @@ def test_every_public_callable_has_a_recipe():
     }
     missing = sorted(public_callables() - covered - aliases)
     assert not missing, f"public callables without a fuzz recipe: {missing}"
-    extra = {"Codes.__getitem__", "LayerStat.__getitem__", "models.mlp", "models.small_cnn"}
+    extra = {"Codes.__getitem__", "LayerStat.__getitem__", "Between.__call__", "models.mlp",
+             "models.small_cnn"}
     unknown = sorted(covered - public_callables() - extra)
     assert not unknown, f"recipes for no public callable: {unknown}"
 

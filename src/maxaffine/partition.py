@@ -46,11 +46,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import ops
-from ._arguments import integer, number
+from ._arguments import check_tensor, integer, number
 from ._planar import Mesh, _Prefault, clip_halfplanes, unpack_bits
 from .affine import jacobian
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
-from .graph import SplineGraph, Unit, _check_tensor, as_graph
+from .graph import SplineGraph, Unit, as_graph
 from .vq import Codes, codes_of, pack, unpack
 
 # ------------------------------------------------------------------------ slices
@@ -73,7 +73,7 @@ class Slice:
 
     def __post_init__(self) -> None:
         for name in ("origin", "u", "v"):
-            _check_tensor(getattr(self, name), name)
+            check_tensor(getattr(self, name), name)
         if not (self.origin.shape == self.u.shape == self.v.shape):
             raise MaxAffineError(
                 f"origin, u, v must have the same shape (one input), got "
@@ -111,7 +111,7 @@ class Slice:
         inputs' triangle) or ``"box"`` (their bounding rectangle, padded by ``pad``
         times its size on each side)."""
         for name, x in (("x1", x1), ("x2", x2), ("x3", x3)):
-            _check_tensor(x, name)
+            check_tensor(x, name)
         if not (x1.shape == x2.shape == x3.shape):
             raise MaxAffineError("x1, x2, x3 must have the same shape (single inputs, no batch)")
         if isinstance(pad, bool) or not isinstance(pad, int | float):
@@ -194,7 +194,7 @@ class Slice:
 
     def to_input(self, st: Tensor) -> Tensor:
         """Points (N, 2) of slice coordinates as inputs (N, *input_shape)."""
-        _check_tensor(st, "st")
+        check_tensor(st, "st")
         if st.dim() != 2 or st.shape[1] != 2:
             raise MaxAffineError(f"st must be points (N, 2) of slice coordinates, got shape "
                                  f"{tuple(st.shape)}")
@@ -225,7 +225,7 @@ def _polygon(corners: Any, what: str) -> Tensor:
         raise MaxAffineTypeError(
             f"{what} must be the polygon's corners (K, 2): a tensor or nested lists of "
             f"numbers, got {type(corners).__name__} {corners!r}") from err
-    _check_tensor(b, what)
+    check_tensor(b, what)
     if b.dim() != 2 or b.shape[1] != 2 or b.shape[0] < 3:
         raise MaxAffineError(f"{what} must be (K >= 3, 2) corners, got {tuple(b.shape)}")
     if float(b.abs().max()) > 1e150:
@@ -727,12 +727,12 @@ class _VertexValues:
 
     def __init__(self, graph: SplineGraph, sl: Slice, mesh: Mesh):
         self.graph, self.sl, self.mesh = graph, sl, mesh
-        self.pauses = graph._pause_points()
-        self.sizes = [sum(math.prod(graph._shapes[n][0]) for n in live)
-                      for _, live in self.pauses]
+        self.pauses = graph.pauses
+        self.sizes = [p.size for p in self.pauses]
         self.resume = bool(self.sizes) and max(self.sizes) <= _RESUME_LIMIT
         self.start_nv = mesh.nv  # vertices at the current layer's start
-        self.live: list[tuple[Any, tuple[int, ...]]] = []  # (node, shape) of live columns
+        # (name, per-sample shape) of the live columns
+        self.live: tuple[tuple[str, tuple[int, ...]], ...] = ()
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
         self._resumed_scale: Tensor | None = None  # per column of the last resume: max |v|
         self._scale: Tensor | None = None  # the same, while those are the cut columns
@@ -743,10 +743,11 @@ class _VertexValues:
         self.offset = 0  # where the live columns start
         self.output: Tensor | None = None
         if self.resume:
-            self._resume({graph._steps[0].node: sl.to_input(mesh.xy)}, 0, 0)
+            self._resume({"": sl.to_input(mesh.xy)}, None, 0)
 
-    def _resume(self, env: dict, step: int, pause: int | None) -> None:
-        """Run the evaluation paused at ``step`` (live values ``env``) to pause point
+    def _resume(self, env: dict[str, Tensor], start: str | None, pause: int | None) -> None:
+        """Run the evaluation paused before nonlinearity ``start`` (live values ``env``
+        by name; ``start`` None: ``env[""]`` is the input) to the pause before unit
         ``pause`` (``None``: to the output) at every vertex, and keep the live values
         there as the mesh's columns, the unit's own inputs first (so they double as
         its cut-function inputs). Runs in chunks of vertices, each written straight
@@ -755,33 +756,29 @@ class _VertexValues:
         arithmetic here."""
         nv, graph = self.mesh.nv, self.graph
         if pause is None:
-            live: list = []
+            live: tuple = ()
             dest = torch.empty((nv, graph.num_outputs), dtype=self.mesh.xy.dtype)
             width = graph.num_outputs
         else:
-            first = _input_nodes(graph, self.pauses[pause][0])
-            live = [n for n in first if n in self.pauses[pause][1]]
-            live += sorted((n for n in self.pauses[pause][1] if n not in live),
-                           key=lambda n: n.name)
-            self.live = [(n, tuple(graph._shapes[n][0])) for n in live]
+            live = self.live = self.pauses[pause].live
             width = self.sizes[pause]
             # the new values may replace the old ones in the same buffer: a chunk's
             # rows are read (into the walk's temporaries) before they are written
             dest = self.mesh.fresh_vals(width, reuse=True)
         widest = max([width] + [v[:1].numel() for v in env.values()])
         rows = max(256, _CHUNK_VALUES // max(1, widest))
-        stop = None if pause is None else self.pauses[pause][0]
+        stop = None if pause is None else self.pauses[pause].layer
         scale = torch.zeros(width, dtype=dest.dtype)
         with torch.no_grad():
             for a in range(0, nv, rows):
                 b = min(nv, a + rows)
                 part = {n: v[a:b] for n, v in env.items()}
-                ev = graph._walk(part, b - a, step, None, False, None, stop=stop,
-                                 keep_codes=False, in_place=True)
+                ev = graph.run(part[""] if start is None else part, start=start, stop=stop,
+                               keep_codes=False, in_place=True)
                 if pause is None:
                     dest[a:b] = ev.output.reshape(b - a, -1)
                     continue
-                flat = [part[n].reshape(b - a, -1) for n in live]
+                flat = [ev.values[n].reshape(b - a, -1) for n, _ in live]
                 if any(_same_memory(f, dest) for f in flat):
                     # a value kept from the last pause, in the buffer being rewritten:
                     # read them all before writing any
@@ -799,11 +796,11 @@ class _VertexValues:
         self._resumed_scale = None if pause is None else scale
         self.ncols = self.offset = 0
 
-    def _env(self) -> dict:
+    def _env(self) -> dict[str, Tensor]:
         vals, env, at = self.mesh.vals[:, self.offset:], {}, 0
-        for node, shape in self.live:
+        for name, shape in self.live:
             k = math.prod(shape)
-            env[node] = vals[:, at: at + k].reshape((-1, *shape))
+            env[name] = vals[:, at: at + k].reshape((-1, *shape))
             at += k
         return env
 
@@ -816,7 +813,7 @@ class _VertexValues:
         self._scale = None
         if self.resume and desc.direct:
             env = self._env()
-            nodes = _input_nodes(graph, self.pauses[index][0])
+            nodes = list(self.pauses[index].inputs)
             ins = tuple(env[n] for n in nodes)
             shapes = {tuple(t.shape) for t in ins}
             in_place = (len(shapes) == 1 and len(set(nodes)) == len(nodes)
@@ -867,7 +864,7 @@ class _VertexValues:
             self.resume = False
             self.mesh.drop_vals()
             return
-        self._resume(self._env(), self.pauses[index][0],
+        self._resume(self._env(), self.pauses[index].layer,
                      index + 1 if index + 1 < len(self.pauses) else None)
 
     def outputs(self) -> Tensor:
@@ -885,13 +882,6 @@ def _same_memory(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-def _input_nodes(graph: SplineGraph, step: int) -> list:
-    node = graph._steps[step].node
-    found: list = []
-    torch.fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
-    return [n for n in found if n in graph._shapes]
-
-
 def _evaluate(graph: SplineGraph, sl: Slice, st: Tensor, until: str | None,
               record: bool = True):
     """Forward passes at slice points, chunked so activations fit in memory.
@@ -900,8 +890,8 @@ def _evaluate(graph: SplineGraph, sl: Slice, st: Tensor, until: str | None,
     chunk = max(256, int(1e7 // per))
     with torch.no_grad():
         for i in range(0, st.shape[0], chunk):
-            yield slice(i, i + chunk), graph._run(sl.to_input(st[i:i + chunk]), None, record,
-                                                  until)
+            yield slice(i, i + chunk), graph.run(sl.to_input(st[i:i + chunk]),
+                                                 record=record, until=until)
 
 
 def _restrict(desc: ops.Lines | ops.Windows, sel: Tensor
@@ -1455,10 +1445,10 @@ def _exact_at(graph: SplineGraph, sl: Slice, st: Tensor) -> tuple[Tensor, Tensor
     b = sl.bounds.to(st.dtype)
     step = float((b.max(0).values - b.min(0).values).max())
     with torch.no_grad():
-        ev = graph._run(sl.to_input(st), None, False)
+        ev = graph.run(sl.to_input(st))
         frozen = {k: v.repeat((3,) + (1,) * (v.dim() - 1)) for k, v in ev.codes.items()}
         pts = torch.cat([st, st + st.new_tensor([step, 0.0]), st + st.new_tensor([0.0, step])])
-        out = graph._run(sl.to_input(pts), frozen, False).output.reshape(3, n, -1)
+        out = graph.run(sl.to_input(pts), codes=frozen).output.reshape(3, n, -1)
     slopes = torch.stack([out[1] - out[0], out[2] - out[0]], -1) / step
     offsets = out[0] - torch.einsum("fcd,fd->fc", slopes, st)
     return codes_of(graph, ev.codes, n).bits, slopes, offsets
@@ -1550,7 +1540,7 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
     pieces are cleaned up by comparing codes of neighbouring pieces.
     """
     for name, x in (("x0", x0), ("x1", x1)):
-        _check_tensor(x, name)
+        check_tensor(x, name)
     if x0.shape != x1.shape:
         raise MaxAffineError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
                              f"and {tuple(x1.shape)}")
@@ -1571,7 +1561,7 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
     t = torch.tensor([0.0, 1.0], dtype=dtype)
     with torch.no_grad():
         for unit in graph.units:
-            ins = graph._run(points(t), None, True, unit.name).inputs[unit.name]
+            ins = graph.run(points(t), record=True, until=unit.name).inputs[unit.name]
             cols = _segment_columns(unit, ins)  # list of (T, K) cut functions
             for d in cols:
                 _check_finite(_abs_max(d) if d.numel() else d, unit.name, dtype)
@@ -1588,7 +1578,7 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
             t = t[torch.cat([torch.tensor([True]), t.diff() > rel_tol])]
             t[-1] = 1.0
         mids = (t[:-1] + t[1:]) / 2
-        found = graph._run(points(mids), None, False).codes
+        found = graph.run(points(mids)).codes
         codes = codes_of(graph, found)
         if len(codes.names):  # merge neighbours with equal codes (phantom breakpoints)
             packed = codes.bits
@@ -1596,10 +1586,10 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
             keep = torch.cat([torch.tensor([True]), ~same, torch.tensor([True])])
             t = t[keep]
             mids = (t[:-1] + t[1:]) / 2
-            codes = codes_of(graph, graph._run(points(mids), None, False).codes)
+            codes = codes_of(graph, graph.run(points(mids)).codes)
 
     def along(tt: Tensor) -> Tensor:
-        return graph._run(points(tt[:, 0]), None, False).output
+        return graph.run(points(tt[:, 0])).output
 
     jac, out, _ = jacobian(along, mids.unsqueeze(1), mode="forward")
     slopes = jac[..., 0].detach()

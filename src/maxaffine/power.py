@@ -46,9 +46,10 @@ import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
+from ._arguments import check_tensor
 from .affine import check_overflow, jacobian
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, _check_tensor, as_graph, check_input
+from .graph import SplineGraph, as_graph, check_input
 
 Layer = str | int
 
@@ -72,7 +73,7 @@ class PowerDiagram:
 
     def power(self, h: Tensor) -> Tensor:
         """Power distances (N, M) of points ``h`` (N, D) (or (N, *shape)) to every cell."""
-        _check_tensor(h, "h")
+        check_tensor(h, "h")
         d = self.mu.shape[1]
         if h.dim() < 1 or math.prod(h.shape[1:]) != d:
             raise MaxAffineError(f"points must be a batch (N, {d}) (or (N, *shape) of {d} "
@@ -229,7 +230,7 @@ def layer_power_diagram(layer: nn.Module | SplineGraph | tuple[Tensor, Tensor],
         if len(layer) != 2:
             raise MaxAffineError("layer as MASO parameters must be a pair (A, B)")
         A, B = layer
-        _check_tensor(A, "A")
+        check_tensor(A, "A")
         if not isinstance(B, Tensor) or B.shape != A.shape[:2] or A.dim() < 3:
             raise MaxAffineError(f"A must be (K, R, D) and B (K, R), got "
                                  f"{tuple(A.shape)} and {tuple(getattr(B, 'shape', ()))}")
@@ -310,11 +311,6 @@ def _unit_index(graph: SplineGraph, layer: Layer) -> int:
     return graph.unit_names.index(graph.unit(layer).name)
 
 
-def _step_of(graph: SplineGraph, name: str) -> int:
-    return next(i for i, st in enumerate(graph._steps)
-                if st.kind == "nonlinearity" and st.site.name == name)
-
-
 def _layer_setup(model: nn.Module | SplineGraph, layer: Layer, x: Tensor, input_space: bool):
     """The graph, unit index, the function ``v -> unit inputs`` (affine in v on x's
     region), the point ``v`` of each input and the unit's code there."""
@@ -325,43 +321,19 @@ def _layer_setup(model: nn.Module | SplineGraph, layer: Layer, x: Tensor, input_
     index = _unit_index(graph, layer)
     unit = graph.units[index]
     with torch.no_grad():
-        ev = graph._run(x, None, False, until=unit.name)
+        ev = graph.run(x, until=unit.name)
     code = ev.codes[unit.name]
     if input_space or index == 0:
         frozen = {u.name: ev.codes[u.name] for u in graph.units[:index]}
 
         def fn(v: Tensor) -> tuple[Tensor, ...]:
-            return graph._run(v, frozen, True, until=unit.name).inputs[unit.name]
+            return graph.run(v, codes=frozen, record=True, until=unit.name).inputs[unit.name]
 
         return graph, index, fn, x, code
-    prev = graph.units[index - 1]
-    s_prev, s_unit = _step_of(graph, prev.name), _step_of(graph, unit.name)
-    steps = graph._steps
-    node_prev = steps[s_prev].node
-    dependent = {steps[i].node for i in range(s_prev + 1)
-                 if steps[i].kind in ("input", "affine", "nonlinearity")}
-    reads, meta = set(), set()
-    for i in range(s_prev + 1, s_unit + 1):
-        used = set(steps[i].node.all_input_nodes) & dependent
-        (reads if steps[i].kind in ("affine", "nonlinearity") else meta).update(used)
-    extra = reads - {node_prev}
-    if extra:
-        raise MaxAffineError(
-            f"the pre-activation of {unit.name!r} also reads "
-            f"{sorted(n.name for n in extra)} (a skip connection?), so it is not a function "
-            f"of the layer input (the output of {prev.name!r}) alone; use input_space=True")
-    env: dict = {steps[0].node: x}
+    between = graph.between(graph.units[index - 1].name, unit.name)
     with torch.no_grad():
-        graph._walk(env, x.shape[0], 0, None, False, None, stop=s_prev + 1)
-    h = env[node_prev]
-    n = x.shape[0]
-
-    def fn_h(v: Tensor) -> tuple[Tensor, ...]:
-        local = {m: graph._stand_in(m, n) for m in meta - {node_prev}}
-        local[node_prev] = v
-        return graph._walk(local, n, s_prev + 1, None, True, unit.name).inputs[unit.name]
-
-    return graph, index, fn_h, h, code
+        h = between.source(x)
+    return graph, index, between, h, code
 
 
 def _enumerate(A: Tensor, B: Tensor, max_cells: int) -> PowerDiagram:

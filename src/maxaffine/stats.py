@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
+from ._arguments import check_tensor
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, _check_tensor, check_input
+from .graph import SplineGraph, check_input
 from .partition import Partition, _graph_in, partition_segment
 from .vq import codes_of, evaluate_codes, graph_for
 
@@ -236,7 +237,7 @@ def local_complexity(model: nn.Module | SplineGraph, x: Tensor, radius: float,
                     f"the cross-polytope's vertices x +- radius d_j overflow {x.dtype} "
                     f"(radius={radius:g}, max |x| = {float(x.abs().max()):g}): use a "
                     "smaller radius, or x and the model in float64")
-            found = graph._run(pts, None, False).codes
+            found = graph.run(pts).codes
             row = []
             for unit in graph.units:
                 c = found[unit.name].reshape(xs.shape[0], per, -1)
@@ -252,7 +253,7 @@ def _check_directions(directions: Tensor, graph: SplineGraph, n_directions: int 
     if not isinstance(directions, Tensor):
         raise MaxAffineTypeError(f"directions must be a torch.Tensor (P, *input_shape), got "
                                  f"{type(directions).__name__}")
-    _check_tensor(directions, "directions")
+    check_tensor(directions, "directions")
     d, shape = graph.input_dim, graph.input_shape
     flat = tuple(directions.shape[1:]) in (shape, (d,))
     if directions.dim() < 2 or not flat or directions.shape[0] == 0:
@@ -328,7 +329,7 @@ def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
     d = graph.input_dim
     last = graph.units[-1].name
     with torch.no_grad():
-        x_codes = graph._run(x, None, False).codes
+        x_codes = graph.run(x).codes
     per_sample = max(1, 3 * sum(u.num_units * u.num_pieces for u in graph.units))
     n_chunk = max(1, int(2e7 // (per_sample * chunk_size)))
     values, directions = [], []
@@ -337,7 +338,7 @@ def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
         codes_s = {k: v[s:s + n_chunk] for k, v in x_codes.items()}
 
         def fn(v: Tensor, codes_s: dict = codes_s) -> tuple[Tensor, ...]:
-            ev = graph._run(v, codes_s, True, until=last)
+            ev = graph.run(v, codes=codes_s, record=True, until=last)
             return tuple(_unit_margins(u, ev.inputs[u.name], codes_s[u.name])
                          for u in graph.units)
 
@@ -397,7 +398,7 @@ def region_density(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor) -> Re
     for what, v in (("x0", x0), ("x1", x1)):
         if not isinstance(v, Tensor):
             raise MaxAffineTypeError(f"{what} must be a torch.Tensor, got {type(v).__name__}")
-        _check_tensor(v, what)
+        check_tensor(v, what)
     if x0.shape != x1.shape:
         raise MaxAffineError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
                              f"and {tuple(x1.shape)}: pass N segment ends each, or one pair")

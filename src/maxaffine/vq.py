@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
+from ._arguments import check_dtype, check_tensor
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, _check_dtype, _check_tensor, as_graph, check_input
+from .graph import SplineGraph, as_graph, check_input
 
 
 @dataclass(frozen=True)
@@ -254,12 +255,12 @@ def graph_for(model: nn.Module | SplineGraph, x: Tensor, what: str = "x") -> Spl
     if not isinstance(x, Tensor):
         raise MaxAffineTypeError(f"{what} must be a torch.Tensor batch (N, *input_shape), got "
                                  f"{type(x).__name__}")
-    _check_tensor(x, what)
+    check_tensor(x, what)
     if x.dim() < 2:
         raise MaxAffineError(f"{what} must be a batch (N, *input_shape); got shape "
                              f"{tuple(x.shape)}: add a batch dimension with "
                              f"{what}.unsqueeze(0)")
-    _check_dtype(model, x, what)
+    check_dtype(model, x, what)
     return as_graph(model, x if x.shape[0] else x.new_zeros((1, *x.shape[1:])))
 
 
@@ -268,9 +269,9 @@ def evaluate_codes(graph: SplineGraph, x: Tensor) -> dict[str, Tensor]:
     gets empty codes of the right shapes and dtypes (from one zero sample)."""
     with torch.no_grad():
         if x.shape[0] == 0:
-            probe = graph._run(x.new_zeros((1, *graph.input_shape)), None, False).codes
+            probe = graph.run(x.new_zeros((1, *graph.input_shape))).codes
             return {k: v[:0] for k, v in probe.items()}
-        return graph._run(x, None, False).codes
+        return graph.run(x).codes
 
 
 def mismatch(a: Codes, b: Codes) -> str | None:

@@ -47,8 +47,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .. import _arguments as arg
+from .._arguments import check_tensor
 from ..errors import MaxAffineError, MaxAffineTypeError
-from ..graph import _check_tensor, check_parameters
+from ..graph import check_parameters
 from ..orthogonal import orthogonal_filters
 
 Prior = Literal["exponential", "laplace"]
@@ -119,7 +120,7 @@ def orthogonality_report(dictionary: Tensor, clamped_thresholds: int = 0) -> Ort
     if dictionary.dim() != 2 or not dictionary.numel():
         raise MaxAffineError(f"dictionary must be a matrix (D, K) with D, K >= 1 (atoms as "
                              f"columns), got shape {tuple(dictionary.shape)}")
-    _check_tensor(dictionary.detach(), "dictionary")
+    check_tensor(dictionary.detach(), "dictionary")
     clamped_thresholds = arg.integer(clamped_thresholds, "clamped_thresholds", minimum=0,
                                      meaning="how many biases were clamped")
     phi = dictionary.detach().to(torch.float64)
@@ -153,7 +154,7 @@ def nearest_orthonormal(phi: Tensor) -> Tensor:
     if phi.dim() < 2:
         raise MaxAffineError(f"phi must be a matrix (D, K) (or a batch of them), got shape "
                              f"{tuple(phi.shape)}")
-    _check_tensor(phi.detach(), "phi")
+    check_tensor(phi.detach(), "phi")
     work = phi if phi.dtype in (torch.float32, torch.float64) else phi.float()  # half: no SVD
     u, _, vh = torch.linalg.svd(work, full_matrices=False)
     return (u @ vh).to(phi.dtype)
