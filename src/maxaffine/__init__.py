@@ -3,17 +3,29 @@
 A network of affine layers and piecewise-affine convex nonlinearities is a
 composition of max-affine spline operators (Balestriero & Baraniuk, ICML 2018):
 conditioned on its input it is the affine map ``f(x) = A[x] x + B[x]``.
+
+The functions and the result types they return are imported here; the submodules
+(``maxaffine.losses``, ``maxaffine.nn``, ``maxaffine.experiments``, ...) are
+attributes too, imported on first use (PEP 562), so ``import maxaffine`` stays
+light. docs/architecture.md says which module owns what.
 """
+
+import importlib as _importlib
 
 from .affine import AffineMap, affine_map
 from .distances import vq_distance, vq_knn
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
-from .graph import SplineGraph, trace
+from .graph import Between, Evaluation, Pause, SplineGraph, Unit, trace
 from .inference import soften, vq_posterior
 from .ops import register_op, supported_ops
 from .partition import Partition, SegmentPartition, Slice, partition_plane, partition_segment
-from .power import layer_power_diagram, power_diagram
+from .power import PowerCells, PowerDiagram, layer_power_diagram, power_diagram
 from .stats import (
+    BoundaryCurvature,
+    BoundaryDistance,
+    LocalComplexity,
+    RegionDensity,
+    RegionSharing,
     boundary_curvature,
     boundary_distance,
     local_complexity,
@@ -24,16 +36,46 @@ from .vq import Codes, codes
 
 __version__ = "0.1.0"
 
+# The public submodules, reachable as attributes of the package (``ma.losses``).
+_SUBMODULES: tuple[str, ...] = (
+    "affine", "cli", "datasets", "demo", "distances", "errors", "experiments", "graph",
+    "inference", "losses", "models", "nn", "ops", "orthogonal", "partition", "power",
+    "stats", "training", "vq",
+)
+
+
+def __getattr__(name: str):
+    """A public submodule, imported on first access (PEP 562)."""
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES))
+
+
 __all__ = [
     "AffineMap",
+    "Between",
+    "BoundaryCurvature",
+    "BoundaryDistance",
     "Codes",
+    "Evaluation",
+    "LocalComplexity",
     "MaxAffineError",
     "MaxAffineTypeError",
     "MaxAffineWarning",
     "Partition",
+    "Pause",
+    "PowerCells",
+    "PowerDiagram",
+    "RegionDensity",
+    "RegionSharing",
     "SegmentPartition",
     "Slice",
     "SplineGraph",
+    "Unit",
     "UnsupportedOperation",
     "affine_map",
     "boundary_curvature",

@@ -20,17 +20,17 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from . import _arguments as arg
 from ._arguments import check_tensor
+from ._autodiff import Mode, jacobian
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import (
     SplineGraph,
@@ -40,8 +40,6 @@ from .graph import (
     check_input,
     check_parameters,
 )
-
-Mode = Literal["auto", "forward", "reverse"]
 
 
 @dataclass
@@ -298,78 +296,3 @@ def _chunk(graph: SplineGraph, n: int, budget: int = 1 << 21) -> int:
     time)."""
     widest = max([u.num_units for u in graph.units] + [graph.input_dim])
     return max(1, min(graph.num_outputs, graph.input_dim, budget // max(1, n * widest)))
-
-
-def jacobian(
-    fn: Callable[[Tensor], Tensor], x: Tensor, *, mode: Mode = "auto",
-    chunk_size: int | None = None, num_outputs: int | None = None,
-) -> tuple[Tensor, Tensor, str]:
-    """Per-sample Jacobians of ``fn`` (samples must be independent), batched.
-
-    Returns ``(J, f(x) flattened to (N, C), mode used)`` with J of shape (N, C, *in).
-    Never loops over samples.  Reverse mode: one batched forward pass, then the
-    C vector-Jacobian products in chunks of ``chunk_size`` outputs (a chunk of one
-    is a plain backward pass; larger chunks are vmapped); ``None``: all at once.
-    Forward mode: ``chunk_size`` Jacobian-vector products vmapped at a time.
-    ``num_outputs`` (C, if known) saves the probe pass of ``mode="auto"``.
-    In grad mode the result is differentiable (double back-prop).
-    """
-    n = x.shape[0]
-    d = math.prod(x.shape[1:])
-    if mode not in ("auto", "forward", "reverse"):
-        raise MaxAffineError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
-
-    def flat(v: Tensor) -> Tensor:
-        return fn(v).reshape(n, -1)
-
-    if mode == "auto":
-        if num_outputs is None:
-            with torch.no_grad():
-                num_outputs = math.prod(fn(x[:1]).shape[1:])
-        mode = "forward" if d < num_outputs else "reverse"
-    if mode == "reverse":
-        jac, out = _reverse(flat, x, chunk_size)
-        return jac, out, mode
-    basis = torch.eye(d, dtype=x.dtype, device=x.device).reshape((d, 1, *x.shape[1:]))
-    basis = basis.expand((d, *x.shape))
-
-    def push(t: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.func.jvp(flat, (x,), (t,))
-
-    outs, jac = torch.func.vmap(push, chunk_size=chunk_size)(basis)  # (D, N, C)
-    jac = jac.permute(1, 2, 0).reshape((n, jac.shape[2], *x.shape[1:]))
-    return jac, outs[0], mode
-
-
-def _reverse(flat: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None
-             ) -> tuple[Tensor, Tensor]:
-    """Reverse-mode Jacobian of ``flat`` (N, *in) -> (N, C): one forward pass, then one
-    backward pass per chunk of outputs (cotangents one-hot per output, for all samples
-    at once).  Plain ``autograd.grad`` rather than ``torch.func.vjp``: without the
-    function transforms' wrapping a chunk of one runs at the speed of ordinary
-    back-prop, several times faster than vmapping convolutions' backward."""
-    differentiable = torch.is_grad_enabled()
-    with torch.enable_grad():
-        xx = x if differentiable and x.requires_grad else x.detach().requires_grad_(True)
-        out = flat(xx)
-        n, c = out.shape
-        if not out.requires_grad:  # f does not depend on x
-            return x.new_zeros((n, c, *x.shape[1:])), out
-        eye = torch.eye(c, dtype=out.dtype, device=out.device)
-        step = c if chunk_size is None else max(1, chunk_size)
-        rows = []
-        for start in range(0, c, step):
-            stop = min(c, start + step)
-            if stop - start == 1:
-                cot = eye[start].expand(n, c)
-            else:
-                cot = eye[start:stop].unsqueeze(1).expand(stop - start, n, c)
-            (g,) = torch.autograd.grad(out, xx, cot, retain_graph=stop < c or differentiable,
-                                       create_graph=differentiable,
-                                       is_grads_batched=stop - start > 1,
-                                       materialize_grads=True)
-            rows.append(g.unsqueeze(1) if stop - start == 1 else g.movedim(0, 1))
-    jac = torch.cat(rows, 1) if len(rows) > 1 else rows[0]
-    if not differentiable:
-        return jac.detach(), out.detach()
-    return jac, out

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="train small models on MNIST and write a report",
         description="Train a small MLP and CNN on MNIST and write report.md, report.html "
-                    "and the figures into the --out directory (about a minute).")
+                    "and the figures into the --out directory.")
     demo.add_argument("--out", type=Path, default=Path("out/demo"),
                       help="output directory, created if missing (default out/demo)")
     demo.add_argument("--quick", action="store_true", help="tiny data, 1 epoch (for tests)")

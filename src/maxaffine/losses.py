@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from . import _arguments as arg
 from ._arguments import check_dtype, check_tensor
+from ._autodiff import pullback
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import SplineGraph, check_parameters
 
@@ -202,10 +203,9 @@ def _templates(model: nn.Module | SplineGraph, x: Tensor, classes: Classes,
     n = xs.shape[0]
     with _batch_statistics_frozen(model, x):
 
-        def fn(v: Tensor) -> Tensor:
-            return _forward(model, v).reshape(n, -1)
-
-        out, vjp_fn = torch.func.vjp(fn, xs)
+        with torch.enable_grad():
+            v = xs if xs.requires_grad else xs.detach().requires_grad_(True)
+            out = _forward(model, v).reshape(n, -1)
         c = out.shape[1]
         if sets is None:
             cot = torch.eye(c, dtype=out.dtype, device=out.device).unsqueeze(1).expand(c, n, c)
@@ -217,8 +217,9 @@ def _templates(model: nn.Module | SplineGraph, x: Tensor, classes: Classes,
                 )
             sets = sets.expand(n, -1) if sets.dim() == 1 else sets
             cot = nn.functional.one_hot(sets.T, c).to(out.dtype)  # (k, n, C)
-        (A,) = torch.func.vmap(vjp_fn)(cot)  # (k, n, *input_shape)
-    return A.movedim(0, 1).flatten(2)
+        with torch.enable_grad():  # differentiable: the penalty back-propagates
+            A = pullback(out, v, cot, retain=False, differentiable=torch.is_grad_enabled())
+    return A.movedim(0, 1).flatten(2)  # (n, k, D)
 
 
 def _class_sets(classes: Classes, n: int, device: torch.device) -> Tensor | None:

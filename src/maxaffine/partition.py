@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 
 from . import ops
 from ._arguments import check_tensor, integer, number
+from ._autodiff import jacobian
 from ._planar import Mesh, _Prefault, clip_halfplanes, unpack_bits
-from .affine import jacobian
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
 from .graph import SplineGraph, Unit, as_graph
 from .vq import Codes, codes_of, pack, unpack

@@ -47,7 +47,8 @@ from torch import Tensor, nn
 
 from . import _arguments as arg
 from ._arguments import check_tensor
-from .affine import check_overflow, jacobian
+from ._autodiff import jacobian, pullback
+from .affine import check_overflow
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import SplineGraph, as_graph, check_input
 
@@ -169,7 +170,7 @@ def power_diagram(model: nn.Module | SplineGraph, layer: Layer, x: Tensor,
         flat = pieces.reshape(pieces.shape[0], math.prod(pieces.shape[1:-1]), pieces.shape[-1])
         chosen = flat.gather(2, code.reshape(*flat.shape[:2], 1).long())[..., 0]
         total = chosen.sum(1)  # sum_k <A[k, r_k], v> + B[k, r_k]
-        (mu,) = torch.autograd.grad(total.sum(), v, materialize_grads=True)
+        mu = pullback(total, v, torch.ones_like(total), retain=False, differentiable=False)
     total = total.detach()
     offsets = total - (mu * point).flatten(1).sum(1)
     rad = mu.flatten(1).pow(2).sum(1) + 2 * offsets

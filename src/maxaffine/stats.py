@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from . import _arguments as arg
 from ._arguments import check_tensor
+from ._autodiff import basis, pullback, pushforward
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import SplineGraph, check_input
 from .partition import Partition, _graph_in, partition_segment
@@ -346,13 +347,7 @@ def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
             margins = tuple(m.detach() for m in fn(xs))
         sq = [torch.zeros_like(m) for m in margins]
         for start in range(0, d, chunk_size):
-            stop = min(d, start + chunk_size)
-            basis = torch.zeros((stop - start, d), dtype=x.dtype)
-            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1
-            basis = basis.reshape(stop - start, 1, *graph.input_shape).expand(
-                stop - start, *xs.shape)
-            _, tangents = torch.func.vmap(lambda t, fn=fn, xs=xs: torch.func.jvp(
-                fn, (xs,), (t,)))(basis)
+            _, tangents = pushforward(fn, xs, basis(d, start, min(d, start + chunk_size), xs))
             for acc, m, t in zip(sq, margins, tangents, strict=True):
                 acc += torch.where(torch.isfinite(m), t.detach(), 0.0).pow(2).sum(0)
         ratios = []
@@ -381,7 +376,7 @@ def _towards(fn, xs: Tensor, ratios: list[Tensor], per_layer: Tensor) -> Tensor:
                 picked = picked + m[rows, cols].sum()
         if not picked.requires_grad:
             return torch.zeros_like(xs)
-        (g,) = torch.autograd.grad(picked, v)
+        g = pullback(picked, v, torch.ones_like(picked), retain=False, differentiable=False)
     norm = g.flatten(1).norm(dim=1).reshape(-1, *[1] * (g.dim() - 1))
     return torch.where(norm > 0, -g / norm.clamp(min=1e-300), 0.0).detach()
 

@@ -31,7 +31,15 @@ from ..datasets import DATASETS, load_dataset
 from ..losses import template_gram, template_orthogonality, weight_orthogonality
 from ..models import small_cnn
 from ..training import Penalty, fit
-from . import Experiment, Table, positive_float, positive_int, save_figure, write_table
+from . import (
+    Experiment,
+    Table,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    save_figure,
+    write_table,
+)
 
 if TYPE_CHECKING:
     from ..demo import DemoContext, Section
@@ -123,9 +131,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--penalty", choices=PENALTIES, default="template")
     p.add_argument("--normalize", action="store_true",
                    help="squared cosines instead of squared inner products")
-    p.add_argument("--samples", type=positive_int, default=16,
+    p.add_argument("--samples", type=non_negative_int, default=16,
                    help="template penalty on this many random inputs of each batch, an "
-                        "unbiased estimate (default 16; 0: the whole batch, ~3x slower)")
+                        "unbiased estimate (default 16; 0: the whole batch, slower)")
     p.add_argument("--train-size", type=positive_int, default=None,
                    help="use only the first N training examples (a small-data regime)")
     p.add_argument("--channels", type=_ints, default=[8, 16])
