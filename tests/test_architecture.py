@@ -202,8 +202,8 @@ def _runtime_imports(tree: ast.Module) -> typing.Iterator[ast.Import | ast.Impor
 
 def _imported(name: str) -> set[str]:
     """The package's modules that importing ``name`` imports directly (with the
-    subpackages on the way; the root package, imported first anyway, only where a
-    name is taken from it)."""
+    subpackages on the way, except ``name``'s own; the root package, imported first
+    anyway, only where a name is taken from it)."""
     path, package = MODULES[name]
     here = name if package else name.rpartition(".")[0]
     out: set[str] = set()
@@ -212,7 +212,8 @@ def _imported(name: str) -> set[str]:
         parts = target.split(".")
         for i in range(2, len(parts) + 1):
             module = ".".join(parts[:i])
-            if module in MODULES and module != name:
+            # (a module's own packages are imported before it, never by it)
+            if module in MODULES and module != name and not name.startswith(module + "."):
                 out.add(module)
 
     for node in _runtime_imports(ast.parse(path.read_text())):
@@ -270,7 +271,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_module_level_imports_have_no_cycle():
     graph = {name: _imported(name) for name in MODULES}
-    assert graph["maxaffine.partition"] >= {"maxaffine.graph", "maxaffine.vq"}  # sanity
+    assert graph["maxaffine.partition.plane"] >= {"maxaffine.graph", "maxaffine.vq"}  # sanity
     assert not _cycles(graph), f"import cycles: {_cycles(graph)}"
 
 

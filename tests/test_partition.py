@@ -14,8 +14,9 @@ from matplotlib.path import Path
 from torch import nn
 
 import maxaffine as ma
-import maxaffine._planar as planar
-import maxaffine.partition as mp
+import maxaffine.partition.mesh as planar
+import maxaffine.partition.plane as plane
+import maxaffine.partition.values as mv
 from reference_partition import reference_partition
 from strategies import architectures
 
@@ -286,9 +287,9 @@ def test_resume_and_recompute_strategies_agree(monkeypatch):
     xs = torch.rand(3, 1, 8, 8, dtype=D64, generator=torch.Generator().manual_seed(1))
     sl = ma.Slice.through(xs[0], xs[1], xs[2])
     a = ma.partition_plane(net, sl, progress=False)
-    monkeypatch.setattr(mp, "_RESUME_LIMIT", 0)
+    monkeypatch.setattr(mv, "_RESUME_LIMIT", 0)
     b = ma.partition_plane(net, sl, progress=False)
-    monkeypatch.setattr(mp, "_VALUES_BUDGET", 500)  # many small chunks of units
+    monkeypatch.setattr(plane, "_VALUES_BUDGET", 500)  # many small chunks of units
     c = ma.partition_plane(net, sl, progress=False)
     for other in (b, c):
         assert {bytes(x.tolist()) for x in a.codes} == {bytes(x.tolist()) for x in other.codes}
@@ -304,10 +305,10 @@ def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
     net = _mlp([150, 150], seed=5)
     sl = ma.Slice.square()
     a = ma.partition_plane(net, sl, progress=False)
-    monkeypatch.setattr(mp, "_RESUME_BUDGET", 1e5)
+    monkeypatch.setattr(mv, "_RESUME_BUDGET", 1e5)
     b = ma.partition_plane(net, sl, progress=False)
-    monkeypatch.setattr(mp, "_RESUME_LIMIT", 0)
-    monkeypatch.setattr(mp, "_VALUES_BUDGET", 3e4)
+    monkeypatch.setattr(mv, "_RESUME_LIMIT", 0)
+    monkeypatch.setattr(plane, "_VALUES_BUDGET", 3e4)
     c = ma.partition_plane(net, sl, progress=False)
     monkeypatch.setattr(planar, "_HASH_START", 2)  # the key table grows many times
     d = ma.partition_plane(net, sl, progress=False)

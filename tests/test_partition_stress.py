@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import maxaffine as ma
-import maxaffine.partition as mp
+import maxaffine.partition.plane as plane
 from reference_partition import area, clip
 
 D64 = torch.float64
@@ -186,7 +186,7 @@ def test_tolerance_and_dtype_types():
 def test_cuts_that_cannot_end_stop_with_a_named_error(monkeypatch):
     # with no tolerance, rounding re-crosses lines forever (issue 13 item 2): the
     # loop is bounded in passes and in regions
-    monkeypatch.setattr(mp, "_tolerance", lambda tol, dtype: 0.0)
+    monkeypatch.setattr(plane, "_tolerance", lambda tol, dtype: 0.0)
     t0 = time.perf_counter()
     with pytest.raises(ma.MaxAffineError, match=r"do not end|max_regions"):
         ma.partition_plane(_issue_net(), ma.Slice.square(), progress=False,

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maxaffine._planar import Mesh, unpack_bits
+from maxaffine.partition.mesh import Mesh, unpack_bits
 
 
 def pack_bits(b):
@@ -137,7 +137,7 @@ def test_prefault_helper_leaves_data_alone_and_stops():
     """The page-faulting helper of the cut loop (Linux; a no-op elsewhere): rows it
     touches keep their contents, rows before ``used`` are not touched, and stop()
     ends it (early or after it is done) without error."""
-    from maxaffine._planar import _Prefault
+    from maxaffine.partition.mesh import _Prefault
 
     for halt_early in (True, False):
         buf = torch.empty((4096, 4096), dtype=torch.float64)  # 128 MiB, mostly unwritten

@@ -170,3 +170,23 @@ def check_dtype(model: torch.nn.Module, x: Tensor, what: str) -> None:
             f"{what} is {x.dtype} but the model's parameters are {param.dtype}: call "
             f"model.to({x.dtype}) or convert {what} with .to({param.dtype})"
         )
+
+
+def indices(values: Any, n: int, what: str) -> Tensor:
+    """``values`` as (k,) int64 indices into ``n`` items (negative from the end)."""
+    try:
+        idx = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise MaxAffineTypeError(f"{what} must be a list or tensor of indices, got "
+                                 f"{type(values).__name__} {values!r}") from err
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise MaxAffineTypeError(f"{what} must be integer indices, got dtype {idx.dtype}")
+    if idx.dim() > 1:
+        raise MaxAffineError(f"{what} must be a flat list of indices, got shape "
+                             f"{tuple(idx.shape)}")
+    idx = idx.reshape(-1).long()
+    bad = (idx < -n) | (idx >= n)
+    if bool(bad.any()):
+        raise MaxAffineError(f"{what}: index {int(idx[bad][0])} is out of range for {n} "
+                             f"item(s) (valid: -{n} .. {n - 1})")
+    return idx % max(n, 1)

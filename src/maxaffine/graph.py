@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -271,15 +271,18 @@ class SplineGraph:
     def run(self, x: Tensor | Mapping[str, Tensor], *, start: str | None = None,
             stop: str | None = None, until: str | None = None,
             codes: dict[str, Tensor] | None = None, record: bool = False,
-            keep_codes: bool = True, in_place: bool = False) -> Evaluation:
+            keep_codes: bool = True, in_place: bool = False,
+            forward: Callable[..., Tensor | None] | None = None) -> Evaluation:
         """The interpreter between pauses: from the input ``x`` (``start=None``) or
         resumed at the pause before nonlinearity ``start`` (``x``: its live values by
         name, :attr:`pauses`), to the output, to the pause before ``stop`` (its live
         values in ``Evaluation.values``), or right after nonlinearity ``until``.
         ``keep_codes=False`` skips the codes (values only); ``in_place=True`` lets
         nonlinearities overwrite inputs that nothing else reads (the caller gives up
-        those tensors). Values are checked (finite, shapes); parameters are not (see
-        :func:`check_parameters`)."""
+        those tensors); ``forward(rule, args, kwargs)``, with ``keep_codes=False``, may
+        compute a nonlinearity's values instead of its rule (returning None: the
+        rule's own), e.g. with a kernel for many samples. Values are checked (finite,
+        shapes); parameters are not (see :func:`check_parameters`)."""
         for flag_name, flag_value in (("record", record), ("keep_codes", keep_codes),
                                       ("in_place", in_place)):
             arguments.flag(flag_value, flag_name)
@@ -298,7 +301,7 @@ class SplineGraph:
             self._check_codes(codes, batch)
         end = None if stop is None else self._pause_steps[stop]
         ev = self._walk(env, batch, first, codes, record, until, stop=end,
-                        keep_codes=keep_codes, in_place=in_place)
+                        keep_codes=keep_codes, in_place=in_place, forward=forward)
         if stop is not None:
             live = self.pause(stop).live
             ev.values = {name: env[self._nodes[name]] for name, _ in live}
@@ -443,7 +446,8 @@ class SplineGraph:
     def _walk(self, env: dict[fx.Node, Any], batch: int, start: int,
               codes: dict[str, Tensor] | None, record: bool, until: str | None,
               stop: int | None = None, keep_codes: bool = True,
-              in_place: bool = False) -> Evaluation:
+              in_place: bool = False,
+              forward: Callable[..., Tensor | None] | None = None) -> Evaluation:
         """The one interpreter loop. Runs steps ``start`` .. ``stop`` (exclusive) on
         ``env`` (node -> value, updated in place), resuming a paused evaluation:
         values of input-dependent nodes before ``start`` must be in ``env`` where
@@ -479,10 +483,15 @@ class SplineGraph:
                 name = step.site.name
                 code = codes.get(name) if codes else None
                 if code is None and not keep_codes:
-                    last_use = in_place and all(
-                        len(a.users) == 1 and a.op not in ("placeholder", "get_attr")
-                        and not _shares_storage(env, a) for a in node.all_input_nodes)
-                    env[node] = (rule.forward_ if last_use else rule.forward)(*args, **kwargs)
+                    fast = None if forward is None else forward(rule, args, kwargs)
+                    if fast is not None:
+                        env[node] = fast
+                    else:
+                        last_use = in_place and all(
+                            len(a.users) == 1 and a.op not in ("placeholder", "get_attr")
+                            and not _shares_storage(env, a) for a in node.all_input_nodes)
+                        env[node] = (rule.forward_ if last_use else rule.forward)(*args,
+                                                                                  **kwargs)
                 elif code is None:
                     code, env[node] = rule.select(*args, **kwargs)
                 else:

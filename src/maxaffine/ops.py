@@ -662,17 +662,6 @@ class MaxPool(Nonlinearity):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         # values only: the maximum does not depend on how ties are broken
-        if (x.dtype == torch.float64 and x.device.type == "cpu" and x.numel() >= 1 << 16
-                and not (torch.is_grad_enabled() and x.requires_grad)):
-            # many samples in float64 (e.g. the vertices of a plane partition):
-            # native float64 max-pooling is several times slower than a compiled gather
-            from . import _kernels as kern
-
-            table, padded, out_shape = self._table(tuple(x.shape[1:]))
-            out = torch.empty((x.shape[0], table.shape[0]), dtype=x.dtype)
-            kern.window_max(x.reshape(x.shape[0], -1).contiguous().numpy(), table.numpy(),
-                            padded, out.numpy())
-            return out.reshape(x.shape[0], *out_shape)
         if torch.is_grad_enabled() and x.requires_grad:
             return self.select(x)[1]  # differentiated: the code's piece
         return self._values(x)

@@ -29,7 +29,8 @@ from ._arguments import check_tensor
 from ._autodiff import basis, pullback, pushforward
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import SplineGraph, check_input
-from .partition import Partition, _graph_in, partition_segment
+from .partition import Partition, partition_segment
+from .partition.plane import _graph_in
 from .vq import codes_of, evaluate_codes, graph_for
 
 DEFAULT_DIRECTIONS = 25

@@ -1,13 +1,13 @@
-"""Compiled loops over faces and vertices (numba), behind :mod:`maxaffine._planar`
+"""Compiled loops over faces and vertices (numba), behind :mod:`maxaffine.partition.mesh`
 and :func:`maxaffine.partition_plane`: each replaces dozens of tensor passes
 over (faces x width) temporaries by one pass, and is imported (and compiled,
 cached on disk) on first use.
 
-:func:`lockstep`, the inner loop of :meth:`maxaffine._planar.Mesh.lockstep`:
+:func:`lockstep`, the inner loop of :meth:`maxaffine.partition.mesh.Mesh.lockstep`:
 one call runs lockstep iterations of cuts over a whole batch of faces: in
 iteration ``i`` every face ``f`` present at the iteration's start is cut by
 line ``i`` of its root's list (``lines[start[r]:start[r + 1]]`` for root
-``r = origin[f]``), with the rules of ``_planar``:
+``r = origin[f]``), with the rules of ``mesh``:
 
 - line ``l``'s function at vertex ``v``: ``vals[v, pos[l]] - vals[v, neg[l]]``
   (no second term when ``neg[l] < 0``) ``- level[l]``; a vertex within
@@ -253,7 +253,7 @@ def _vertex_sides(vals, v, pos, neg, level, tol, paired, above, below, row):
 def side_bits(vals, start, pos, neg, level, tol, above, below):
     """Packed bits of ``value > tol`` (``above``) and ``value < -tol`` (``below``)
     of every line at vertices ``start .. start + len(above)`` (bit ``l`` of a row:
-    word ``l // 64``, bit ``l % 64``, as :func:`maxaffine._planar.pack_bits`).
+    word ``l // 64``, bit ``l % 64``, as :func:`maxaffine.partition.mesh.pack_bits`).
     Lines have a second term (``neg >= 0``) all or none."""
     paired = pos.shape[0] > 0 and neg[0] >= 0
     for i in range(above.shape[0]):

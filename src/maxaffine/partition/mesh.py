@@ -205,7 +205,7 @@ class Mesh:
         different times, and the subdivision is conforming once every face has
         been cut by every line crossing it.
         """
-        from . import _kernels as kern
+        from . import kernels as kern
 
         self._support = torch.empty(self._faces.shape, dtype=torch.int64)
         keys, _ = kern.edge_table(self._faces.numpy(), self.sizes.numpy(), self.nv,
@@ -227,7 +227,7 @@ class Mesh:
         for the same line of two units). Computes every vertex's sides of every
         line (:attr:`above`, :attr:`below`); new vertices get theirs as they are
         made. Call again whenever the values change."""
-        from . import _kernels as kern  # numba: imported (and compiled) on first use
+        from . import kernels as kern  # numba: imported (and compiled) on first use
 
         dtype = self._xy.dtype
         self._lines = (pos.contiguous().numpy(), neg.contiguous().numpy(),
@@ -242,7 +242,7 @@ class Mesh:
     def read_lines(self, n_lines: int, owner: Tensor, line_owner: Tensor | None,
                    possible: Tensor | None, entries: tuple[Tensor, Tensor] | None,
                    floor: float, signs: bool) -> tuple[Tensor | None, Tensor, Tensor]:
-        """After the cuts of :meth:`begin_lines` (:func:`maxaffine._kernels.face_lines`):
+        """After the cuts of :meth:`begin_lines` (:func:`maxaffine.partition.kernels.face_lines`):
         ``signs`` (F, words) packed bits, each line of :meth:`set_lines` positive at
         the face's interior point (None unless asked); faces (bools (F,)) that one
         of the first ``n_lines`` lines may cross in a sliver thinner than its
@@ -254,7 +254,7 @@ class Mesh:
         (lines,) (None: the identity; lines of one owner may meet at a vertex, e.g.
         a max-pool window's ties); ``possible`` / ``entries``: max-pool pairs count
         only in faces where both entries can be maximal."""
-        from . import _kernels as kern
+        from . import kernels as kern
 
         leg = np.full((self.nv, 2), -1, dtype=np.int64)
         kern.vertex_creators(self._hkeys, self._hids, self._n_lines, self._chord_base, leg)
@@ -283,7 +283,7 @@ class Mesh:
     def crossings(self, n_lines: int) -> tuple[Tensor, Tensor]:
         """(face, line) pairs, sorted, where line (of :meth:`set_lines`) crosses the
         face: some vertex is strictly above it and some strictly below."""
-        from . import _kernels as kern
+        from . import kernels as kern
 
         face, line = kern.crossing_lines(self._faces.numpy(), self.sizes.numpy(),
                                          self._above.numpy(), self._below.numpy(), n_lines)
@@ -301,7 +301,7 @@ class Mesh:
         (returns ``True``) after an iteration that left more than ``stop_faces``
         faces; returns ``False`` when all iterations ran.
         """
-        from . import _kernels as kern
+        from . import kernels as kern
 
         count = torch.bincount(root, minlength=self.nf)
         start = torch.zeros(self.nf + 1, dtype=torch.int64)
@@ -481,7 +481,7 @@ class Mesh:
     def reduce(self, words: Tensor, op: str) -> Tensor:
         """Bitwise ``"or"`` / ``"and"`` of per-vertex int64 words (V, k) over each
         face's vertices: (F, k)."""
-        from . import _kernels as kern
+        from . import kernels as kern
 
         if op not in ("or", "and"):
             raise ValueError(f"op must be 'or' or 'and', got {op!r}")
@@ -498,7 +498,7 @@ class Mesh:
 
     def areas(self) -> Tensor:
         """(F,) signed shoelace areas (positive for counter-clockwise faces)."""
-        from . import _kernels as kern
+        from . import kernels as kern
 
         out = torch.empty(self.nf, dtype=self._xy.dtype)
         kern.face_areas(self._faces.numpy(), self._sizes.numpy(), self._xy.numpy(), out.numpy())
@@ -515,7 +515,7 @@ class Mesh:
     def edges(self) -> tuple[Tensor, Tensor]:
         """Undirected edges (E, 2), sorted, and their faces (E, 2): lowest and
         highest face using the edge (-1: domain boundary)."""
-        from . import _kernels as kern
+        from . import kernels as kern
 
         slots = np.empty((self.nf, self.width), dtype=np.int64)
         keys, faces = kern.edge_table(self._faces.numpy(), self.sizes.numpy(), self.nv, slots)
