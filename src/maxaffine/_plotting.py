@@ -71,10 +71,10 @@ def plot_templates(amap, n: int = 4, classes=None, ax=None):
 
 def plot_partition(part, ax=None, color_by: str = "region", edges: bool = True,
                    boundary: bool = True, anchors: bool = True, cmap: str | None = None,
-                   power: bool = False):
+                   centroids=None):
     """Faces of a :class:`~maxaffine.Partition` as polygons (see ``Partition.plot``);
-    ``power``: also each face's power-diagram centroid projected into the slice
-    (:func:`maxaffine.power.face_centroids`)."""
+    ``centroids`` (F, 2): points to mark in each face (e.g. the power-diagram
+    centroids, :func:`maxaffine.power.face_centroids`); it draws what it is given."""
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection, PolyCollection
 
@@ -131,10 +131,8 @@ def plot_partition(part, ax=None, color_by: str = "region", edges: bool = True,
         for i, (x, y) in enumerate(a):
             ax.annotate(f"x{i + 1}", (x, y), textcoords="offset points", xytext=(5, 5),
                         fontsize=9, weight="bold")
-    if power:
-        from .power import face_centroids
-
-        c = face_centroids(part)[0].double().numpy()
+    if centroids is not None:
+        c = centroids.double().numpy()
         ax.scatter(c[:, 0], c[:, 1], s=8, c="k", marker="x", linewidths=0.6, zorder=4)
     b = part.domain.bounds.numpy()
     ax.set_xlim(b[:, 0].min(), b[:, 0].max())

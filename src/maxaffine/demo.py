@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from . import _arguments as arg
 from .affine import affine_map
-from .datasets import Dataset, load_dataset
+from .datasets import load_dataset
 from .errors import MaxAffineError, MaxAffineTypeError
-from .experiments import markdown_to_html, output_dir_problem, save_figure
+from .experiments import markdown_to_html, output_dir_problem
+from .experiments._report import DemoContext, Section
 from .experiments.beta_vq import demo_section as beta_vq_section
 from .experiments.orthogonality import demo_section as orthogonality_section
 from .experiments.sparse_coding import demo_section as sparse_coding_section
@@ -26,32 +25,7 @@ from .experiments.training_dynamics import demo_section as local_complexity_sect
 from .experiments.vq_distance import demo_section as vq_distance_section
 from .graph import trace
 from .models import mlp, small_cnn
-from .training import History, fit
-
-
-@dataclass
-class DemoContext:
-    """What every report section can use: the data, the trained models, where to write."""
-
-    out: Path
-    data: Dataset
-    mlp: nn.Module
-    cnn: nn.Module
-    history: dict[str, History]
-    seed: int = 0
-    quick: bool = False
-    extras: dict = field(default_factory=dict)
-
-    def figure(self, fig, name: str) -> str:
-        """Save a figure next to the report; returns its Markdown image line."""
-        save_figure(fig, self.out, name)
-        return f"![{name}]({name}.png)"
-
-
-@dataclass
-class Section:
-    title: str
-    markdown: str
+from .training import fit
 
 
 def models_section(ctx: DemoContext) -> Section:

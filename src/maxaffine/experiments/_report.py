@@ -9,7 +9,9 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 
 @dataclass
@@ -123,3 +125,36 @@ def markdown_to_html(text: str, title: str = "maxaffine report") -> str:
         i += 1
     out.append("</body></html>")
     return "\n".join(out)
+
+
+@dataclass
+class DemoContext:
+    """What every report section can use: the data, the trained models, where to write
+    (the demo report's sections, :mod:`maxaffine.demo`, come from the experiments)."""
+
+    out: Path
+    data: Dataset
+    mlp: nn.Module
+    cnn: nn.Module
+    history: dict[str, History]
+    seed: int = 0
+    quick: bool = False
+    extras: dict = field(default_factory=dict)
+
+    def figure(self, fig, name: str) -> str:
+        """Save a figure next to the report; returns its Markdown image line."""
+        save_figure(fig, self.out, name)
+        return f"![{name}]({name}.png)"
+
+
+@dataclass
+class Section:
+    """One section of the demo report: a title and its Markdown."""
+
+    title: str
+    markdown: str
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..datasets import Dataset
+    from ..training import History

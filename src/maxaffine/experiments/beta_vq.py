@@ -40,7 +40,7 @@ from . import (
 )
 
 if TYPE_CHECKING:
-    from ..demo import DemoContext, Section
+    from ._report import DemoContext, Section
 
 # name -> beta (None: hard ReLU + max-pool; "learnable": learned, initialised at 1/2)
 CONFIGS: dict[str, float | str | None] = {
@@ -240,8 +240,8 @@ EXPERIMENT = Experiment("beta-vq", "hard / soft / beta-VQ nonlinearities on MNIS
 def demo_section(ctx: DemoContext) -> Section:
     """The demo CNN softened without retraining, its soft VQ posterior, and a
     learnable-beta copy fine-tuned for one epoch (one seed)."""
-    from ..demo import Section
     from ..training import accuracy
+    from ._report import Section
 
     data, cnn = ctx.data, ctx.cnn
     x, y = data.x_test, data.y_test

@@ -42,7 +42,7 @@ from . import (
 )
 
 if TYPE_CHECKING:
-    from ..demo import DemoContext, Section
+    from ._report import DemoContext, Section
 
 PENALTIES = ("template", "weight")
 
@@ -264,7 +264,7 @@ def demo_section(ctx: DemoContext) -> Section:
     the orthogonal-template penalty (same steps, same batches)."""
     import copy
 
-    from ..demo import Section
+    from ._report import Section
 
     steps = 5 if ctx.quick else 20
     n = steps * 60  # class-balanced batches hold 60 of 64 for 10 classes

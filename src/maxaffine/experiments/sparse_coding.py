@@ -49,7 +49,7 @@ from . import (
 )
 
 if TYPE_CHECKING:
-    from ..demo import DemoContext, Section
+    from ._report import DemoContext, Section
 
 CONFIGS = ("sparse-coding", "sparse-coding-laplace", "plain")
 LAYERS = ((16, 5), (32, 3))  # (channels, kernel) per coding layer
@@ -247,9 +247,9 @@ def demo_section(ctx: DemoContext) -> Section:
     """The demo MLP's ReLU layers read as sparse coders (how far from orthogonal,
     how sparse), and a generalized Hamming MLP of the same widths trained for the
     same number of epochs (no biases, no batch-norm)."""
-    from ..demo import Section
     from ..nn.hamming import GHN
     from ..nn.sparse import SparseCoding
+    from ._report import Section
 
     x = ctx.data.x_test
     mods = list(ctx.mlp)

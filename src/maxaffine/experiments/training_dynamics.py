@@ -45,7 +45,7 @@ from . import (
 )
 
 if TYPE_CHECKING:
-    from ..demo import DemoContext, Section
+    from ._report import DemoContext, Section
 
 
 def log_schedule(total: int, points: int) -> list[int]:
@@ -219,7 +219,7 @@ def demo_section(ctx: DemoContext) -> Section:
     """Local complexity of the demo CNN around training and test points (histogram)."""
     import matplotlib.pyplot as plt
 
-    from ..demo import Section
+    from ._report import Section
 
     n = 64 if ctx.quick else 256
     radius, dirs = 0.2, 8

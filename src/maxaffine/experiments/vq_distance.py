@@ -35,7 +35,7 @@ from ..vq import Codes, codes
 from . import Experiment, Table, non_negative_int, positive_int, save_figure, write_table
 
 if TYPE_CHECKING:
-    from ..demo import DemoContext, Section
+    from ._report import DemoContext, Section
 
 MODELS = ("trained", "untrained", "random-labels")
 
@@ -208,7 +208,7 @@ EXPERIMENT = Experiment("vq-distance", "1-NN accuracy and retrieval with the VQ 
 
 def demo_section(ctx: DemoContext) -> Section:
     """The demo CNN's VQ distance: 1-NN accuracy per layer and a retrieval figure."""
-    from ..demo import Section
+    from ._report import Section
 
     n_train = min(len(ctx.data.x_train), 1000 if ctx.quick else 4000)
     n_test = min(len(ctx.data.x_test), 200 if ctx.quick else 500)

@@ -177,7 +177,8 @@ class Partition:
         """Draw the faces coloured by ``'region'``, ``'layer'`` (edges coloured by the
         layer that created them), ``'class'`` (predicted class) or ``'output'``
         (max output), with the decision boundary bold and the anchors marked;
-        ``power=True`` adds each face's power-diagram centroid (projected)."""
+        ``centroids`` (F, 2): a point to mark in each face, e.g. the power-diagram
+        centroids ``maxaffine.power.face_centroids(part)[0]``."""
         from .._plotting import plot_partition
 
         return plot_partition(self, ax=ax, color_by=color_by, **kwargs)
