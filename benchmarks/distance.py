@@ -75,7 +75,7 @@ def torch_matmul(codes: Codes, rows: int) -> Tensor:
 def main(ne_rows: int = 50, matmul_rows: int = 500) -> dict:
     torch.set_num_threads(1)
     codes = demo_codes()
-    nbytes = codes.bits.shape[1]
+    nbytes = codes.packed().shape[1]
     print(f"demo CNN codes: {len(codes)} images, layers {codes.names}, units "
           f"{codes.num_units}, {nbytes} packed bytes per image (torch {torch.__version__}, "
           f"numpy {np.__version__}, 1 thread)")

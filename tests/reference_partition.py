@@ -47,7 +47,7 @@ def centroid(poly: Poly) -> tuple[float, float]:
     return (sum(p[0] for p in poly) / len(poly), sum(p[1] for p in poly) / len(poly))
 
 
-def _unit_inputs(graph, sl, poly: Poly, name: str) -> list[torch.Tensor]:
+def _layer_inputs(graph, sl, poly: Poly, name: str) -> list[torch.Tensor]:
     """Affine coefficients (3, *units) of the unit's inputs on the polygon: value at
     (0, 0), and the s and t slopes, from the graph frozen at the centroid's codes."""
     c = torch.tensor([centroid(poly)], dtype=torch.float64)
@@ -58,7 +58,7 @@ def _unit_inputs(graph, sl, poly: Poly, name: str) -> list[torch.Tensor]:
     out = []
     # the signal(s) only: torch.maximum compares two, the others read their first
     # input (later ones are parameters, e.g. PReLU's per-channel slope)
-    signals = ins[:2] if isinstance(graph.unit(name).rule, ops.Maximum) else ins[:1]
+    signals = ins[:2] if isinstance(graph.layer(name).rule, ops.Maximum) else ins[:1]
     for z in signals:
         z = torch.broadcast_to(z, (3, *ins[0].shape[1:])) if z.dim() else z
         z = z.reshape(3, -1)
@@ -71,18 +71,18 @@ def reference_partition(model, sl, min_area: float = 1e-14) -> list[tuple[Poly, 
     """Polygons and their packed codes (the maxaffine.Codes convention)."""
     graph = ma.trace(model, sl.origin.unsqueeze(0).to(torch.float64))
     faces: list[Poly] = [[(float(s), float(t)) for s, t in sl.bounds]]
-    for unit in graph.units:
-        rule = unit.rule
+    for layer in graph.layers:
+        rule = layer.rule
         new: list[Poly] = []
         for poly in faces:
-            coef = _unit_inputs(graph, sl, poly, unit.name)
+            coef = _layer_inputs(graph, sl, poly, layer.name)
             pieces: list[Poly] = [poly]
             if isinstance(rule, ops.MaxPool) or not hasattr(rule, "breakpoints"):
                 if isinstance(rule, ops.MaxPool):
                     x = coef[0]
-                    table = rule.window_index(_input_shape(graph, sl, unit.name))
+                    table = rule.window_index(_input_shape(graph, sl, layer.name))
                 else:  # an op known by its pieces only: the windows of its pieces
-                    x, table = _unit_pieces(graph, sl, poly, unit.name)
+                    x, table = _layer_pieces(graph, sl, poly, layer.name)
                 scale = 1.0 + float(x.abs().max())
                 for k in range(table.shape[0]):
                     entries = [int(i) for i in table[k] if i >= 0]
@@ -125,19 +125,19 @@ def reference_partition(model, sl, min_area: float = 1e-14) -> list[tuple[Poly, 
             new.extend(pieces)
         faces = new
     cents = torch.tensor([centroid(p) for p in faces], dtype=torch.float64)
-    bits = ma.codes(graph, sl.to_input(cents)).bits
+    bits = ma.codes(graph, sl.to_input(cents)).packed()
     return [(p, bytes(b.tolist())) for p, b in zip(faces, bits, strict=True)]
 
 
-def _unit_pieces(graph, sl, poly: Poly, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _layer_pieces(graph, sl, poly: Poly, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine coefficients (3, K * R) of the unit's pieces on the polygon (as
-    :func:`_unit_inputs`) and the (K, R) table of each unit's pieces into them."""
+    :func:`_layer_inputs`) and the (K, R) table of each unit's pieces into them."""
     c = torch.tensor([centroid(poly)], dtype=torch.float64)
     frozen = graph.evaluate(sl.to_input(c)).codes
     frozen = {k: v.expand((3, *v.shape[1:])) for k, v in frozen.items() if k != name}
     pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     ins = graph.evaluate(sl.to_input(pts), codes=frozen, record=True).inputs[name]
-    pieces, valid = graph.unit(name).rule.pieces(*ins)
+    pieces, valid = graph.layer(name).rule.pieces(*ins)
     k, r = math.prod(pieces.shape[1:-1]), pieces.shape[-1]
     p = pieces.reshape(3, k * r)
     table = torch.arange(k * r).reshape(k, r)

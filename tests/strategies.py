@@ -555,8 +555,8 @@ def margins(graph: SplineGraph, x: Tensor, codes: dict[str, Tensor]
     """
     ev = graph._run(x, codes, True)
     out = []
-    for unit in graph.units:
-        rule, code, args = unit.rule, codes[unit.name].long(), ev.inputs[unit.name]
+    for layer in graph.layers:
+        rule, code, args = layer.rule, codes[layer.name].long(), ev.inputs[layer.name]
         if isinstance(rule, ops.Elementwise):
             z = args[0]
             ms, alt = [], []
@@ -567,15 +567,15 @@ def margins(graph: SplineGraph, x: Tensor, codes: dict[str, Tensor]
                 ms.append(torch.where(above, z - b, b - z))
                 alt.append(torch.where(above, torch.full_like(code, i),
                                        torch.full_like(code, i + 1)))
-            out.append((unit.name, torch.stack(ms, -1), torch.stack(alt, -1)))
+            out.append((layer.name, torch.stack(ms, -1), torch.stack(alt, -1)))
         elif isinstance(rule, ops.Maximum):
             a, b = args[0], args[1]
             diff = b - a if not isinstance(rule, ops.Minimum) else a - b
             m = torch.where(code == 1, diff, -diff)
-            out.append((unit.name, m.unsqueeze(-1), (1 - code).unsqueeze(-1)))
+            out.append((layer.name, m.unsqueeze(-1), (1 - code).unsqueeze(-1)))
         elif isinstance(rule, ops.MaxPool):
             if isinstance(rule, ops.KernelMaxPool):
-                win = maxpool_windows(rule, args[0], unit.code_shape)
+                win = maxpool_windows(rule, args[0], layer.code_shape)
             else:  # adaptive pooling, amax: from the op's own window table
                 t = rule.window_index(tuple(args[0].shape[1:]))
                 win = args[0].flatten(1)[:, t.clamp(min=0)].masked_fill(t < 0, -math.inf)
@@ -585,7 +585,7 @@ def margins(graph: SplineGraph, x: Tensor, codes: dict[str, Tensor]
             k = win.shape[-1]
             alt = torch.arange(k).expand(m.shape)
             m = torch.where(alt == code.unsqueeze(-1), torch.inf, m)
-            out.append((unit.name, m, alt))
+            out.append((layer.name, m, alt))
         else:
             raise AssertionError(f"no margin reference for {type(rule).__name__}")
     return out

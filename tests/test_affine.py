@@ -135,7 +135,7 @@ def test_forward_reverse_and_chunks_agree(shape: tuple[int, ...], outputs: int):
     assert auto.mode == ("forward" if d < outputs else "reverse")
     for mode in ("forward", "reverse"):
         for chunk in (None, 1, 2):
-            other = ma.affine_map(graph, x, mode=mode, chunk_size=chunk)
+            other = ma.affine_map(graph, x, mode=mode, products_per_pass=chunk)
             assert other.mode == mode
             torch.testing.assert_close(other.A, auto.A, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(other.B, auto.B, rtol=1e-12, atol=1e-12)

@@ -59,7 +59,7 @@ def test_how_to_add_an_op_is_short_and_runs():
         exec(compile(block, "docs/architecture.md: How to add an op", "exec"), ns)
         net, part = ns["net"], ns["part"]
         graph = ma.trace(net, torch.zeros(1, 2, dtype=torch.float64))
-        assert [(u.kind, u.num_pieces) for u in graph.units] == [("ClippedReLU", 3)]
+        assert [(u.kind, u.num_pieces) for u in graph.layers] == [("ClippedReLU", 3)]
         x = torch.randn(64, 2, dtype=torch.float64) * 2
         amap = ma.affine_map(graph, x)
         torch.testing.assert_close(amap.reconstruct(), net(x), rtol=0, atol=1e-12)
@@ -67,10 +67,10 @@ def test_how_to_add_an_op_is_short_and_runs():
         assert set(codes["1"].unique().tolist()) <= {0, 1, 2}
         # the plane partition: face codes are their interior points', the faces tile
         # the square, and the regions are those of the slow reference
-        assert torch.equal(ma.codes(graph, part.interior).bits, part.codes)
+        assert torch.equal(ma.codes(graph, part.interior).packed(), part.packed)
         assert abs(float(part.areas.sum()) - 16.0) < 1e-9
         ref = {code for _, code in reference_partition(graph, ma.Slice.square(-2, 2))}
-        assert {bytes(c.tolist()) for c in part.codes} == ref
+        assert {bytes(c.tolist()) for c in part.packed} == ref
         assert part.num_regions == len(ref) > 1
     finally:
         for key in [k for k in ops._REGISTRY if k not in before]:

@@ -55,11 +55,11 @@ def test_empty_batches_give_empty_results(kind: str, data: st.DataObject):
         assert len(c) == 0 and c.names == full.names and c.pieces == full.pieces
         assert [(v.shape[1:], v.dtype) for v in c.values] == [
             (v.shape[1:], v.dtype) for v in full.values]
-        assert c.bits.shape == (0, full.bits.shape[1]) and c.bits.dtype == torch.uint8
+        assert c.packed().shape == (0, full.packed().shape[1]) and c.packed().dtype == torch.uint8
         assert c.region_ids().shape == (0,) and c.num_units == full.num_units
         assert all(h.shape == (0,) for h in c.hamming(c).values())
         assert len(full.select([])) == 0
-    L = len(graph.units)
+    L = len(graph.layers)
     lc = ma.local_complexity(arch.model, e, 0.1)
     assert lc.values.shape == (0, L) and lc.values.dtype == torch.int64 and lc.total.shape == (0,)
     density = ma.region_density(graph, e, e)
@@ -209,7 +209,8 @@ def test_layer_selection_errors():
         ma.vq_distance(None, c, layers=[])
     with pytest.raises(TypeErr, match=r"layers must be a list of layer names.*got str '2'"):
         ma.vq_distance(None, c, layers="2")
-    with pytest.raises(TypeErr, match=r"a layer is a name \(str\) or an index \(int\), got float"):
+    with pytest.raises(TypeErr, match=r"layers\[0\] must be a layer name \(str\) or index "
+                                      r"\(int\), got float"):
         ma.vq_knn(None, c, layers=[1.0])
     with pytest.raises(Err, match=r"layer index -3 is out of range"):
         c[-3]
@@ -220,7 +221,7 @@ def test_layer_selection_errors():
     lc = ma.local_complexity(net, x, 0.1)
     with pytest.raises(Err, match=r"layer index 2 is out of range"):
         lc[2]
-    with pytest.raises(TypeErr, match=r"layer must be an integer"):
+    with pytest.raises(TypeErr, match=r"layer must be a layer name \(str\) or index"):
         lc[0.5]
 
 
@@ -248,7 +249,8 @@ def test_codes_of_one_model_at_two_input_sizes_say_what_differs():
     (lambda n, x, c: ma.vq_knn(n, x, k=0), Err, r"k must be >= 1"),
     (lambda n, x, c: ma.vq_knn(n, x, k=5), Err, r"k=5 neighbours asked but only 4 references.*"
                                                  r"each query itself excluded"),
-    (lambda n, x, c: ma.vq_knn(n, x, chunk_size=0), Err, r"chunk_size must be >= 1"),
+    (lambda n, x, c: ma.vq_knn(n, x, queries_per_block=0), Err,
+     r"queries_per_block must be >= 1"),
     (lambda n, x, c: ma.vq_knn(n, x, x[:2], exclude_self=True), Err, r"exclude_self=False"),
     (lambda n, x, c: ma.vq_knn(n, x, exclude_self="no"), TypeErr, r"exclude_self must be True"),
     (lambda n, x, c: ma.vq_distance(n, x, per_layer=1), TypeErr, r"per_layer must be True"),
@@ -323,11 +325,12 @@ def test_local_complexity_default_and_directions():
     (lambda n, x: ma.local_complexity(n, x, 0.1, 4), Err, r"n_directions must be in \[1, 3\]"),
     (lambda n, x: ma.local_complexity(n, x, 0.1, 2.5), TypeErr, r"n_directions must be an int"),
     (lambda n, x: ma.local_complexity(n, x, 0.1, seed=-1), Err, r"seed must be >= 0"),
-    (lambda n, x: ma.boundary_distance(n, x, chunk_size=0), Err, r"chunk_size must be >= 1"),
+    (lambda n, x: ma.boundary_distance(n, x, directions_per_pass=0), Err,
+     r"directions_per_pass must be >= 1"),
     (lambda n, x: ma.boundary_distance(n, x.long()), Err, r"int64"),
     (lambda n, x: ma.boundary_distance(ma.trace(n, x), x[:, :2]), Err, r"x has shape \(4, 2\)"),
     (lambda n, x: ma.region_sharing(n, x, batch_size=0), Err, r"batch_size must be >= 1"),
-    (lambda n, x: ma.region_sharing(n, "X"), TypeErr, r"X must be a torch.Tensor"),
+    (lambda n, x: ma.region_sharing(n, "X"), TypeErr, r"x must be a torch.Tensor"),
     (lambda n, x: ma.region_density(n, x, x), Err, r"segment 0 has x0 == x1"),
     (lambda n, x: ma.region_density(n, x, x[:2]), Err, r"same shape"),
     (lambda n, x: ma.region_density(n, x, None), TypeErr, r"x1 must be a torch.Tensor"),

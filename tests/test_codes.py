@@ -45,7 +45,7 @@ def test_codes_constant_inside_and_changed_across_the_nearest_boundary(
     x = arch.sample(3, data.draw(st.integers(0, 999)))
     graph = ma.trace(arch.model, x)
     found = graph.evaluate(x).codes
-    assume(graph.units)
+    assume(graph.layers)
     dist, nearest, grads = boundary_distance(graph, x, found)
     assume(bool(torch.isfinite(dist).all() and (dist > 1e-7).all()))
     # the nearest boundary must be unique: two units whose boundaries are (nearly)
@@ -79,13 +79,13 @@ def test_codes_constant_inside_and_changed_across_the_nearest_boundary(
     for n in range(3):
         name, pos, new_code = locate(graph, x, found, n, int(nearest[n]))
         assert int(after[name][(n, *pos)]) == new_code
-        for unit in graph.units:  # units before the crossed one keep their codes
-            if unit.name == name:
+        for layer in graph.layers:  # units before the crossed one keep their codes
+            if layer.name == name:
                 # ...and inside its layer exactly the entries whose margin turned negative
                 flipped = (frozen_margins[name][n] < 0).any(-1)
                 assert torch.equal(after[name][n] != found[name][n], flipped)
                 break
-            assert torch.equal(after[unit.name][n], found[unit.name][n]), unit.name
+            assert torch.equal(after[layer.name][n], found[layer.name][n]), layer.name
 
 
 @pytest.mark.parametrize("kind", INPUT_KINDS)
@@ -157,8 +157,8 @@ def test_packed_bits_round_trip_on_random_architectures(kind: str, data: st.Data
     arch = data.draw(architectures(kind))
     x = arch.sample(3, data.draw(st.integers(0, 999)), 2.0)
     c = ma.codes(arch.model, x)
-    assert c.bits.dtype == torch.uint8
-    for got, v in zip(unpack_reference(c.bits, c), c.values, strict=True):
+    assert c.packed().dtype == torch.uint8
+    for got, v in zip(unpack_reference(c.packed(), c), c.values, strict=True):
         assert torch.equal(got, v.long())
 
 
@@ -182,12 +182,12 @@ def test_packing_widths_and_round_trip():
     assert c.num_units == (5, 9, 25, 25, 1)
     assert list(c.byte_slices().values()) == [slice(0, 1), slice(1, 4), slice(4, 17),
                                               slice(17, 42), slice(42, 44)]
-    assert c.bits.shape == (6, 44)
-    for got, v in zip(unpack_reference(c.bits, c), c.values, strict=True):
+    assert c.packed().shape == (6, 44)
+    for got, v in zip(unpack_reference(c.packed(), c), c.values, strict=True):
         assert torch.equal(got, v.long())
     # the 17 x 17 window's code is the flat argmax of the whole image
     assert torch.equal(c.values[4].flatten(), x.flatten(1).argmax(1))
-    assert torch.equal(c.packed(["hardtanh"]), c.bits[:, 1:4])
+    assert torch.equal(c.packed(["hardtanh"]), c.packed()[:, 1:4])
 
 
 # ---------------------------------------------------------------- hand-worked toys
@@ -299,10 +299,10 @@ def test_hamming_select_and_dict_access():
     assert torch.equal(a[0], a["1"]) and set(a.as_dict()) == set(a.names) == set(a)
     sub = a.select([4, 1])
     assert len(sub) == 2 and torch.equal(sub["2"], a["2"][[4, 1]])
-    assert torch.equal(sub.bits, a.bits[[4, 1]])
+    assert torch.equal(sub.packed(), a.packed()[[4, 1]])
     info = json.loads(a.to_json())
     assert [layer["name"] for layer in info["layers"]] == ["1", "2", "5"]
-    assert bytes.fromhex(info["bits"][2]) == bytes(a.bits[2].tolist())
+    assert bytes.fromhex(info["packed"][2]) == bytes(a.packed()[2].tolist())
     torch.testing.assert_close(graph.evaluate(y, codes=a.as_dict()).output,
                                ma.affine_map(graph, x).reconstruct(y))
     with pytest.raises(ma.MaxAffineError, match="no layer"):
@@ -314,5 +314,5 @@ def test_hamming_select_and_dict_access():
 def test_affine_model_has_one_region():
     net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).double()
     c = ma.codes(net, torch.randn(6, 3, dtype=DT))
-    assert len(c) == 6 and c.names == () and c.bits.shape == (6, 0)
+    assert len(c) == 6 and c.names == () and c.packed().shape == (6, 0)
     assert c.region_ids().tolist() == [0] * 6

@@ -69,7 +69,7 @@ def test_vq_distance_of_random_architectures(kind: str, data: st.DataObject):
     x = arch.sample(5, data.draw(st.integers(0, 999)))
     y = torch.cat([x[:2] * 1.0001, arch.sample(3, data.draw(st.integers(0, 999)))])
     graph = ma.trace(arch.model, x)
-    assume(graph.units)
+    assume(graph.layers)
     cx, cy = ma.codes(graph, x), ma.codes(graph, y)
     layers = data.draw(st.lists(st.integers(0, len(cx.names) - 1), min_size=1, unique=True))
     names = [cx.names[i] for i in layers]
@@ -93,6 +93,7 @@ def test_tiles_and_weights_by_name():
     ref = naive(codes, codes, [0, 1, 2])
     d = ma.vq_distance(None, codes, weights={"layer0": 1.0, "layer2": 3.0})
     torch.testing.assert_close(d.double(), (ref[0] + 3 * ref[2]) / 4, atol=1e-6, rtol=0)
+    assert torch.equal(ma.vq_distance(None, codes, weights={0: 1.0, -1: 3.0}), d)
     d1 = ma.vq_distance(None, codes, layers=[1])
     torch.testing.assert_close(d1.double(), ref[1], atol=1e-6, rtol=0)
 
@@ -100,7 +101,7 @@ def test_tiles_and_weights_by_name():
 def test_knn_matches_a_stable_sort_of_the_naive_distances():
     codes = random_codes(45, 7, [2, 4], [20, 9])
     ref = naive(codes, codes, [0, 1]).mean(0)
-    d, i = ma.vq_knn(None, codes, k=5, chunk_size=7)  # retrieval within: skips itself
+    d, i = ma.vq_knn(None, codes, k=5, queries_per_block=7)  # retrieval within: skips itself
     masked = ref.clone()
     masked.fill_diagonal_(float("inf"))
     vals, order = torch.sort(masked, dim=1, stable=True)
@@ -135,8 +136,10 @@ def test_errors_name_the_culprit():
         ma.vq_distance(None, codes, weights=[1.0])
     with pytest.raises(ma.MaxAffineError, match="non-negative"):
         ma.vq_distance(None, codes, weights=[1.0, -1.0])
-    with pytest.raises(ma.MaxAffineError, match="unknown layers"):
+    with pytest.raises(ma.MaxAffineError, match="no layer 'conv': the layers are"):
         ma.vq_distance(None, codes, weights={"conv": 1.0})
+    with pytest.raises(ma.MaxAffineError, match="twice"):
+        ma.vq_distance(None, codes, weights={"layer0": 1.0, 0: 2.0})
     with pytest.raises(ma.MaxAffineError, match="no layer"):
         ma.vq_distance(None, codes, layers=["conv"])
     with pytest.raises(ma.MaxAffineError, match="pass the model"):

@@ -207,7 +207,7 @@ def test_in_place_activation_whose_result_is_dropped():
 
     net, x = InPlace(), torch.randn(4, 3) * 3
     graph = ma.trace(net, x)
-    assert len(graph.units) == 1
+    assert len(graph.layers) == 1
     torch.testing.assert_close(graph(x), net(x))
 
 
@@ -222,12 +222,16 @@ def test_frozen_codes_are_checked():
     x = torch.randn(5, 3)
     graph = ma.trace(net, x)
     found = ma.codes(graph, x).as_dict()
-    with pytest.raises(ma.MaxAffineError, match="unknown nonlinearities"):
+    with pytest.raises(ma.MaxAffineError, match="unknown layers"):
         graph.evaluate(x, codes={"relu": found["1"]})
     with pytest.raises(ma.MaxAffineError, match=r"shape \(2, 4\), expected \(5, 4\)"):
         graph.evaluate(x, codes={"1": found["1"][:2]})
-    with pytest.raises(ma.MaxAffineError, match="no nonlinearity named"):
-        graph.unit("2")
+    with pytest.raises(ma.MaxAffineError, match=r"no layer '2': the layers are \('1',\)"):
+        graph.layer("2")
+    with pytest.raises(ma.MaxAffineError, match=r"layer index 1 is out of range: there are 1"):
+        graph.layer(1)
+    with pytest.raises(ma.MaxAffineTypeError, match=r"a layer name \(str\) or index"):
+        graph.layer(1.0)
 
 
 def test_bad_mode_and_model_arguments():

@@ -256,12 +256,16 @@ def codes2() -> ma.Codes:
 
 @functools.cache
 def pieces2() -> tuple[Tensor, Tensor]:
-    return power.layer_pieces(graph2(), "3", x2())
+    return power.layer_pieces(graph2(), x2(), layer="3")
 
 
 @functools.cache
 def diagram() -> power.PowerDiagram:
-    return ma.layer_power_diagram(nn.Sequential(nn.Linear(2, 3), nn.ReLU()).double())
+    return ma.power_diagram(nn.Sequential(nn.Linear(2, 3), nn.ReLU()).double())
+
+
+def posterior2() -> ma.VQPosterior:
+    return ma.vq_posterior(graph2(), x2(), beta=0.5)
 
 
 def other_codes() -> ma.Codes:
@@ -603,7 +607,7 @@ def codes_cases(c: ma.Codes, draw: Draw) -> Iterator[tuple[str, Any, str]]:
     yield "another model's codes", other_codes(), REFUSE
     yield "fewer samples", c.select([0, 1]), EITHER
     yield "no samples", c.select([]), EITHER
-    yield "packed bits", c.bits, REFUSE
+    yield "packed bits", c.packed(), REFUSE
     yield "str", "codes", REFUSE
     yield "None", None, EITHER
 
@@ -1041,7 +1045,7 @@ def _check_affine(r: ma.AffineMap, kw: dict[str, Any]) -> None:
 
 def _check_codes(r: ma.Codes, kw: dict[str, Any]) -> None:
     need(len(r) == rows(kw), f"{len(r)} rows")
-    need(r.bits.shape[0] == rows(kw) and r.region_ids().shape == (rows(kw),))
+    need(r.packed().shape[0] == rows(kw) and r.region_ids().shape == (rows(kw),))
 
 
 def _check_distance(r: Tensor, kw: dict[str, Any]) -> None:
@@ -1059,8 +1063,9 @@ def _check_knn(r: tuple[Tensor, Tensor], kw: dict[str, Any]) -> None:
     need(bool((d.diff(dim=1) >= 0).all()), "neighbours not sorted")
 
 
-def _check_posterior(r: Any, kw: dict[str, Any]) -> None:
-    for t in (r.values() if isinstance(r, dict) else [r]):
+def _check_posterior(r: ma.VQPosterior, kw: dict[str, Any]) -> None:
+    need(isinstance(r, ma.VQPosterior), f"a {type(r).__name__}")
+    for t in r.values:
         need(t.shape[0] == rows(kw), f"shape {tuple(t.shape)}")
         need(bool(((t >= 0) & (t <= 1)).all()), "posterior outside [0, 1]")
         need(bool(((t.sum(-1) - 1).abs() < 1e-4).all()), "posterior does not sum to 1")
@@ -1246,18 +1251,32 @@ RECIPES: list[Recipe] = [
     R("SplineGraph.split_output", lambda t, dim: graph2().split_output(t, dim),
       lambda: dict(t=torch.randn(4, 3), dim=1), {"t": "tensor", "dim": "layer"},
       expect={"dim:None": REFUSE}, **PROPAGATE),
-    R("SplineGraph.unit", lambda name: graph2().unit(name), lambda: dict(name="3"),
-      {"name": "layer"}),
+    R("SplineGraph.layer", lambda key: graph2().layer(key), lambda: dict(key="3"),
+      {"key": "layer"}, expect={"key:None": REFUSE}),
+    R("SplineGraph.layer_index", lambda key: graph2().layer_index(key), lambda: dict(key=-1),
+      {"key": "layer"}, check=lambda r, kw: need(r in (0, 1)),
+      expect={"key:None": REFUSE}),
     R("SplineGraph.summary", lambda: graph_cnn().summary(), dict),
+    R("SplineGraph.table", lambda: graph_cnn().table(), dict,
+      check=lambda r, kw: need("MaxPool2d" in r)),
+    R("SplineGraph.to_json", lambda: graph_cnn().to_json(), dict, check=_check_json),
+    R("SplineGraph.plot", lambda model: ma.trace(model, x4()).plot(), lambda: dict(model=mlp4()),
+      extra=lambda valid, draw: [("model", "affine", nn.Linear(4, 2), EITHER)]),
+    R("Evaluation.summary", lambda x: graph2().evaluate(x).summary(), lambda: dict(x=x2()),
+      {"x": "batch"}),
+    R("Evaluation.to_json", lambda: graph2().run(x2(), until="3").to_json(), dict,
+      check=_check_json),
+    R("Evaluation.plot", lambda x: graph_cnn().evaluate(x).plot(), lambda: dict(x=xc()),
+      {"x": "batch"}),
     R("supported_ops", ma.supported_ops, dict,
       check=lambda r, kw: need(set(r) == {"affine", "nonlinearity"})),
     R("register_op", _register_and_forget, _fresh_target, {"target": "target", "rule": "rule"}),
     # ---------------------------------------------------------------- affine maps
-    R("affine_map", lambda model, x, exact, mode, chunk_size: ma.affine_map(
-        model, x, exact=exact, mode=mode, chunk_size=chunk_size),
-      lambda: dict(model=mlp4(), x=x4(), exact=True, mode="auto", chunk_size=2),
+    R("affine_map", lambda model, x, exact, mode, products_per_pass: ma.affine_map(
+        model, x, exact=exact, mode=mode, products_per_pass=products_per_pass),
+      lambda: dict(model=mlp4(), x=x4(), exact=True, mode="auto", products_per_pass=2),
       {"model": "model", "x": "batch", "exact": "flag", "mode": "choice",
-       "chunk_size": "count"}, check=_check_affine),
+       "products_per_pass": "count"}, check=_check_affine),
     R("affine_map[cnn]", lambda model, x: ma.affine_map(model, x),
       lambda: dict(model=graph_cnn(), x=xc()), {"model": "model", "x": "batch"},
       check=_check_affine),
@@ -1267,11 +1286,13 @@ RECIPES: list[Recipe] = [
     R("AffineMap.reconstruct", lambda x: amap4().reconstruct(x), lambda: dict(x=x4()),
       {"x": "batch"}, **PROPAGATE, expect={"x:None": EITHER},
       check=lambda r, kw: need(r.shape == (5 if kw["x"] is None else rows(kw), 3))),
-    R("AffineMap.plot", lambda n, classes: amap_cnn().plot(n, classes),
+    R("AffineMap.plot", lambda n, classes: amap_cnn().plot(n=n, classes=classes),
       lambda: dict(n=2, classes=[0, 2]), {"n": "count", "classes": "classes"},
       expect={"classes:one class": EITHER, "classes:repeated": EITHER,
               "classes:negative": EITHER, "classes:empty": EITHER}),
     R("AffineMap.to_json", lambda: amap4().to_json(), dict, check=_check_json),
+    R("AffineMap.summary", lambda x: ma.affine_map(mlp4(), x).summary(), lambda: dict(x=x4()),
+      {"x": "batch"}, check=lambda r, kw: need(r["samples"] == rows(kw))),
     R("AffineMap.save", lambda path: amap4().save(path),
       lambda: dict(path=str(_TMP / "amap.pt")), {"path": "path"}),
     # ---------------------------------------------------------------- codes
@@ -1298,9 +1319,13 @@ RECIPES: list[Recipe] = [
     R("Codes.as_dict", lambda: codes2().as_dict(), dict),
     R("Codes.byte_slices", lambda: codes2().byte_slices(), dict),
     R("Codes.to_json", lambda: codes2().to_json(), dict, check=_check_json),
+    R("Codes.summary", lambda x: ma.codes(graph_cnn(), x).summary(), lambda: dict(x=xc()),
+      {"x": "batch"}),
+    R("Codes.plot", lambda x: ma.codes(graph2(), x).plot(), lambda: dict(x=x2()),
+      {"x": "batch"}),
     # ---------------------------------------------------------------- distances
     R("vq_distance", lambda model, x, y, layers, weights, per_layer: ma.vq_distance(
-        model, x, y, layers, weights, per_layer=per_layer),
+        model, x, y, layers=layers, weights=weights, per_layer=per_layer),
       lambda: dict(model=mlp2(), x=x2(), y=x2()[:3], layers=["1", 1], weights=[1.0, 2.0],
                    per_layer=False),
       {"model": "model", "x": "batch", "y": "batch", "layers": "layers",
@@ -1309,20 +1334,29 @@ RECIPES: list[Recipe] = [
     R("vq_distance[codes]", lambda x, y: ma.vq_distance(None, x, y),
       lambda: dict(x=codes2(), y=codes2().select([0, 1])), {"x": "codes", "y": "codes"},
       check=_check_distance, expect={"x:None": REFUSE, "y:None": EITHER}),
-    R("vq_knn", lambda model, x, y, k, chunk_size, exclude_self: ma.vq_knn(
-        model, x, y, k, exclude_self=exclude_self, chunk_size=chunk_size),
-      lambda: dict(model=graph2(), x=x2(), y=x2()[:4], k=2, chunk_size=2,
+    R("vq_knn", lambda model, x, y, k, queries_per_block, exclude_self: ma.vq_knn(
+        model, x, y, k=k, exclude_self=exclude_self, queries_per_block=queries_per_block),
+      lambda: dict(model=graph2(), x=x2(), y=x2()[:4], k=2, queries_per_block=2,
                    exclude_self=False),
-      {"model": "model", "x": "batch", "y": "batch", "k": "count", "chunk_size": "count",
+      {"model": "model", "x": "batch", "y": "batch", "k": "count", "queries_per_block": "count",
        "exclude_self": "flag"}, check=_check_knn,
       expect={"exclude_self:None": EITHER, "y:None": EITHER}),
     # ---------------------------------------------------------------- inference
-    R("vq_posterior", lambda model, x, layer, beta: ma.vq_posterior(model, x, layer, beta),
+    R("vq_posterior", lambda model, x, layer, beta: ma.vq_posterior(model, x, layer=layer,
+                                                                    beta=beta),
       lambda: dict(model=mlp2(), x=x2(), layer="3", beta=0.5),
       {"model": "model", "x": "batch", "layer": "layer", "beta": "real:unit"}, **POSTERIOR),
-    R("vq_posterior[beta-vq]", lambda model, x, layer: ma.vq_posterior(model, x, layer),
+    R("vq_posterior[beta-vq]", lambda model, x, layer: ma.vq_posterior(model, x, layer=layer),
       lambda: dict(model=ma.soften(mlp2(), 0.5), x=x2(), layer="1"),
       {"x": "batch", "layer": "layer"}, **POSTERIOR),
+    R("VQPosterior.__getitem__", lambda layer: posterior2()[layer], lambda: dict(layer="3"),
+      {"layer": "layer"}, expect={"layer:None": REFUSE}),
+    R("VQPosterior.items", lambda: list(posterior2().items()), dict),
+    R("VQPosterior.as_dict", lambda: posterior2().as_dict(), dict),
+    R("VQPosterior.summary", lambda: posterior2().summary(), dict),
+    R("VQPosterior.to_json", lambda: posterior2().to_json(), dict, check=_check_json),
+    R("VQPosterior.plot", lambda ax, bins: posterior2().plot(ax, bins=bins),
+      lambda: dict(ax=None, bins=10), {"bins": "count"}),
     R("soften", lambda model, beta, share_weights, learnable: ma.soften(
         model, beta, share_weights=share_weights, learnable=learnable),
       lambda: dict(model=mlp2(), beta=0.5, share_weights=False, learnable=True),
@@ -1332,38 +1366,47 @@ RECIPES: list[Recipe] = [
       expect={"beta:zero": REFUSE, "model:its graph": EITHER,
               "model:not a spline (GELU)": EITHER}),
     # ---------------------------------------------------------------- power diagrams
-    R("power_diagram", lambda model, layer, x, input_space: ma.power_diagram(
-        model, layer, x, input_space),
-      lambda: dict(model=mlp2(), layer="3", x=x2(), input_space=False),
-      {"model": "model", "layer": "layer", "x": "batch", "input_space": "flag"},
+    R("power_cells", lambda model, x, layer, input_space: ma.power_cells(
+        model, x, layer=layer, input_space=input_space),
+      lambda: dict(model=mlp2(), x=x2(), layer="3", input_space=False),
+      {"model": "model", "x": "batch", "layer": "layer", "input_space": "flag"},
       check=lambda r, kw: need(r.mu.shape == r.points.shape and r.rad.shape == (rows(kw),)),
       expect={"layer:None": REFUSE}),
-    R("power_diagram[cnn]", lambda model, x: ma.power_diagram(model, 1, x),
+    R("power_cells[cnn]", lambda model, x: ma.power_cells(model, x, layer=1),
       lambda: dict(model=graph_cnn(), x=xc()), {"model": "model", "x": "batch"},
       check=lambda r, kw: need(r.mu.shape == r.points.shape and r.rad.shape == (rows(kw),))),
-    R("PowerCells.power", lambda: ma.power_diagram(graph2(), 0, x2()).power(), dict),
-    R("layer_pieces", lambda model, layer, x, input_space: power.layer_pieces(
-        model, layer, x, input_space),
-      lambda: dict(model=graph2(), layer=1, x=x2(), input_space=True),
-      {"model": "model", "layer": "layer", "x": "batch", "input_space": "flag"},
+    R("PowerCells.power", lambda: ma.power_cells(graph2(), x2(), layer=0).power(), dict),
+    R("PowerCells.summary", lambda x: ma.power_cells(graph2(), x, layer=1).summary(),
+      lambda: dict(x=x2()), {"x": "batch"}),
+    R("PowerCells.to_json", lambda: ma.power_cells(graph_cnn(), xc(), layer=1).to_json(), dict,
+      check=_check_json),
+    R("PowerCells.plot", lambda model, x, bins: ma.power_cells(model, x, layer=0).plot(
+        bins=bins), lambda: dict(model=graph2(), x=x2(), bins=10),
+      {"model": "model", "x": "batch", "bins": "count"}),
+    R("layer_pieces", lambda model, x, layer, input_space: power.layer_pieces(
+        model, x, layer=layer, input_space=input_space),
+      lambda: dict(model=graph2(), x=x2(), layer=1, input_space=True),
+      {"model": "model", "x": "batch", "layer": "layer", "input_space": "flag"},
       check=lambda r, kw: need(r[0].shape == (rows(kw), 8, 2, 2)),
       expect={"layer:None": REFUSE}),
-    R("layer_power_diagram", lambda layer, max_cells: ma.layer_power_diagram(
-        layer, max_cells=max_cells), lambda: dict(layer=layer2(), max_cells=64),
-      {"layer": "module", "max_cells": "count"},
+    R("power_diagram", lambda maso, max_cells: ma.power_diagram(
+        maso, max_cells=max_cells), lambda: dict(maso=layer2(), max_cells=64),
+      {"maso": "module", "max_cells": "count"},
       check=lambda r, kw: need(r.codes.shape == (8, 3) and r.mu.shape == (8, 2))),
-    R("layer_power_diagram[pieces]", lambda A, B: ma.layer_power_diagram((A, B)),
+    R("power_diagram[pieces]", lambda A, B: ma.power_diagram((A, B)),
       lambda: dict(A=pieces2()[0][0], B=pieces2()[1][0]), {"A": "tensor", "B": "tensor"},
       expect={"B:-inf": EITHER}),
     R("PowerDiagram.power", lambda h: diagram().power(h), lambda: dict(h=x2()),
       {"h": "tensor"}, check=lambda r, kw: need(r.shape == (rows(kw, "h"), 8)), **PROPAGATE),
     R("PowerDiagram.assign", lambda h: diagram().assign(h), lambda: dict(h=x2()),
       {"h": "tensor"}, check=lambda r, kw: need(r.shape == (rows(kw, "h"), 3))),
+    R("PowerDiagram.summary", lambda: diagram().summary(), dict),
+    R("PowerDiagram.to_json", lambda: diagram().to_json(), dict, check=_check_json),
     R("PowerDiagram.plot", lambda bounds, resolution: diagram().plot(
         bounds=bounds, resolution=resolution),
       lambda: dict(bounds=torch.tensor([-1.0, 1.0, -2.0, 2.0]), resolution=20),
       {"bounds": "tensor", "resolution": "count"}, expect={"bounds:list": EITHER}),
-    R("face_centroids", lambda part, layer: power.face_centroids(part, layer),
+    R("face_centroids", lambda part, layer: power.face_centroids(part, layer=layer),
       lambda: dict(part=partition(), layer=0), {"part": "partition", "layer": "layer"},
       check=lambda r, kw: need(r[0].shape == (partition().num_regions, 2))),
     # ---------------------------------------------------------------- statistics
@@ -1379,10 +1422,10 @@ RECIPES: list[Recipe] = [
       {"x": "batch", "directions": "tensor"},
       check=lambda r, kw: need(r.values.shape == (rows(kw), 2)),
       expect={"directions:None": EITHER}),
-    R("boundary_distance", lambda model, x, chunk_size: ma.boundary_distance(
-        model, x, chunk_size=chunk_size),
-      lambda: dict(model=mlp4(), x=x4(), chunk_size=2),
-      {"model": "model", "x": "batch", "chunk_size": "count"},
+    R("boundary_distance", lambda model, x, directions_per_pass: ma.boundary_distance(
+        model, x, directions_per_pass=directions_per_pass),
+      lambda: dict(model=mlp4(), x=x4(), directions_per_pass=2),
+      {"model": "model", "x": "batch", "directions_per_pass": "count"},
       check=lambda r, kw: need(r.values.shape == (rows(kw), 1)
                                and r.direction.shape == kw["x"].shape),
       inf_ok={"values", "total"}),
@@ -1396,11 +1439,11 @@ RECIPES: list[Recipe] = [
       expect={"x1:torch.float16": EITHER, "x1:torch.bfloat16": EITHER,
               "x1:torch.float32": EITHER},
       extra=lambda valid, draw: _valid_extra_inputs(valid, draw, "x1", "x0")),
-    R("region_sharing", lambda model, X, batch_size: ma.region_sharing(
-        model, X, batch_size=batch_size),
-      lambda: dict(model=mlp2(), X=x2(), batch_size=2),
-      {"model": "model", "X": "batch", "batch_size": "count"},
-      check=lambda r, kw: need(r.region_ids.shape == (rows(kw, "X"),)), nan_ok={"shared"}),
+    R("region_sharing", lambda model, x, batch_size: ma.region_sharing(
+        model, x, batch_size=batch_size),
+      lambda: dict(model=mlp2(), x=x2(), batch_size=2),
+      {"model": "model", "x": "batch", "batch_size": "count"},
+      check=lambda r, kw: need(r.region_ids.shape == (rows(kw),)), nan_ok={"shared"}),
     R("boundary_curvature", ma.boundary_curvature, lambda: dict(partition=partition()),
       {"partition": "partition"},
       check=lambda r, kw: need(bool(((r.angles >= 0) & (r.angles <= math.pi)).all()))),
@@ -1409,6 +1452,16 @@ RECIPES: list[Recipe] = [
       expect={"layer:None": REFUSE}),
     R("LayerStat.as_dict", lambda: _stat("bd").as_dict(), dict, inf_ok={"result"}),
     R("LayerStat.to_json", lambda: _stat("rd").to_json(), dict, check=_check_json),
+    R("LayerStat.summary", lambda: _stat("bd").summary(), dict),
+    R("LayerStat.plot", lambda: stats.LayerStat(("a", "b"), torch.rand(4, 2)).plot(), dict),
+    R("BoundaryDistance.plot", lambda: _stat("bd").plot(), dict),
+    R("RegionDensity.plot", lambda: _stat("rd").plot(), dict),
+    R("RegionSharing.summary", lambda x: ma.region_sharing(graph2(), x).summary(),
+      lambda: dict(x=x2()), {"x": "batch"}),
+    R("RegionSharing.to_json", lambda: ma.region_sharing(graph2(), x2()).to_json(), dict,
+      check=_check_json),
+    R("RegionSharing.plot", lambda: ma.region_sharing(graph2(), x2()).plot(), dict),
+    R("BoundaryCurvature.to_json", lambda: _stat("bc").to_json(), dict, check=_check_json),
     R("LocalComplexity.plot", lambda bins: _stat("lc").plot(bins=bins), lambda: dict(bins=5),
       {"bins": "count"}),
     R("BoundaryCurvature.summary", lambda: _stat("bc").summary(), dict),
@@ -1433,6 +1486,8 @@ RECIPES: list[Recipe] = [
           valid, draw, "x1", "x0")),
     R("SegmentPartition.plot", lambda outputs: segment().plot(outputs=outputs),
       lambda: dict(outputs=[0, 2]), {"outputs": "selector"}),
+    R("SegmentPartition.summary", lambda: segment().summary(), dict),
+    R("SegmentPartition.to_json", lambda: segment().to_json(), dict, check=_check_json),
     R("Partition.polygon", lambda i: partition().polygon(i), lambda: dict(i=1), {"i": "layer"},
       expect={"i:None": REFUSE}),
     R("Partition.predicted", lambda: partition().predicted(), dict),
@@ -1669,7 +1724,7 @@ BY_NAME = {r.name: r for r in RECIPES}
 RESULTS = {"AffineMap", "Partition", "SegmentPartition", "SplineGraph", "PowerCells",
            "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
            "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport",
-           "Evaluation", "Unit", "Pause", "Between"}
+           "Evaluation", "Layer", "Pause", "Between", "VQPosterior"}
 
 
 def public_callables() -> set[str]:
@@ -1710,12 +1765,14 @@ def test_every_public_callable_has_a_recipe():
     aliases = {  # methods inherited by public subclasses: one recipe covers them
         "LocalComplexity.as_dict", "LocalComplexity.to_json", "BoundaryDistance.as_dict",
         "BoundaryDistance.to_json", "RegionDensity.as_dict", "RegionDensity.to_json",
+        "LocalComplexity.summary", "BoundaryDistance.summary", "RegionDensity.summary",
         "BetaVQPool1d.pieces", "BetaVQPool1d.selection", "SparseCodingConv2d.orthogonality",
         "SparseCodingConv2d.objective",
     }
     missing = sorted(public_callables() - covered - aliases)
     assert not missing, f"public callables without a fuzz recipe: {missing}"
-    extra = {"Codes.__getitem__", "LayerStat.__getitem__", "Between.__call__", "models.mlp",
+    extra = {"Codes.__getitem__", "LayerStat.__getitem__", "Between.__call__",
+             "VQPosterior.__getitem__", "models.mlp",
              "models.small_cnn"}
     unknown = sorted(covered - public_callables() - extra)
     assert not unknown, f"recipes for no public callable: {unknown}"
@@ -1872,15 +1929,17 @@ REGRESSIONS: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("split-output-none", lambda: graph2().split_output(None), TE, "NoneType"),
     # affine.py: flags, chunk sizes, overflow, AffineMap methods
     ("affine-exact-str", lambda: ma.affine_map(mlp4(), x4(), exact="no"), TE, "exact"),
-    ("affine-chunk-fraction", lambda: ma.affine_map(mlp4(), x4(), chunk_size=1.5), TE,
-     "chunk_size"),
-    ("affine-chunk-zero", lambda: ma.affine_map(mlp4(), x4(), chunk_size=0), E, "chunk_size"),
+    ("affine-per-pass-fraction", lambda: ma.affine_map(mlp4(), x4(), products_per_pass=1.5),
+     TE, "products_per_pass"),
+    ("affine-per-pass-zero", lambda: ma.affine_map(mlp4(), x4(), products_per_pass=0), E,
+     "products_per_pass"),
     ("affine-overflow", lambda: ma.affine_map(scaled(mlp4(), 1e30), x4()), E,
      "overflows torch.float32"),
     ("reconstruct-int", lambda: amap4().reconstruct(x4().long()), TE, "torch.int64"),
     ("reconstruct-float64", lambda: amap4().reconstruct(x4().double()), E, "torch.float64"),
-    ("templates-plot-n", lambda: amap_cnn().plot(0), E, "n must be >= 1"),
-    ("templates-plot-classes", lambda: amap_cnn().plot(2, [0, 99]), E, r"classes\[1\]"),
+    ("templates-plot-n", lambda: amap_cnn().plot(n=0), E, "n must be >= 1"),
+    ("templates-plot-classes", lambda: amap_cnn().plot(n=2, classes=[0, 99]), E,
+     r"classes\[1\]"),
     ("amap-save-path", lambda: amap4().save(3), TE, "path must be a str"),
     # vq.py: Codes
     ("codes-range", lambda: ma.Codes(("a",), (torch.full((2, 3), 5, dtype=torch.uint8),), (2,),
@@ -1898,12 +1957,12 @@ REGRESSIONS: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("soften-learnable", lambda: ma.soften(mlp2(), 0.5, learnable="no"), TE, "learnable"),
     ("soften-share", lambda: ma.soften(mlp2(), 0.5, share_weights=None), TE, "share_weights"),
     # power.py
-    ("power-input-space", lambda: ma.power_diagram(mlp2(), "3", x2(), input_space="no"), TE,
-     "input_space"),
-    ("pieces-input-space", lambda: power.layer_pieces(mlp2(), "3", x2(), input_space=None),
+    ("power-input-space", lambda: ma.power_cells(mlp2(), x2(), layer="3", input_space="no"),
      TE, "input_space"),
-    ("max-cells", lambda: ma.layer_power_diagram(layer2(), max_cells=None), TE, "max_cells"),
-    ("maso-nan-offsets", lambda: ma.layer_power_diagram(
+    ("pieces-input-space", lambda: power.layer_pieces(mlp2(), x2(), layer="3",
+                                                      input_space=None), TE, "input_space"),
+    ("max-cells", lambda: ma.power_diagram(layer2(), max_cells=None), TE, "max_cells"),
+    ("maso-nan-offsets", lambda: ma.power_diagram(
         (torch.zeros(2, 2, 3), torch.tensor([[0.0, math.nan], [0.0, 1.0]]))), E, r"NaN, \+inf"),
     ("power-points-none", lambda: diagram().power(None), TE, "NoneType"),
     ("assign-nan", lambda: diagram().assign(torch.tensor([[math.nan, 0.0]])), E, "NaN"),
@@ -1914,7 +1973,7 @@ REGRESSIONS: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     # stats.py: a cross-polytope beyond float32 (counts were computed at inf vertices)
     ("lc-overflow", lambda: ma.local_complexity(mlp4(), x4(), 1e300), E, "overflow"),
     # power.py: sums of the selected pieces beyond float32 (rad was NaN)
-    ("power-overflow", lambda: ma.power_diagram(graph_cnn(), 1, xc() + 3e38), E,
+    ("power-overflow", lambda: ma.power_cells(graph_cnn(), xc() + 3e38, layer=1), E,
      "power diagram overflows"),
     # stats.py: histogram bins
     ("lc-plot-bins", lambda: _stat("lc").plot(bins=0), E, "bins must be in"),

@@ -4,6 +4,7 @@ architectures, names, and the plan-once contract (nothing written on the model).
 from __future__ import annotations
 
 import builtins
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -440,10 +441,10 @@ def test_op_rule_matches_jacfwd(case: OpCase):
     torch.testing.assert_close(frozen, amap.reconstruct(x2), rtol=tol, atol=tol)
 
     if isinstance(rule, ops.Nonlinearity):
-        (unit,) = graph.units
-        code = found[unit.name]
-        assert code.shape == (5, *unit.code_shape)
-        assert int(code.min()) >= 0 and int(code.max()) < unit.num_pieces
+        (layer,) = graph.layers
+        code = found[layer.name]
+        assert code.shape == (5, *layer.code_shape)
+        assert int(code.min()) >= 0 and int(code.max()) < layer.num_pieces
         if isinstance(rule, ops.Elementwise):  # every piece reached
             finite = [b for b in rule.breakpoints() if abs(b) < float("inf")]
             assert len(code.unique()) == len(finite) + 1
@@ -460,13 +461,17 @@ def test_graph_reproduces_random_architectures(kind: str, data: st.DataObject):
     graph = ma.trace(arch.model, x)
     torch.testing.assert_close(graph(x), arch.model(x), rtol=1e-12, atol=1e-12)
     ev = graph.evaluate(x, record=True)
-    names = graph.unit_names
+    names = graph.layer_names
     assert len(set(names)) == len(names)
     assert list(ev.codes) == list(names) == list(ev.inputs)
-    for unit in graph.units:
-        assert ev.codes[unit.name].shape == (3, *unit.code_shape)
-        assert unit.name in graph.summary()
-        assert graph.unit(unit.name) is unit
+    for index, layer in enumerate(graph.layers):
+        assert ev.codes[layer.name].shape == (3, *layer.code_shape)
+        assert layer.name in graph.table() == str(graph)
+        assert graph.summary()["layers"][index]["name"] == layer.name
+        assert graph.layer(layer.name) is layer
+        assert graph.layer(index) is layer is graph.layer(index - len(names))
+        assert layer.num_units == math.prod(layer.code_shape)
+        assert layer.bits_per_unit >= math.log2(layer.num_pieces)
     assert graph.input_shape == arch.input_shape
     assert graph.num_outputs == arch.model(x).reshape(3, -1).shape[1]
 
@@ -511,15 +516,15 @@ class Outer(nn.Module):
         return self.head(torch.abs(x))
 
 
-def test_unit_names_are_module_paths_unique_and_stable():
+def test_layer_names_are_module_paths_unique_and_stable():
     x = torch.randn(4, 3, dtype=DT)
     net = Outer().double()
     graph = ma.trace(net, x)
-    assert graph.unit_names == (
+    assert graph.layer_names == (
         "stages.0.act", "stages.0.relu", "stages.0.act@1",
         "stages.1.act", "stages.1.relu_1", "stages.1.act@1", "abs_1",
     )
-    assert ma.trace(Outer().double(), x).unit_names == graph.unit_names
+    assert ma.trace(Outer().double(), x).layer_names == graph.layer_names
     # The two calls of a reused module keep separate codes: freezing them reproduces f.
     found = graph.evaluate(x).codes
     torch.testing.assert_close(graph.evaluate(x, codes=found).output, net(x))
@@ -600,11 +605,11 @@ class TwiceRule(ops.Elementwise):
 def test_register_op_adds_a_leaf_rule():
     net = nn.Sequential(nn.Linear(3, 4), Twice(), nn.Linear(4, 2)).double()
     x = torch.randn(6, 3, dtype=DT)
-    assert [u.kind for u in ma.trace(net, x).units] == ["ReLU"]  # traced through
+    assert [u.kind for u in ma.trace(net, x).layers] == ["ReLU"]  # traced through
     ma.register_op(Twice, TwiceRule)
     try:
         graph = ma.trace(net, x)
-        assert [(u.name, u.kind) for u in graph.units] == [("1", "TwiceRule")]
+        assert [(u.name, u.kind) for u in graph.layers] == [("1", "TwiceRule")]
         torch.testing.assert_close(ma.affine_map(graph, x).reconstruct(), net(x))
         assert "Twice" in ma.supported_ops()["nonlinearity"]
     finally:
@@ -615,3 +620,25 @@ def test_supported_ops_lists_both_families():
     listed = ma.supported_ops()
     assert {"Linear", "Conv2d", "BatchNorm2d", "torch.cat"} <= set(listed["affine"])
     assert {"ReLU", "MaxPool2d", "torch.maximum", "Hardtanh"} <= set(listed["nonlinearity"])
+
+
+def test_layers_are_given_by_name_or_index_everywhere():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(),
+                        nn.Linear(4, 2)).double()
+    x = torch.randn(6, 3, dtype=DT)
+    graph = ma.trace(net, x)
+    assert graph.layer_names == ("1", "3") and graph.layer_index("3") == 1
+    by_name = graph.run(x, until="1", record=True)
+    by_index = graph.run(x, until=0, record=True)
+    assert by_index.output is None and list(by_index.codes) == ["1"]
+    assert torch.equal(by_index.inputs["1"][0], by_name.inputs["1"][0])
+    assert torch.equal(graph.evaluate(x, until=-1).codes["3"],
+                       graph.evaluate(x, until="3").codes["3"])
+    assert graph.pause(-1) == graph.pause("3")
+    resumed = graph.run(graph.run(x, stop=1, keep_codes=False).values, start=1)
+    torch.testing.assert_close(resumed.output, net(x))
+    between = graph.between(0, -1)
+    assert (between.start, between.stop) == ("1", "3")
+    torch.testing.assert_close(between(between.source(x))[0],
+                               graph.run(x, until=1, record=True).inputs["3"][0])

@@ -82,9 +82,9 @@ def test_empty_batches_give_empty_results(build, shape):
     assert graph.input_shape == shape
     ev = graph.evaluate(empty, record=True)
     assert ev.output.shape == (0, graph.num_outputs)
-    for unit in graph.units:
-        assert ev.codes[unit.name].shape == (0, *unit.code_shape)
-        assert all(t.shape[0] == 0 for t in ev.inputs[unit.name])
+    for layer in graph.layers:
+        assert ev.codes[layer.name].shape == (0, *layer.code_shape)
+        assert all(t.shape[0] == 0 for t in ev.inputs[layer.name])
     c = graph.num_outputs
     for model in (net, graph):
         for kwargs in ({}, {"mode": "forward"}, {"exact": False}):
@@ -92,12 +92,12 @@ def test_empty_batches_give_empty_results(build, shape):
             assert amap.A.shape == (0, c, *shape) and amap.B.shape == (0, c)
             assert amap.output.shape == (0, c) and amap.reconstruct().shape == (0, c)
             assert amap.templates(0).shape == (0, *shape)
-    assert ma.vq_posterior(net, empty, layer=graph.unit_names[0]).shape[0] == 0
+    assert ma.vq_posterior(net, empty, layer=0)[0].shape[0] == 0
     for input_space in (False, True):
-        cells = ma.power_diagram(net, -1, empty, input_space=input_space)
+        cells = ma.power_cells(net, empty, layer=-1, input_space=input_space)
         assert cells.mu.shape[0] == cells.rad.shape[0] == cells.codes.shape[0] == 0
-        A, B = layer_pieces(net, -1, empty, input_space=input_space)
-        assert A.shape[:2] == B.shape[:2] == (0, graph.units[-1].num_units)
+        A, B = layer_pieces(net, empty, layer=-1, input_space=input_space)
+        assert A.shape[:2] == B.shape[:2] == (0, graph.layers[-1].num_units)
     # the graph traced on an empty batch is the same spline as one traced on data
     x = torch.randn((5, *shape), dtype=dtype)
     torch.testing.assert_close(graph(x), net(x))
@@ -197,7 +197,7 @@ def test_structured_outputs_are_flattened_in_order(kind, names):
     lin = ma.affine_map(net, x, exact=False)  # the linearization takes them too
     torch.testing.assert_close(lin.A, amap.A)
     assert lin.output_slices == graph.output_slices
-    assert set(ma.codes(net, x).names) == set(graph.unit_names)
+    assert set(ma.codes(net, x).names) == set(graph.layer_names)
 
 
 def test_bad_structured_outputs_are_named():

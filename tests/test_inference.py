@@ -71,7 +71,10 @@ def test_hard_posterior_is_the_code(name):
     for layer, code in codes.items():
         r = post[layer].shape[-1]
         assert torch.equal(post[layer], one_hot(code, r)), layer
-        assert torch.equal(ma.vq_posterior(model, x, layer=layer), post[layer])
+        alone = ma.vq_posterior(model, x, layer=layer)
+        assert alone.names == (layer,) and torch.equal(alone[layer], post[layer])
+        index = codes.names.index(layer)
+        assert torch.equal(ma.vq_posterior(model, x, layer=index)[0], post[index])
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -103,7 +106,7 @@ def test_soft_posterior_against_hand_computed_preactivations():
         post = ma.vq_posterior(net, x, beta=beta)
         assert torch.allclose(post["2"][..., 1], torch.sigmoid(tau * u1), atol=1e-12)
         assert torch.allclose(post["4"][..., 1], torch.sigmoid(tau * u2), atol=1e-12)
-    soft = ma.vq_posterior(net, x, layer="2", beta=0.5)
+    soft = ma.vq_posterior(net, x, layer="2", beta=0.5)["2"]
     assert torch.allclose(soft, torch.softmax(torch.stack([0 * u1, u1], -1), -1))
 
 
@@ -114,9 +117,10 @@ def test_posterior_of_max_pool_against_windows():
     u = net[0](x)
     win = u.reshape(3, 2, 3, 2, 3, 2).permute(0, 1, 2, 4, 3, 5).reshape(3, 2, 3, 3, 4)
     post = ma.vq_posterior(net, x, layer="1", beta=0.5)
-    assert torch.allclose(post, torch.softmax(win, -1), atol=1e-12)
+    assert post.beta == 0.5 and post.names == ("1",)
+    assert torch.allclose(post["1"], torch.softmax(win, -1), atol=1e-12)
     _, idx = F.max_pool2d_with_indices(u, 2)
-    hard = ma.vq_posterior(net, x, layer="1")
+    hard = ma.vq_posterior(net, x, layer="1")["1"]
     assert torch.equal(win.gather(-1, hard.argmax(-1, keepdim=True))[..., 0],
                        u.flatten(2).gather(2, idx.flatten(2)).reshape(3, 2, 3, 3))
 
@@ -152,8 +156,8 @@ def test_soften_swish_against_a_hand_built_net():
     manual = net[5](F.silu(net[3](F.silu(net[1](net[0](x))))))
     assert torch.allclose(ma.soften(net, 0.5)(x), manual, atol=1e-13)
     # first layer: the soft model's own posterior equals the hard model's soft posterior
-    assert torch.allclose(ma.vq_posterior(ma.soften(net, 0.5), x, layer="2"),
-                          ma.vq_posterior(net, x, layer="2", beta=0.5), atol=1e-13)
+    assert torch.allclose(ma.vq_posterior(ma.soften(net, 0.5), x, layer="2")["2"],
+                          ma.vq_posterior(net, x, layer="2", beta=0.5)["2"], atol=1e-13)
 
 
 def test_soften_weights_shared_or_copied():
@@ -219,7 +223,8 @@ def test_posterior_of_a_beta_vq_model_uses_its_beta():
     b2 = net[3].beta.to(D)
     assert torch.allclose(post["3"][..., 1], torch.sigmoid(2 * b2 / (1 - b2) * u2), atol=1e-12)
     hard = ma.vq_posterior(net, x, layer="3", beta=1.0)
-    assert torch.equal(hard, one_hot(u2 > 0, 2))
+    assert torch.equal(hard["3"], one_hot(u2 > 0, 2))
+    assert torch.equal(ma.vq_posterior(net, x, layer=-1, beta=1.0)["3"], hard["3"])
 
 
 def test_hooks_leave_no_trace():
@@ -227,7 +232,7 @@ def test_hooks_leave_no_trace():
     net = ma.soften(small_cnn((1, 8, 8), 2, channels=(2,)).eval(), 0.5)
     state = {n: (dict(m.__dict__), dict(m._forward_hooks)) for n, m in net.named_modules()}
     post = ma.vq_posterior(net, torch.randn(3, 1, 8, 8), layer="3")
-    assert post.shape == (3, 2, 4, 4, 4)
+    assert post["3"].shape == (3, 2, 4, 4, 4)
     assert {n: (dict(m.__dict__), dict(m._forward_hooks))
             for n, m in net.named_modules()} == state
 
@@ -235,8 +240,10 @@ def test_hooks_leave_no_trace():
 def test_posterior_errors():
     net = mlp(3, (4,), 2)
     x = torch.randn(2, 3)
-    with pytest.raises(ma.MaxAffineError, match=r"no nonlinearity named 'nope'.*'2'"):
+    with pytest.raises(ma.MaxAffineError, match=r"no layer 'nope': the layers are \('2',\)"):
         ma.vq_posterior(net, x, layer="nope")
+    with pytest.raises(ma.MaxAffineError, match=r"layer index 1 is out of range"):
+        ma.vq_posterior(net, x, layer=1)
     with pytest.raises(ValueError, match="beta must lie in"):
         ma.vq_posterior(net, x, beta=2.0)
     ht = nn.Sequential(nn.Linear(3, 4), nn.Hardtanh(), nn.Linear(4, 1))
@@ -246,7 +253,7 @@ def test_posterior_errors():
     with pytest.raises(ma.UnsupportedOperation, match="functional nonlinearity"):
         ma.vq_posterior(mixed, x)
     soft = ma.soften(net, 0.5)
-    with pytest.raises(ma.MaxAffineError, match="no nonlinearity named 'x'"):
+    with pytest.raises(ma.MaxAffineError, match="no layer 'x'"):
         ma.vq_posterior(soft, x, layer="x")
     twice = nn.Sequential(nn.Linear(3, 3), mnn.BetaVQ())
     twice.append(twice[1])

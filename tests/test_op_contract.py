@@ -141,12 +141,12 @@ def _probe(rule: type, seed: int = 0) -> tuple[nn.Module, ma.SplineGraph]:
     net(torch.zeros(1, 2, dtype=D64))  # materialise the lazy head
     net.eval()
     graph = ma.trace(net, torch.zeros(1, 2, dtype=D64))
-    assert any(type(u.rule) is rule for u in graph.units), (rule, [u.kind for u in graph.units])
+    assert any(type(u.rule) is rule for u in graph.layers), (rule, [u.kind for u in graph.layers])
     return net, graph
 
 
-def _unit(graph: ma.SplineGraph, rule: type):
-    return next(u for u in graph.units if type(u.rule) is rule)
+def _layer(graph: ma.SplineGraph, rule: type):
+    return next(u for u in graph.layers if type(u.rule) is rule)
 
 
 def _boundary_code(rule, inputs) -> Tensor:
@@ -182,42 +182,42 @@ def _boundary_values(rule, inputs) -> Tensor:
 @given(seed=st.integers(0, 10_000))
 def test_every_mode_agrees_with_the_code(rule, seed):
     _, graph = _probe(rule, seed % 7)
-    unit = _unit(graph, rule)
+    layer = _layer(graph, rule)
     x = torch.randn(200, 2, dtype=D64, generator=torch.Generator().manual_seed(seed)) * 2
     ev = graph.evaluate(x, record=True)
-    inputs, code = ev.inputs[unit.name], ev.codes[unit.name].long()
+    inputs, code = ev.inputs[layer.name], ev.codes[layer.name].long()
     # pieces: argmax is the code (absent pieces -inf); the selected piece's value is
     # the output where the unit is a single max
-    pieces, valid = unit.rule.pieces(*inputs)
+    pieces, valid = layer.rule.pieces(*inputs)
     assert pieces.shape == (*code.shape, pieces.shape[-1])
     if valid is not None:
         assert bool(torch.isinf(pieces[~valid]).all())
     assert torch.equal(pieces.argmax(-1), code)
-    if unit.rule.single_max:
-        out = unit.rule.piece(code.to(torch.uint8 if unit.num_pieces <= 256 else torch.int64),
+    if layer.rule.single_max:
+        out = layer.rule.piece(code.to(torch.uint8 if layer.num_pieces <= 256 else torch.int64),
                               *inputs)
         best = pieces.amax(-1)
         assert torch.allclose(best.abs(), out.abs(), atol=1e-12) or torch.allclose(
             best, out, atol=1e-12)
     # boundary: the code from lines or windows alone
-    assert torch.equal(_boundary_code(unit.rule, inputs).reshape(code.shape), code)
+    assert torch.equal(_boundary_code(layer.rule, inputs).reshape(code.shape), code)
 
 
 @pytest.mark.parametrize("rule", list(CASES), ids=lambda r: r.__name__)
 def test_codes_change_where_boundaries_change_sign(rule):
     _, graph = _probe(rule, 3)
-    unit = _unit(graph, rule)
+    layer = _layer(graph, rule)
     g = torch.Generator().manual_seed(1)
     for _ in range(4):
         a, b = torch.randn(2, 2, dtype=D64, generator=g) * 2
         t = torch.linspace(0, 1, 2001, dtype=D64)[:, None]
         ev = graph.evaluate(a + t * (b - a), record=True)
-        code = ev.codes[unit.name].reshape(t.shape[0], -1)
-        values = _boundary_values(unit.rule, ev.inputs[unit.name])
+        code = ev.codes[layer.name].reshape(t.shape[0], -1)
+        values = _boundary_values(layer.rule, ev.inputs[layer.name])
         changed = (code[1:] != code[:-1]).any(1)
         crossed = ((values[1:] > 0) != (values[:-1] > 0)).any(1)
         assert bool((crossed | ~changed).all())  # every code change crosses a boundary
-        if isinstance(unit.rule.boundary(*ev.inputs[unit.name]), ops.Lines):
+        if isinstance(layer.rule.boundary(*ev.inputs[layer.name]), ops.Lines):
             assert torch.equal(changed, crossed)  # and every line crossing is one
 
 
@@ -242,7 +242,7 @@ def user_net() -> nn.Module:
 def test_user_ops_trace_map_and_code(user_net):
     x = torch.randn(64, 2, dtype=D64)
     graph = ma.trace(user_net, x)
-    assert [u.kind for u in graph.units] == ["ShiftedReLU", "ClippedReLU"]
+    assert [u.kind for u in graph.layers] == ["ShiftedReLU", "ClippedReLU"]
     amap = ma.affine_map(user_net, x)
     assert torch.allclose(amap.reconstruct(), user_net(x), atol=1e-12)
     codes = ma.codes(user_net, x)
@@ -253,9 +253,9 @@ def test_user_ops_partitions(user_net):
     sl = ma.Slice.square(-1.5, 1.5)
     part = ma.partition_plane(user_net, sl, progress=False)
     # every face's code is its interior point's; the regions are the reference's
-    assert torch.equal(ma.codes(user_net, part.interior).bits, part.codes)
+    assert torch.equal(ma.codes(user_net, part.interior).packed(), part.packed)
     ref = {code for _, code in reference_partition(user_net, sl)}
-    assert {bytes(c.tolist()) for c in part.codes} == ref
+    assert {bytes(c.tolist()) for c in part.packed} == ref
     assert abs(float(part.areas.sum()) - 9.0) < 1e-9
     seg = ma.partition_segment(user_net, torch.tensor([-1.5, -1.0], dtype=D64),
                                torch.tensor([1.5, 1.2], dtype=D64))
@@ -270,19 +270,19 @@ def test_user_ops_statistics_and_power(user_net):
     bd = ma.boundary_distance(user_net, x)
     # stepping just short of the distance keeps every code; just past changes some
     step = bd.direction * bd.total[:, None]
-    same = ma.codes(user_net, x + 0.999 * step).bits == ma.codes(user_net, x).bits
+    same = ma.codes(user_net, x + 0.999 * step).packed() == ma.codes(user_net, x).packed()
     assert bool(same.all())
-    moved = (ma.codes(user_net, x + 1.001 * step).bits != ma.codes(user_net, x).bits).any(1)
+    moved = (ma.codes(user_net, x + 1.001 * step).packed() != ma.codes(user_net, x).packed()).any(1)
     assert bool(moved[torch.isfinite(bd.total)].all())
     lc = ma.local_complexity(user_net, x, radius=0.05)
     assert lc.values.shape == (32, 2)
-    cells = ma.power_diagram(user_net, "clipped_relu", x, input_space=True)
+    cells = ma.power_cells(user_net, x, layer="clipped_relu", input_space=True)
     assert torch.equal(cells.codes.long(), ma.codes(user_net, x)["clipped_relu"].long()
                        .reshape(cells.codes.shape))
-    a, b = power.layer_pieces(user_net, "shifted_relu", x[:3])
-    diagram = ma.layer_power_diagram((a[0], b[0]))
+    a, b = power.layer_pieces(user_net, x[:3], layer="shifted_relu")
+    diagram = ma.power_diagram((a[0], b[0]))
     assert diagram.mu.shape[-1] == 2
-    post = ma.vq_posterior(user_net, x, layer="shifted_relu")  # a single max: its GMM
+    post = ma.vq_posterior(user_net, x, layer="shifted_relu")["shifted_relu"]  # its GMM
     assert torch.equal(post.argmax(-1), ma.codes(user_net, x)["shifted_relu"].long())
     with pytest.raises(ma.MaxAffineError, match="not a single max"):
         ma.vq_posterior(user_net, x, layer="clipped_relu")

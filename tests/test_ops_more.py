@@ -58,11 +58,11 @@ def check_spline(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     x2 = torch.randn(x.shape, dtype=DT, generator=torch.Generator().manual_seed(1))
     frozen = graph.evaluate(x2, codes=codes).output.reshape(x.shape[0], -1)
     torch.testing.assert_close(frozen, rev.reconstruct(x2), rtol=1e-10, atol=1e-10)
-    for unit in graph.units:
-        code = codes[unit.name]
-        assert code.shape == (x.shape[0], *unit.code_shape)
-        assert int(code.min()) >= 0 and int(code.max()) < unit.num_pieces
-        hard = ma.vq_posterior(graph, x, layer=unit.name)
+    for layer in graph.layers:
+        code = codes[layer.name]
+        assert code.shape == (x.shape[0], *layer.code_shape)
+        assert int(code.min()) >= 0 and int(code.max()) < layer.num_pieces
+        hard = ma.vq_posterior(graph, x, layer=layer.name)[layer.name]
         assert torch.equal(hard.argmax(-1), code.long())
     return codes
 
@@ -186,7 +186,7 @@ def test_max_pooling_3d(data, seed):
     (code,) = check_spline(model, x).values()
     _, idx = F.max_pool3d(model[:-1](x), pool.kernel_size, pool.stride, pool.padding,
                           ceil_mode=pool.ceil_mode, return_indices=True)
-    table = ma.trace(model, x).units[0].rule.window_index((1, *sizes))
+    table = ma.trace(model, x).layers[0].rule.window_index((1, *sizes))
     picked = table[torch.arange(table.shape[0]), code.reshape(2, -1).long()]
     assert torch.equal(picked, idx.reshape(2, -1))  # the code points at torch's argmax
 
@@ -198,14 +198,14 @@ def test_window_maxima_flow_through_the_rest_of_the_library():
                         nn.Linear(7, 3)).double()
     x = torch.randn(6, 2, dtype=DT)
     graph = ma.trace(net, x)
-    assert [u.kind for u in graph.units] == ["AdaptiveMaxPool1d", "Amax", "Amax"]
-    assert graph.units[0].num_pieces == 4  # windows of 3 or 4 of the 12 entries
+    assert [u.kind for u in graph.layers] == ["AdaptiveMaxPool1d", "Amax", "Amax"]
+    assert graph.layers[0].num_pieces == 4  # windows of 3 or 4 of the 12 entries
     part = ma.partition_plane(net, ma.Slice.square(-1, 1), progress=False)
     assert abs(float(part.areas.sum()) - 4.0) < 1e-9
     inside = ma.codes(graph, part.interior.to(DT))
     assert len(set(inside.region_ids().tolist())) == part.num_regions
-    cells = ma.power_diagram(net, graph.unit_names[2], x, input_space=True)
-    assert torch.equal(cells.codes.long(), ma.codes(graph, x)[graph.unit_names[2]].long()
+    cells = ma.power_cells(net, x, layer=graph.layer_names[2], input_space=True)
+    assert torch.equal(cells.codes.long(), ma.codes(graph, x)[graph.layer_names[2]].long()
                        .reshape(cells.codes.shape))
 
 
@@ -337,7 +337,7 @@ def test_supported_ops_lists_the_new_ops():
 def test_float64_fast_path_of_window_maxima(op):
     x = torch.randn(2, 2, 5, 7, dtype=DT)
     graph = ma.trace(op, x)
-    rule = graph.units[0].rule
+    rule = graph.layers[0].rule
     big = torch.randn(1000, 2, 5, 7, dtype=DT)  # >= 2^16 entries: the compiled gather
     with torch.no_grad():
         assert torch.equal(rule.forward(big), op(big))

@@ -62,7 +62,7 @@ def _dense_codes(model, sl, n=160):
     s, t = torch.meshgrid(g0, g1, indexing="ij")
     pts = torch.stack([s.flatten(), t.flatten()], 1)
     pts = pts[torch.as_tensor(Path(b.numpy()).contains_points(pts.numpy()))]
-    return {bytes(r.tolist()) for r in ma.codes(model, sl.to_input(pts)).bits}
+    return {bytes(r.tolist()) for r in ma.codes(model, sl.to_input(pts)).packed()}
 
 
 def _check_invariants(model, part):
@@ -72,13 +72,13 @@ def _check_invariants(model, part):
     assert bool((part.areas > 0).all())
     assert abs(float(part.areas.sum()) - sl.area) <= 1e-9 * sl.area
     # every face's interior point has the face's code
-    at_interior = ma.codes(model, sl.to_input(part.interior)).bits
-    assert torch.equal(at_interior, part.codes)
+    at_interior = ma.codes(model, sl.to_input(part.interior)).packed()
+    assert torch.equal(at_interior, part.packed)
     # one face per region: codes are distinct, and neighbours differ
-    assert len({bytes(r.tolist()) for r in part.codes}) == part.num_regions
+    assert len({bytes(r.tolist()) for r in part.packed}) == part.num_regions
     inner = part.edge_faces[:, 1] >= 0
     f1, f2 = part.edge_faces[inner, 0], part.edge_faces[inner, 1]
-    assert bool((part.codes[f1] != part.codes[f2]).any(1).all())
+    assert bool((part.packed[f1] != part.packed[f2]).any(1).all())
     # the subdivision is conforming: an edge with one face lies on the domain's
     # boundary (no T-junctions, no duplicate vertices), and Euler's V - E + F = 1
     lone = part.vertices[part.edges[part.edge_faces[:, 1] < 0]].mean(1)  # midpoints
@@ -125,7 +125,7 @@ def _by_code(pairs):
 
 def _compare_with_reference(model, part):
     ref = _by_code(reference_partition(model, part.domain))
-    fast = {bytes(c.tolist()): float(a) for c, a in zip(part.codes, part.areas, strict=True)}
+    fast = {bytes(c.tolist()): float(a) for c, a in zip(part.packed, part.areas, strict=True)}
     assert set(fast) == set(ref)
     scale = part.domain.area
     for code, a in ref.items():
@@ -144,7 +144,7 @@ def test_two_relu_lines_make_four_quadrants():
     part = ma.partition_plane(net, ma.Slice.square(), progress=False)
     assert part.num_regions == 4
     assert torch.allclose(part.areas, torch.ones(4, dtype=D64))
-    codes = sorted(int(c[0]) for c in part.codes)
+    codes = sorted(int(c[0]) for c in part.packed)
     assert codes == [0, 1, 2, 3]  # both bits, each quadrant once
 
 
@@ -170,7 +170,7 @@ def test_maxpool_window_cells_without_phantom_ties():
     net = nn.Sequential(lin, nn.Unflatten(1, (1, 2, 2)), nn.MaxPool2d(2), nn.Flatten())
     part = ma.partition_plane(net, ma.Slice.square(), progress=False)
     assert part.num_regions == 4
-    assert sorted(part.face_codes["2"].flatten().tolist()) == [0, 1, 2, 3]
+    assert sorted(part.codes["2"].flatten().tolist()) == [0, 1, 2, 3]
     _check_invariants(net, part)
     _compare_with_reference(net, part)
 
@@ -227,7 +227,7 @@ def test_hardtanh_bands():
     part = ma.partition_plane(net, ma.Slice.square(), progress=False)
     assert part.num_regions == 3
     assert sorted(round(float(a), 12) for a in part.areas) == [1.0, 1.0, 2.0]
-    assert sorted(part.face_codes["1"].flatten().tolist()) == [0, 1, 2]
+    assert sorted(part.codes["1"].flatten().tolist()) == [0, 1, 2]
 
 
 # ------------------------------------------------------------------ reference
@@ -239,7 +239,7 @@ def test_mlp_matches_reference_and_dense_sampling(act):
     part = ma.partition_plane(net, ma.Slice.square(), progress=False)
     _check_invariants(net, part)
     _compare_with_reference(net, part)
-    assert _dense_codes(net, part.domain) <= {bytes(c.tolist()) for c in part.codes}
+    assert _dense_codes(net, part.domain) <= {bytes(c.tolist()) for c in part.packed}
 
 
 def test_cnn_with_maxpool_and_residual_matches_reference():
@@ -250,7 +250,7 @@ def test_cnn_with_maxpool_and_residual_matches_reference():
     assert part.num_regions > 20
     _check_invariants(net, part)
     _compare_with_reference(net, part)
-    assert _dense_codes(net, sl, 120) <= {bytes(c.tolist()) for c in part.codes}
+    assert _dense_codes(net, sl, 120) <= {bytes(c.tolist()) for c in part.packed}
 
 
 @settings(max_examples=8)
@@ -292,7 +292,7 @@ def test_resume_and_recompute_strategies_agree(monkeypatch):
     monkeypatch.setattr(plane, "_VALUES_BUDGET", 500)  # many small chunks of units
     c = ma.partition_plane(net, sl, progress=False)
     for other in (b, c):
-        assert {bytes(x.tolist()) for x in a.codes} == {bytes(x.tolist()) for x in other.codes}
+        assert {bytes(x.tolist()) for x in a.packed} == {bytes(x.tolist()) for x in other.packed}
         assert abs(float(a.areas.sum()) - float(other.areas.sum())) < 1e-12
     _check_invariants(net, c)
 
@@ -314,7 +314,7 @@ def test_chunks_of_units_and_strategy_switch_keep_the_partition(monkeypatch):
     d = ma.partition_plane(net, sl, progress=False)
     for other in (b, c, d):
         _check_invariants(net, other)
-        assert {bytes(x.tolist()) for x in a.codes} == {bytes(x.tolist()) for x in other.codes}
+        assert {bytes(x.tolist()) for x in a.packed} == {bytes(x.tolist()) for x in other.packed}
 
 
 class _ViewedPreActivation(nn.Module):
@@ -384,7 +384,7 @@ def test_segment_matches_dense_sampling_and_outputs():
     seg = ma.partition_segment(net, x0, x1)
     t = torch.linspace(0, 1, 20001, dtype=D64)
     pts = x0 + t[:, None, None, None] * (x1 - x0)
-    bits = ma.codes(net, pts).bits
+    bits = ma.codes(net, pts).packed()
     runs = int((bits[1:] != bits[:-1]).any(1).sum()) + 1
     assert seg.num_regions == runs
     piece = torch.searchsorted(seg.breakpoints, t, right=True).clamp(1, seg.num_regions) - 1

@@ -50,7 +50,7 @@ def _verify_faces(model, part) -> None:
     ``slopes @ p + offsets`` far from the slice's origin)."""
     sl = part.domain
     x = sl.to_input(part.interior)
-    assert torch.equal(ma.codes(model, x).bits, part.codes)
+    assert torch.equal(ma.codes(model, x).packed(), part.packed)
     amap = ma.affine_map(model, x)
     a = amap.A.detach().flatten(2)  # (F, C, D)
     basis = torch.stack([sl.u.flatten(), sl.v.flatten()], 1).to(a.dtype)  # (D, 2)
@@ -123,7 +123,7 @@ def test_far_small_window_keeps_its_precision():
     assert a.num_regions == b.num_regions > 10
     assert abs(float(a.areas.sum()) - 1.0) <= 1e-9
     assert bool((a.areas > 0).all())
-    assert {bytes(c.tolist()) for c in a.codes} == {bytes(c.tolist()) for c in b.codes}
+    assert {bytes(c.tolist()) for c in a.packed} == {bytes(c.tolist()) for c in b.packed}
     _verify_faces(net, a)
 
 
@@ -141,8 +141,8 @@ def test_random_scales_and_offsets(seed, exponent, offset, width):
     if not warned:  # then no region was merged away: dense samples find no new code
         g = torch.linspace(-1, 1, 60, dtype=D64)
         pts = torch.cartesian_prod(g, g) * s * (1 - 1e-9) + c
-        seen = {bytes(r.tolist()) for r in ma.codes(net, pts).bits}
-        assert seen <= {bytes(r.tolist()) for r in part.codes}
+        seen = {bytes(r.tolist()) for r in ma.codes(net, pts).packed()}
+        assert seen <= {bytes(r.tolist()) for r in part.packed}
 
 
 def test_unresolved_faces_are_drawn():
@@ -287,12 +287,12 @@ def test_save_formats(tmp_path):
     part = ma.partition_plane(_issue_net(), ma.Slice.square(), progress=False)
     part.save(tmp_path / "p.npz")
     with np.load(tmp_path / "p.npz") as z:
-        assert np.array_equal(z["codes"], part.codes.numpy())
+        assert np.array_equal(z["packed"], part.packed.numpy())
         assert np.array_equal(z["faces"], part.faces.numpy())
         assert "code_layout" in z.files
     with pytest.raises(ma.MaxAffineError, match="format"):
         part.save(tmp_path / "p.txt")
-    with pytest.raises(ma.MaxAffineError, match="no nonlinearity"):
+    with pytest.raises(ma.MaxAffineError, match=r"no layer 'zz': the layers are"):
         part.layer_boundaries("zz")
     with pytest.raises(ma.MaxAffineError, match="out of range"):
         part.layer_boundaries(7)

@@ -52,30 +52,30 @@ def num_codes(B: Tensor) -> int:
 def test_argmin_of_power_distance_is_the_code_in_both_spaces(arch, seed: int):
     x = arch.sample(3, seed)
     graph = ma.trace(arch.model, x)
-    assume(graph.units)
+    assume(graph.layers)
     found = graph.evaluate(x).codes
-    for index, unit in enumerate(graph.units):
-        A, B = layer_pieces(graph, index, x, input_space=True)
+    for index, layer in enumerate(graph.layers):
+        A, B = layer_pieces(graph, x, layer=index, input_space=True)
         assume(num_codes(B[0]) <= MAX_CELLS)
-        cells = ma.power_diagram(graph, index, x, input_space=True)
+        cells = ma.power_cells(graph, x, layer=index, input_space=True)
         for n in range(3):
-            pd = ma.layer_power_diagram((A[n], B[n]))
-            assert_code_is_argmin(pd, x[n], found[unit.name][n])
-            i = code_index(pd, found[unit.name][n])  # the direct formula's cell
+            pd = ma.power_diagram((A[n], B[n]))
+            assert_code_is_argmin(pd, x[n], found[layer.name][n])
+            i = code_index(pd, found[layer.name][n])  # the direct formula's cell
             torch.testing.assert_close(cells.mu[n].flatten(), pd.mu[i])
             torch.testing.assert_close(cells.rad[n], pd.rad[i])
         try:
-            A_h, B_h = layer_pieces(graph, index, x)
+            A_h, B_h = layer_pieces(graph, x, layer=index)
         except ma.MaxAffineError as err:  # a skip connection feeds the pre-activation
             assert "input_space=True" in str(err) and index > 0
             continue
-        layer = ma.power_diagram(graph, index, x)
+        cells_h = ma.power_cells(graph, x, layer=index)
         for n in range(3):
-            pd = ma.layer_power_diagram((A_h[n], B_h[n]))
-            assert_code_is_argmin(pd, layer.points[n], found[unit.name][n])
-            i = code_index(pd, found[unit.name][n])
-            torch.testing.assert_close(layer.mu[n].flatten(), pd.mu[i])
-            torch.testing.assert_close(layer.rad[n], pd.rad[i])
+            pd = ma.power_diagram((A_h[n], B_h[n]))
+            assert_code_is_argmin(pd, cells_h.points[n], found[layer.name][n])
+            i = code_index(pd, found[layer.name][n])
+            torch.testing.assert_close(cells_h.mu[n].flatten(), pd.mu[i])
+            torch.testing.assert_close(cells_h.rad[n], pd.rad[i])
         if index > 0:
             check_composition(graph, index, x, found, A_h, B_h, cells)
 
@@ -85,8 +85,8 @@ def check_composition(graph, index: int, x: Tensor, found: dict, A_h: Tensor, B_
     """DESIGN section 1: with the layer input h = A_w x + B_w on x's region,
     mu_w = A_w^T mu and rad_w = ||mu_w||^2 + 2 sum_k (B[k, r_k] + <A[k, r_k], B_w>);
     enumerated over all codes r, the argmin at x is the code."""
-    prev = graph.units[index - 1]
-    frozen = {u.name: found[u.name] for u in graph.units[:index]}
+    prev = graph.layers[index - 1]
+    frozen = {u.name: found[u.name] for u in graph.layers[:index]}
 
     def layer_input(v: Tensor) -> Tensor:  # output of the previous unit, codes frozen
         ins = graph._run(v, frozen, True, until=prev.name).inputs[prev.name]
@@ -95,15 +95,15 @@ def check_composition(graph, index: int, x: Tensor, found: dict, A_h: Tensor, B_
     A_w, h, _ = jacobian(layer_input, x, mode="forward")
     A_w, h = A_w.flatten(2).detach(), h.detach()  # (N, Dh, D), (N, Dh)
     B_w = h - torch.einsum("nhd,nd->nh", A_w, x.flatten(1))
-    unit = graph.units[index]
+    layer = graph.layers[index]
     for n in range(x.shape[0]):
-        pd = ma.layer_power_diagram((A_h[n], B_h[n]))
+        pd = ma.power_diagram((A_h[n], B_h[n]))
         offsets = (pd.rad - pd.mu.pow(2).sum(1)) / 2  # sum_k B[k, r_k]
         mu_w = pd.mu @ A_w[n]  # (M, D) = (A_w^T mu)^T
         rad_w = mu_w.pow(2).sum(1) + 2 * (offsets + pd.mu @ B_w[n])
         composed = PowerDiagram(pd.codes, mu_w, rad_w)
-        assert_code_is_argmin(composed, x[n], found[unit.name][n])
-        i = code_index(pd, found[unit.name][n])
+        assert_code_is_argmin(composed, x[n], found[layer.name][n])
+        i = code_index(pd, found[layer.name][n])
         torch.testing.assert_close(mu_w[i], cells.mu[n].flatten())
         torch.testing.assert_close(rad_w[i], cells.rad[n])
 
@@ -117,19 +117,19 @@ def test_power_cells_of_convolutional_layers(kind: str, data: st.DataObject):
     arch = data.draw(architectures(kind, max_blocks=2))
     x = arch.sample(2, data.draw(st.integers(0, 999)))
     graph = ma.trace(arch.model, x)
-    assume(graph.units)
+    assume(graph.layers)
     found = graph.evaluate(x).codes
-    for index, unit in enumerate(graph.units):
+    for index, layer in enumerate(graph.layers):
         for space in (True, False):
             try:
-                A, B = layer_pieces(graph, index, x, input_space=space)
+                A, B = layer_pieces(graph, x, layer=index, input_space=space)
             except ma.MaxAffineError:
                 assert not space
                 continue
-            cells = ma.power_diagram(graph, index, x, input_space=space)
+            cells = ma.power_cells(graph, x, layer=index, input_space=space)
             for n in range(2):
                 a, b = A[n].flatten(2), B[n]
-                code = found[unit.name][n].flatten().long()
+                code = found[layer.name][n].flatten().long()
                 k = torch.arange(a.shape[0])
                 mu = a[k, code].sum(0)
                 rad = mu.pow(2).sum() + 2 * b[k, code].sum()
@@ -154,7 +154,7 @@ def test_relu_layer_by_hand():
     with torch.no_grad():
         lin.weight.copy_(torch.randn(5, 3, generator=gen, dtype=DT))
         lin.bias.copy_(torch.randn(5, generator=gen, dtype=DT))
-    pd = ma.layer_power_diagram(nn.Sequential(lin, nn.ReLU()))
+    pd = ma.power_diagram(nn.Sequential(lin, nn.ReLU()))
     assert pd.num_cells == 32
     r = pd.codes.to(DT)
     mu = r @ lin.weight.detach()
@@ -174,24 +174,24 @@ def test_pieces_of_each_nonlinearity_by_hand():
     with torch.no_grad():
         eye.weight.copy_(torch.eye(2, dtype=DT))
         eye.bias.zero_()
-    A, B = layer_pieces(nn.Sequential(eye, nn.LeakyReLU(0.2)), 0, z)
+    A, B = layer_pieces(nn.Sequential(eye, nn.LeakyReLU(0.2)), z, layer=0)
     torch.testing.assert_close(A[0, 0], torch.tensor([[0.2, 0.0], [1.0, 0.0]], dtype=DT))
-    A, _ = layer_pieces(nn.Sequential(eye, nn.LeakyReLU(3.0)), 0, z)
+    A, _ = layer_pieces(nn.Sequential(eye, nn.LeakyReLU(3.0)), z, layer=0)
     torch.testing.assert_close(A[0, 1], torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=DT))
-    A, B = layer_pieces(nn.Sequential(eye, nn.Hardtanh(-1.0, 2.0)), 0, z)
+    A, B = layer_pieces(nn.Sequential(eye, nn.Hardtanh(-1.0, 2.0)), z, layer=0)
     # P = (0, z + 1, 2 z - 1): slopes (0, 1, 2), offsets (0, 1, -1)
     torch.testing.assert_close(A[0, 0, :, 0], torch.tensor([0.0, 1.0, 2.0], dtype=DT))
     torch.testing.assert_close(B[0, 0], torch.tensor([0.0, 1.0, -1.0], dtype=DT))
-    A, B = layer_pieces(nn.Sequential(eye, nn.ReLU6()), 0, z)
+    A, B = layer_pieces(nn.Sequential(eye, nn.ReLU6()), z, layer=0)
     torch.testing.assert_close(B[0, 1], torch.tensor([0.0, 0.0, -6.0], dtype=DT))
-    clamp = layer_pieces(_Clamp(), 0, z)[1]
+    clamp = layer_pieces(_Clamp(), z, layer=0)[1]
     assert bool(torch.isneginf(clamp[0, :, 2]).all())  # clamp(min=0): no upper piece
     pool = nn.Sequential(nn.Unflatten(1, (1, 4)), nn.MaxPool1d(2, padding=1))
-    A, B = layer_pieces(pool, 0, torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=DT))
+    A, B = layer_pieces(pool, torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=DT), layer=0)
     assert A.shape == (1, 3, 2, 4)
     assert bool(torch.isneginf(B[0, 0, 0])) and bool(torch.isneginf(B[0, 2, 1]))
     torch.testing.assert_close(A[0, 1, 1], torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=DT))
-    A, _ = layer_pieces(_Pair(torch.minimum), 0, z)  # min(x, -x): pieces (-x, x)
+    A, _ = layer_pieces(_Pair(torch.minimum), z, layer=0)  # min(x, -x): pieces (-x, x)
     torch.testing.assert_close(A[0, 0], torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=DT))
 
 
@@ -230,7 +230,7 @@ def test_slice_of_a_power_diagram():
     power = torch.einsum("abi,ij,abj->ab", diff, gram, diff) - rad.unsqueeze(0)
     assert torch.equal(power.argmin(1), torch.arange(part.num_regions))
     # the slice power distance is the input-space one
-    cells = ma.power_diagram(part.graph, 0, sl.to_input(part.interior), input_space=True)
+    cells = ma.power_cells(part.graph, sl.to_input(part.interior), layer=0, input_space=True)
     own = torch.einsum("fi,ij,fj->f", part.interior - c, gram, part.interior - c) - rad
     torch.testing.assert_close(own, cells.power())
     ax = part.plot(centroids=face_centroids(part)[0])
@@ -249,23 +249,23 @@ def test_power_diagram_of_the_demo_cnn_layers():
     names = ma.codes(cnn, x).names
     shapes = [(1, 12, 12), (4, 12, 12), (4, 6, 6), (8, 6, 6)]
     for name, shape in zip(names, shapes, strict=True):
-        cells = ma.power_diagram(cnn, name, x)
+        cells = ma.power_cells(cnn, x, layer=name)
         assert cells.mu.shape == (3, *shape) and cells.rad.shape == (3,)
-        assert ma.power_diagram(cnn, name, x, input_space=True).mu.shape == x.shape
+        assert ma.power_cells(cnn, x, layer=name, input_space=True).mu.shape == x.shape
 
 
 def test_errors_name_the_culprit():
     net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU())
     x = torch.randn(2, 2)
     with pytest.raises(ma.MaxAffineError, match="out of range"):
-        ma.power_diagram(net, 5, x)
-    with pytest.raises(ma.MaxAffineError, match="no nonlinearity named"):
-        ma.power_diagram(net, "nope", x)
+        ma.power_cells(net, x, layer=5)
+    with pytest.raises(ma.MaxAffineError, match=r"no layer 'nope': the layers are"):
+        ma.power_cells(net, x, layer="nope")
     with pytest.raises(ma.MaxAffineError, match="one nonlinearity"):
-        ma.layer_power_diagram(net)
+        ma.power_diagram(net)
     with pytest.raises(ma.MaxAffineError, match="max_cells"):
-        ma.layer_power_diagram(nn.Sequential(nn.Linear(2, 20), nn.ReLU()))
+        ma.power_diagram(nn.Sequential(nn.Linear(2, 20), nn.ReLU()))
     with pytest.raises(ma.MaxAffineError, match=r"\(K, R, D\)"):
-        ma.layer_power_diagram((torch.zeros(3, 2), torch.zeros(3, 2)))
+        ma.power_diagram((torch.zeros(3, 2), torch.zeros(3, 2)))
     with pytest.raises(ma.MaxAffineError, match="input_shape"):
-        ma.layer_power_diagram(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()))
+        ma.power_diagram(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()))

@@ -41,11 +41,11 @@ def test_boundary_distance_matches_the_segment_partition_along_its_direction(
     arch = data.draw(architectures(kind))
     x = arch.sample(3, data.draw(st.integers(0, 999)))
     graph = ma.trace(arch.model, x)
-    assume(graph.units)
+    assume(graph.layers)
     bd = ma.boundary_distance(graph, x)
     ref, _, _ = reference_distance(graph, x, graph.evaluate(x).codes)
     torch.testing.assert_close(bd.total, ref, rtol=1e-9, atol=1e-12)
-    assert bd.values.shape == (3, len(graph.units))
+    assert bd.values.shape == (3, len(graph.layers))
     for n in range(3):
         d = float(bd.total[n])
         if not (1e-6 < d < 1e3):
@@ -69,7 +69,7 @@ def test_first_layer_distance_by_hand():
     w, b = torch.randn(6, 4, generator=gen, dtype=DT), torch.randn(6, generator=gen, dtype=DT)
     net = nn.Sequential(linear(w.tolist(), b.tolist()), nn.ReLU(), linear([[1.0] * 6], [0.0]))
     x = torch.randn(10, 4, generator=gen, dtype=DT)
-    bd = ma.boundary_distance(net, x, chunk_size=3)
+    bd = ma.boundary_distance(net, x, directions_per_pass=3)
     expected = ((x @ w.T + b).abs() / w.norm(dim=1)).amin(1)
     torch.testing.assert_close(bd[0], expected)
     k = ((x @ w.T + b).abs() / w.norm(dim=1)).argmin(1)
@@ -88,7 +88,7 @@ def test_local_complexity_zero_inside_a_region_and_positive_across(
     arch = data.draw(architectures(kind))
     x = arch.sample(3, data.draw(st.integers(0, 999)))
     graph = ma.trace(arch.model, x)
-    assume(graph.units)
+    assume(graph.layers)
     bd = ma.boundary_distance(graph, x)
     d = bd.total
     assume(bool(torch.isfinite(d).all() & (d > 1e-6).all()))
@@ -171,14 +171,14 @@ def test_region_density_by_hand():
 def test_region_density_counts_the_segment_partition_by_depth(arch, seed: int):
     x = arch.sample(4, seed)
     graph = ma.trace(arch.model, x)
-    assume(graph.units)
+    assume(graph.layers)
     rd = ma.region_density(graph, x[:2], x[2:])
     for n in range(2):
         seg = ma.partition_segment(graph, x[n], x[2 + n])
         assert int(rd.values[n, -1]) == seg.num_regions
         assert bool((rd.values[n].diff() >= 0).all())
         # depth l: pieces whose codes of layers 1..l differ from the previous piece
-        for depth in range(len(graph.units)):
+        for depth in range(len(graph.layers)):
             changes = sum(
                 any(not torch.equal(v[i], v[i + 1]) for v in seg.codes.values[:depth + 1])
                 for i in range(seg.num_regions - 1))
@@ -192,7 +192,7 @@ def test_region_sharing_against_sets_of_codes(kind: str, data: st.DataObject):
     base = arch.sample(6, data.draw(st.integers(0, 999)))
     X = torch.cat([base, base[:3] * (1 + 1e-9), arch.sample(5, 1, scale=0.01)])
     graph = ma.trace(arch.model, X)
-    assume(graph.units)
+    assume(graph.layers)
     rs = ma.region_sharing(graph, X, batch_size=4)
     c = ma.codes(graph, X)
     for depth in range(len(c.names)):

@@ -15,11 +15,11 @@ import importlib as _importlib
 from .affine import AffineMap, affine_map
 from .distances import vq_distance, vq_knn
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
-from .graph import Between, Evaluation, Pause, SplineGraph, Unit, trace
-from .inference import soften, vq_posterior
+from .graph import Between, Evaluation, Layer, Pause, SplineGraph, trace
+from .inference import VQPosterior, soften, vq_posterior
 from .ops import register_op, supported_ops
 from .partition import Partition, SegmentPartition, Slice, partition_plane, partition_segment
-from .power import PowerCells, PowerDiagram, layer_power_diagram, power_diagram
+from .power import PowerCells, PowerDiagram, power_cells, power_diagram
 from .stats import (
     BoundaryCurvature,
     BoundaryDistance,
@@ -62,6 +62,7 @@ __all__ = [
     "BoundaryDistance",
     "Codes",
     "Evaluation",
+    "Layer",
     "LocalComplexity",
     "MaxAffineError",
     "MaxAffineTypeError",
@@ -75,16 +76,16 @@ __all__ = [
     "SegmentPartition",
     "Slice",
     "SplineGraph",
-    "Unit",
     "UnsupportedOperation",
+    "VQPosterior",
     "affine_map",
     "boundary_curvature",
     "boundary_distance",
     "codes",
-    "layer_power_diagram",
     "local_complexity",
     "partition_plane",
     "partition_segment",
+    "power_cells",
     "power_diagram",
     "region_density",
     "region_sharing",

@@ -190,3 +190,28 @@ def indices(values: Any, n: int, what: str) -> Tensor:
         raise MaxAffineError(f"{what}: index {int(idx[bad][0])} is out of range for {n} "
                              f"item(s) (valid: -{n} .. {n - 1})")
     return idx % max(n, 1)
+
+
+def layer_index(key: Any, names: tuple[str, ...], what: str = "layer") -> int:
+    """The position in ``names`` of a layer (a nonlinearity of the spline graph) given
+    by name or by index (negative from the end; Python / numpy ints, 0-d integer
+    tensors); the error lists the layers. ``what`` names the argument."""
+    count = len(names)
+    if isinstance(key, str):
+        if key in names:
+            return names.index(key)
+        raise MaxAffineError(f"no layer {key!r}: the layers are {names}; pass one of these "
+                             f"names or an index in [-{count}, {count - 1}]" if count else
+                             f"no layer {key!r}: the model has no nonlinearity")
+    if isinstance(key, Tensor) and key.dim() == 0 and not key.is_floating_point() \
+            and not key.is_complex() and key.dtype is not torch.bool:
+        key = int(key)
+    if not isinstance(key, numbers.Integral) or isinstance(key, bool):
+        raise MaxAffineTypeError(f"{what} must be a layer name (str) or index (int), got "
+                                 f"{_kind(key)}; the layers are {names}")
+    if not -count <= key < count:
+        raise MaxAffineError(
+            f"layer index {key} is out of range: there are {count} layers {names}"
+            + (f"; pass an index in [-{count}, {count - 1}] or a name" if count else
+               " (the model has no nonlinearity)"))
+    return int(key) % count

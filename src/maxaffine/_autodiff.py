@@ -51,15 +51,16 @@ def pullback(out: Tensor, x: Tensor, cotangents: Tensor, *, retain: bool,
 
 def jacobian(
     fn: Callable[[Tensor], Tensor], x: Tensor, *, mode: Mode = "auto",
-    chunk_size: int | None = None, num_outputs: int | None = None,
+    products_per_pass: int | None = None, num_outputs: int | None = None,
 ) -> tuple[Tensor, Tensor, str]:
     """Per-sample Jacobians of ``fn`` (samples must be independent), batched.
 
     Returns ``(J, f(x) flattened to (N, C), mode used)`` with J of shape (N, C, *in).
     Never loops over samples.  Reverse mode: one batched forward pass, then the
-    C vector-Jacobian products in chunks of ``chunk_size`` outputs (a chunk of one
-    is a plain backward pass; larger chunks are vmapped); ``None``: all at once.
-    Forward mode: ``chunk_size`` Jacobian-vector products vmapped at a time.
+    C vector-Jacobian products (one per output), ``products_per_pass`` outputs per
+    backward pass (one: a plain backward pass; more are batched); ``None``: all at
+    once. Forward mode: ``products_per_pass`` Jacobian-vector products (one per input
+    dimension) vmapped per pass; ``None``: all at once.
     ``num_outputs`` (C, if known) saves the probe pass of ``mode="auto"``.
     In grad mode the result is differentiable (double back-prop).
     """
@@ -77,9 +78,9 @@ def jacobian(
                 num_outputs = math.prod(fn(x[:1]).shape[1:])
         mode = "forward" if d < num_outputs else "reverse"
     if mode == "reverse":
-        jac, out = _reverse(flat, x, chunk_size)
+        jac, out = _reverse(flat, x, products_per_pass)
         return jac, out, mode
-    step = d if chunk_size is None else max(1, chunk_size)
+    step = d if products_per_pass is None else max(1, products_per_pass)
     outs, cols = None, []
     for start in range(0, d, step):
         o, t = pushforward(flat, x, basis(d, start, min(d, start + step), x))  # (k, N, C)
@@ -91,7 +92,7 @@ def jacobian(
     return jac.reshape((n, jac.shape[1], *x.shape[1:])), outs, mode
 
 
-def _reverse(flat: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None
+def _reverse(flat: Callable[[Tensor], Tensor], x: Tensor, products_per_pass: int | None
              ) -> tuple[Tensor, Tensor]:
     """Reverse-mode Jacobian of ``flat`` (N, *in) -> (N, C): one forward pass, then one
     backward pass per chunk of outputs (cotangents one-hot per output, for all samples
@@ -106,7 +107,7 @@ def _reverse(flat: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None
         if not out.requires_grad:  # f does not depend on x
             return x.new_zeros((n, c, *x.shape[1:])), out
         eye = torch.eye(c, dtype=out.dtype, device=out.device)
-        step = c if chunk_size is None else max(1, chunk_size)
+        step = c if products_per_pass is None else max(1, products_per_pass)
         rows = []
         for start in range(0, c, step):
             stop = min(c, start + step)

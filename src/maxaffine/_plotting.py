@@ -109,11 +109,11 @@ def plot_partition(part, ax=None, color_by: str = "region", edges: bool = True,
         if color_by == "layer":
             layers = part.edge_layer.numpy()
             lc = plt.get_cmap("plasma")
-            k = max(1, len(part.unit_names))
+            k = max(1, len(part.layer_names))
             ecol = [lc(l / k) if l >= 0 else (0, 0, 0, 1) for l in layers]
             ax.add_collection(LineCollection(seg, colors=ecol, linewidths=0.6))
             handles = [plt.Line2D([], [], color=lc(i / k), label=name)
-                       for i, name in enumerate(part.unit_names)]
+                       for i, name in enumerate(part.layer_names)]
             ax.legend(handles=handles, fontsize=7, loc="upper right", title="edges of")
         else:
             ax.add_collection(LineCollection(seg, colors="0.25", linewidths=0.25))
@@ -140,4 +140,135 @@ def plot_partition(part, ax=None, color_by: str = "region", edges: bool = True,
     ax.set_aspect("equal")
     ax.set_title(f"{n} regions" + (" (decision boundary in black)"
                                    if part.decision_boundary.shape[0] else ""), fontsize=10)
+    return ax
+
+
+def _axes(ax, figsize=(5, 3)):
+    """``ax``, or the axes of a new figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def plot_posterior(post, ax=None, bins: int = 20):
+    """Per layer of a :class:`~maxaffine.VQPosterior`, a histogram of each unit's
+    largest posterior probability."""
+    ax = _axes(ax)
+    for name, p in post.items():
+        top = p.detach().double().amax(-1).flatten()
+        if top.numel():
+            ax.hist(top.numpy(), bins=bins, range=(0.0, 1.0), histtype="step", label=name)
+    ax.set_xlabel("posterior of each unit's most probable piece")
+    ax.set_ylabel("units x inputs")
+    ax.set_title("VQ posterior" + ("" if post.beta is None else f" (beta = {post.beta:g})"),
+                 fontsize=10)
+    if post.names:
+        ax.legend(fontsize=7, title="layer")
+    return ax
+
+
+def plot_piece_usage(names, fractions, ax=None):
+    """Stacked bars, one per layer: the fraction of (sample, unit) entries selecting
+    each piece (``fractions``: per layer, a list over pieces)."""
+    import matplotlib.pyplot as plt
+
+    ax = _axes(ax, (6, 0.4 * max(3, len(names)) + 1))
+    cmap = plt.get_cmap("tab10")
+    for i, row in enumerate(fractions):
+        left = 0.0
+        for r, f in enumerate(row):
+            if not math.isfinite(f) or f <= 0:
+                continue
+            ax.barh(i, f, left=left, color=cmap(r % 10),
+                    label=f"piece {r}" if r < 10 else None)
+            left += f
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    ax.set_yticks(range(len(names)), [str(n) for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of (input, unit) entries selecting each piece")
+    ax.set_title("VQ codes per layer", fontsize=10)
+    return ax
+
+
+def plot_layers(graph, ax=None):
+    """Units per nonlinearity of a :class:`~maxaffine.SplineGraph`, graph order."""
+    layers = graph.layers
+    ax = _axes(ax, (6, 0.4 * max(3, len(layers)) + 1))
+    if not layers:
+        ax.text(0.5, 0.5, "no nonlinearity: the model is affine", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return ax
+    ax.barh(range(len(layers)), [layer.num_units for layer in layers], color="C0")
+    ax.set_yticks(range(len(layers)),
+                  [f"{layer.name} ({layer.kind}, R={layer.num_pieces})" for layer in layers],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("units")
+    ax.set_title(f"SplineGraph {graph.input_shape} -> {graph.output_shape}", fontsize=10)
+    return ax
+
+
+def plot_layer_values(names, values, ax=None, xlabel: str = "value", log: bool = False):
+    """One row per layer of per-input values (N, L): the range (thin line), the
+    quartiles (thick line) and the median (dot); non-finite values left out."""
+    ax = _axes(ax, (6, 0.4 * max(3, len(names)) + 1))
+    for j in range(len(names)):
+        v = values[:, j].detach().double()
+        v = v[torch.isfinite(v) & ((v > 0) if log else True)]
+        if v.numel() == 0:
+            continue
+        q = torch.quantile(v, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=v.dtype)).tolist()
+        ax.hlines(j, q[0], q[4], color="C0", lw=1)
+        ax.hlines(j, q[1], q[3], color="C0", lw=6)
+        ax.plot([q[2]], [j], "o", color="white", mec="C0", ms=5)
+    ax.set_yticks(range(len(names)), [str(n) for n in names], fontsize=8)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    return ax
+
+
+def plot_region_sharing(rs, ax=None):
+    """Distinct regions per depth (layers 1..l) and per layer alone, as bars."""
+    ax = _axes(ax, (6, 3))
+    k = range(len(rs.names))
+    ax.bar([i - 0.2 for i in k], rs.regions.tolist(), width=0.4, label="layers 1..l")
+    ax.bar([i + 0.2 for i in k], rs.layer_regions.tolist(), width=0.4,
+           label="layer l alone")
+    ax.set_xticks(list(k), [str(n) for n in rs.names], fontsize=8)
+    ax.set_ylabel("distinct regions")
+    ax.set_title(f"regions occupied by {rs.num_samples} samples", fontsize=10)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_power_cells(cells, ax=None, bins: int = 30):
+    """A 2-D space: each point joined to its cell's centroid; otherwise a histogram
+    of the cells' radii."""
+    plane = math.prod(cells.points.shape[1:]) == 2
+    ax = _axes(ax, (5, 5) if plane else (5, 3))
+    where = "input space" if cells.input_space else "layer-input space"
+    if plane:
+        p = cells.points.detach().flatten(1).double().numpy()
+        m = cells.mu.detach().flatten(1).double().numpy()
+        for a, b in zip(p, m, strict=True):
+            ax.plot([a[0], b[0]], [a[1], b[1]], color="0.7", lw=0.5, zorder=1)
+        ax.scatter(p[:, 0], p[:, 1], s=10, c="C0", label="points", zorder=2)
+        ax.scatter(m[:, 0], m[:, 1], s=18, c="k", marker="x", label="centroids", zorder=3)
+        ax.set_aspect("equal")
+        ax.legend(fontsize=7)
+    else:
+        ax.hist(cells.rad.detach().double().numpy(), bins=bins)
+        ax.set_xlabel("radius of the input's cell")
+        ax.set_ylabel("inputs")
+    ax.set_title(f"power cells of layer {cells.layer!r} ({where})", fontsize=10)
     return ax

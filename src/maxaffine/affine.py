@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ from .graph import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class AffineMap:
     """The affine map of each input's region.
 
@@ -117,16 +118,32 @@ class AffineMap:
                                  f".to({self.A.dtype})")
         return _apply(self.A, x) + self.B
 
-    def plot(self, n: int = 4, classes: list[int] | None = None, ax=None):
+    def plot(self, ax=None, *, n: int = 4, classes: list[int] | None = None):
         """Templates of the first ``n`` inputs, one row per input: the input, then
         one template per class (red positive, blue negative), as in the papers'
-        figures. Needs image-like inputs ((C, H, W), (H, W), (D,) for D a square)."""
+        figures; image-like inputs ((C, H, W), (H, W), (D,) for D a square) as images,
+        others as lines. ``ax``: a grid of axes (n, classes + 1), or None for a new
+        figure (returned)."""
         from ._plotting import plot_templates
 
         n = arg.integer(n, "n", minimum=1, meaning="inputs to draw")
         if classes is not None:
             classes = _class_list(classes, self.num_outputs)
         return plot_templates(self, n=n, classes=classes, ax=ax)
+
+    def summary(self) -> dict[str, Any]:
+        """Shapes, how the map was computed, and how well ``A x + B`` reproduces the
+        output (0 up to rounding for an exact map)."""
+        n, c = self.B.shape
+        error = ((_apply(self.A, self.x) + self.B - self.output).abs().max()
+                 if n and c else torch.zeros(()))
+        return {"samples": n, "outputs": c, "input_shape": list(self.x.shape[1:]),
+                "exact": self.exact, "mode": self.mode,
+                "output_names": None if self.output_slices is None else list(
+                    self.output_slices),
+                "reconstruction_error": float(error.detach()),
+                "template_norm_mean": float(self.A.detach().flatten(2).norm(dim=2).mean())
+                if n and c else None}
 
     def to_json(self) -> str:
         """Shapes, outputs and offsets (the full A is large: use ``save``)."""
@@ -153,7 +170,7 @@ def affine_map(
     *,
     exact: bool = True,
     mode: Mode = "auto",
-    chunk_size: int | None = None,
+    products_per_pass: int | None = None,
 ) -> AffineMap:
     """The per-input affine map ``f(x) = A[x] x + B[x]`` of a piecewise-affine model.
 
@@ -164,8 +181,11 @@ def affine_map(
     products, ``"forward"`` ~D Jacobian-vector products; ``"auto"`` picks the cheaper.
     ``exact=False`` skips the spline graph and returns the local linearization
     (the Jacobian) of any differentiable model, labelled ``exact=False``.
-    ``chunk_size`` bounds how many products are computed at once (memory, speed;
-    default: chosen from the widest layer, one at a time for convolutional nets).
+    ``products_per_pass``: how many of those products one pass computes (vector-
+    Jacobian products, one per output row of ``A``, in reverse mode; Jacobian-vector
+    products, one per input dimension, in forward mode): more is faster for small
+    layers and takes more memory; default chosen from the widest layer (one at a
+    time for convolutional nets).
     In grad mode gradients flow to the model's parameters (double back-prop); under
     ``torch.no_grad()`` the maps are computed without that graph, faster.
 
@@ -177,9 +197,9 @@ def affine_map(
     if mode not in ("auto", "forward", "reverse"):
         raise MaxAffineError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     exact = arg.flag(exact, "exact")
-    if chunk_size is not None:
-        chunk_size = arg.integer(chunk_size, "chunk_size", minimum=1,
-                                 meaning="products computed at once, or None")
+    if products_per_pass is not None:
+        products_per_pass = arg.integer(products_per_pass, "products_per_pass", minimum=1,
+                                        meaning="Jacobian products per pass, or None")
     found: dict[str, Tensor] = {}
     if exact:
         graph = as_graph(model, x)
@@ -229,9 +249,10 @@ def affine_map(
                              output_slices=_slices(leaves) if not isinstance(
                                  model, SplineGraph) else model.output_slices)
     c = graph.num_outputs if exact else None
-    if exact and chunk_size is None:
-        chunk_size = _chunk(graph, x.shape[0])
-    A, out, used = jacobian(fn, x, mode=mode, chunk_size=chunk_size, num_outputs=c)
+    if exact and products_per_pass is None:
+        products_per_pass = _products_per_pass(graph, x.shape[0])
+    A, out, used = jacobian(fn, x, mode=mode, products_per_pass=products_per_pass,
+                            num_outputs=c)
     if exact and used == "reverse":
         # B[x] is the network at 0 with x's codes frozen: read off directly (no
         # cancellation in f(x) - A x) and without another pass over the large A.
@@ -289,10 +310,10 @@ def _apply(A: Tensor, x: Tensor) -> Tensor:
     return torch.linalg.vecdot(A.flatten(2), x.flatten(1).unsqueeze(1))
 
 
-def _chunk(graph: SplineGraph, n: int, budget: int = 1 << 21) -> int:
+def _products_per_pass(graph: SplineGraph, n: int, budget: int = 1 << 21) -> int:
     """How many products to vmap at once: as many as keep the batched copies of the
     widest nonlinearity's input within ``budget`` elements (vmapping pays off while
     they stay cache-sized: MLPs; convolutions' backward runs fastest one output at a
     time)."""
-    widest = max([u.num_units for u in graph.units] + [graph.input_dim])
+    widest = max([u.num_units for u in graph.layers] + [graph.input_dim])
     return max(1, min(graph.num_outputs, graph.input_dim, budget // max(1, n * widest)))

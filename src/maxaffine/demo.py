@@ -38,7 +38,7 @@ def models_section(ctx: DemoContext) -> Section:
     graph = trace(ctx.cnn, ctx.data.x_test[:1])
     text = (f"Dataset: {ctx.data!r}.\n\n" + "\n".join(rows) +
             "\n\nThe CNN as a spline graph (its nonlinearities are the VQ layers):\n\n"
-            "```\n" + graph.summary() + "\n```\n")
+            "```\n" + graph.table() + "\n```\n")
     return Section("Models", text)
 
 

@@ -35,17 +35,18 @@ _LUT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def vq_distance(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
-                y: Tensor | Codes | None = None, layers: Sequence[str | int] | None = None,
-                weights: Sequence[float] | Mapping[str, float] | None = None, *,
+                y: Tensor | Codes | None = None, *, layers: Sequence[str | int] | None = None,
+                weights: Sequence[float] | Mapping[str, float] | None = None,
                 per_layer: bool = False) -> Tensor:
     """Pairwise VQ distances between the inputs ``x`` (N) and ``y`` (M; default ``x``).
 
     ``x`` / ``y``: input batches, or their precomputed :func:`maxaffine.codes`
     (then ``model`` may be None). ``layers``: names or indices of the layers to use
     (default all). ``weights``: one non-negative weight per chosen layer (or a dict
-    name -> weight); the combined distance is ``sum_l w_l d_l / sum_l w_l``, equal
-    weights by default. Returns float32 (N, M) in [0, 1], or with
-    ``per_layer=True`` the per-layer distances (L, N, M); N or M may be 0.
+    layer name or index -> weight, 0 for the layers it leaves out); the combined
+    distance is ``sum_l w_l d_l / sum_l w_l``, equal weights by default. Returns
+    float32 (N, M) in [0, 1], or with ``per_layer=True`` the per-layer distances
+    (L, N, M); N or M may be 0.
     """
     per_layer = arg.flag(per_layer, "per_layer")
     cx, cy, idx, w = _prepare(model, x, y, layers, weights)
@@ -61,21 +62,22 @@ def vq_distance(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
 
 
 def vq_knn(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
-           y: Tensor | Codes | None = None, k: int = 1,
+           y: Tensor | Codes | None = None, *, k: int = 1,
            layers: Sequence[str | int] | None = None,
-           weights: Sequence[float] | Mapping[str, float] | None = None, *,
-           exclude_self: bool | None = None, chunk_size: int = 256) -> tuple[Tensor, Tensor]:
+           weights: Sequence[float] | Mapping[str, float] | None = None,
+           exclude_self: bool | None = None,
+           queries_per_block: int = 256) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest references ``y`` of each query ``x`` under the VQ distance.
 
     Same arguments as :func:`vq_distance`; ``y=None`` retrieves within ``x`` and then
     skips each query itself (``exclude_self``, default True exactly then).
     Returns ``(distances (N, k) float32, indices (N, k) int64)`` sorted by distance,
-    ties broken by the lower index (N = 0 queries: empty results). Only
-    ``chunk_size`` rows of distances are held at a time.
+    ties broken by the lower index (N = 0 queries: empty results). The distances
+    are held for ``queries_per_block`` queries at a time (a (block, M) matrix).
     """
     k = arg.integer(k, "k", minimum=1, meaning="neighbours per query")
-    chunk_size = arg.integer(chunk_size, "chunk_size", minimum=1,
-                             meaning="query rows per chunk of distances")
+    block_rows = arg.integer(queries_per_block, "queries_per_block", minimum=1,
+                             meaning="queries whose distances are held at a time")
     if exclude_self is not None:
         exclude_self = arg.flag(exclude_self, "exclude_self")
     same = y is None
@@ -97,8 +99,8 @@ def vq_knn(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
     qx, qy = _words(cx, idx), _words(cy, idx)
     dists = torch.empty((len(cx), k), dtype=torch.float32)
     found = torch.empty((len(cx), k), dtype=torch.int64)
-    for start in range(0, len(cx), chunk_size):
-        stop = min(len(cx), start + chunk_size)
+    for start in range(0, len(cx), block_rows):
+        stop = min(len(cx), start + block_rows)
         block = torch.empty((stop - start, len(cy)), dtype=torch.float32)
         sub = [(words[start:stop], b, u) for words, b, u in qx]
         for rows, dist in _rows(sub, qy, w):
@@ -152,12 +154,14 @@ def _prepare(model, x, y, layers, weights) -> tuple[Codes, Codes, list[int], np.
     if weights is None:
         w = np.ones(len(idx))
     elif isinstance(weights, Mapping):
-        unknown = [k for k in weights if k not in cx.names]
-        if unknown:
-            raise MaxAffineError(f"weights for unknown layers {unknown}: the layers are "
-                                 f"{cx.names}")
-        w = np.array([arg.number(weights.get(cx.names[i], 0.0), f"weights[{cx.names[i]!r}]")
-                      for i in idx])
+        by_index: dict[int, float] = {}
+        for key, value in weights.items():
+            i = arg.layer_index(key, cx.names, "a key of weights")
+            if i in by_index:
+                raise MaxAffineError(f"weights names layer {cx.names[i]!r} twice (as a name "
+                                     "and as an index): give each layer one weight")
+            by_index[i] = arg.number(value, f"weights[{key!r}]")
+        w = np.array([by_index.get(i, 0.0) for i in idx])
     else:
         if isinstance(weights, str | bytes) or not isinstance(weights, Iterable):
             raise MaxAffineTypeError(f"weights must be one number per layer or a dict name -> "

@@ -23,10 +23,11 @@ flattened (:attr:`SplineGraph.output_slices`).
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -67,11 +68,14 @@ class Tracer(fx.Tracer):
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One nonlinearity of the graph: a layer of VQ units.
+class Layer:
+    """One nonlinearity of the graph: a layer of VQ units, one unit per entry of its
+    code (a ReLU's units are its neurons, a max-pool's its windows).
 
-    ``code_shape``: per-sample shape of its code tensor (one entry per unit);
-    ``num_pieces``: affine pieces per unit (R); ``bits``: bits per unit when packed.
+    ``name``: its stable name (module path, or ``owner.fn`` for a functional call);
+    ``kind``: its rule's class name; ``code_shape``: per-sample shape of its code
+    tensor; ``num_units``: units in the layer; ``num_pieces``: affine pieces per unit
+    (R); ``bits_per_unit``: bits per unit in packed codes.
     """
 
     name: str
@@ -81,8 +85,8 @@ class Unit:
     num_pieces: int
 
     @property
-    def bits(self) -> int:
-        return self.rule.bits
+    def bits_per_unit(self) -> int:
+        return self.rule.bits_per_unit
 
     @property
     def num_units(self) -> int:
@@ -97,27 +101,71 @@ class _Step:
     site: ops.Site | None = None
 
 
-@dataclass
+def piece_fractions(code: Tensor, pieces: int | None = None) -> list[float]:
+    """The fraction of a layer's (sample, unit) entries selecting each piece, from its
+    code tensor (N, *code_shape); ``pieces``: R (default: the largest code + 1).
+    Empty codes (no sample or no unit): an empty list."""
+    flat = code.detach().reshape(-1).long()
+    if flat.numel() == 0:
+        return []
+    r = pieces if pieces is not None else int(flat.max()) + 1
+    return (torch.bincount(flat, minlength=r).double() / flat.numel()).tolist()
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """What one pass of :meth:`SplineGraph.evaluate` returns (N samples).
 
     * ``output``: f(x), shape (N, *output_shape) -- for a model returning a dict,
       tuple, list or namedtuple of tensors, the (N, C) concatenation of its
       per-sample flattened outputs (:attr:`SplineGraph.output_slices` names the
-      columns; :meth:`SplineGraph.split_output` gives them back by name).
-    * ``codes``: unit name -> code tensor (N, *code_shape), integer (uint8 when
-      the unit has <= 256 pieces, else int64), in graph order: the selected piece
+      columns; :meth:`SplineGraph.split_output` gives them back by name); None when
+      the pass stopped after a layer (``until=``).
+    * ``codes``: layer name -> code tensor (N, *code_shape), integer (uint8 when
+      the units have <= 256 pieces, else int64), in graph order: the selected piece
       of every unit (the frozen code where ``codes=`` was given).
-    * ``inputs``: unit name -> the nonlinearity's tensor inputs, each (N, *shape):
+    * ``inputs``: layer name -> the nonlinearity's tensor inputs, each (N, *shape):
       the pre-activations (``torch.maximum(a, b)``: both ``a`` and ``b``; a min
       over axes: ``-x``, as it is traced as ``-amax(-x)``); filled only with
       ``record=True``, else empty.
+    * ``values``: the live values of the pause a :meth:`SplineGraph.run` stopped at
+      (``stop=``), by name; else empty.
     """
 
-    output: Tensor
+    output: Tensor | None
     codes: dict[str, Tensor]
     inputs: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
-    values: dict[str, Tensor] = field(default_factory=dict)  # a pause's live values
+    values: dict[str, Tensor] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Shapes, and per layer the fraction of (sample, unit) entries selecting each
+        piece (ReLU: off, on)."""
+        n = next(iter(self.codes.values())).shape[0] if self.codes else (
+            None if self.output is None else self.output.shape[0])
+        return {
+            "samples": n,
+            "output_shape": None if self.output is None else list(self.output.shape),
+            "layers": {name: {"code_shape": list(c.shape[1:]),
+                              "piece_fractions": piece_fractions(c)}
+                       for name, c in self.codes.items()},
+            "recorded": sorted(self.inputs),
+            "live_values": sorted(self.values),
+        }
+
+    def to_json(self) -> str:
+        """The summary, the output and the codes (nested lists)."""
+        return json.dumps({
+            **self.summary(),
+            "output": None if self.output is None else self.output.detach().tolist(),
+            "codes": {name: c.tolist() for name, c in self.codes.items()},
+        })
+
+    def plot(self, ax=None):
+        """Per layer, the fraction of (sample, unit) entries selecting each piece."""
+        from ._plotting import plot_piece_usage
+
+        return plot_piece_usage(list(self.codes), [piece_fractions(c)
+                                                   for c in self.codes.values()], ax=ax)
 
 
 @dataclass(frozen=True)
@@ -155,7 +203,7 @@ class Between:
     def __call__(self, h: Tensor) -> tuple[Tensor, ...]:
         check_tensor(h, "h")
         check_dtype(self.graph.model, h, "h")
-        shape = self.graph.unit(self.start).code_shape
+        shape = self.graph.layer(self.start).code_shape
         if tuple(h.shape[1:]) != tuple(shape):
             raise MaxAffineError(f"h has shape {tuple(h.shape)}; the output of {self.start!r} "
                                  f"is (N, {', '.join(map(str, shape))})")
@@ -166,7 +214,8 @@ class Between:
 class SplineGraph:
     """A model traced into spline ops. Build it with :func:`trace`.
 
-    Attributes: ``units`` (the nonlinearities in topological order),
+    Attributes: ``layers`` (the nonlinearities in topological order, each a
+    :class:`Layer` of units; ``layer_names``, ``layer(name_or_index)``),
     ``input_shape`` / ``output_shape`` (per sample), ``num_outputs`` (C, the
     flattened output size), ``model`` (the traced module).
 
@@ -182,7 +231,7 @@ class SplineGraph:
     model: nn.Module
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    units: tuple[Unit, ...]
+    layers: tuple[Layer, ...]
     _gm: fx.GraphModule = field(repr=False)
     _steps: tuple[_Step, ...] = field(repr=False)
     _shapes: dict = field(repr=False, default_factory=dict)  # node -> (shape, dtype)
@@ -199,8 +248,8 @@ class SplineGraph:
         return math.prod(self.input_shape)
 
     @property
-    def unit_names(self) -> tuple[str, ...]:
-        return tuple(u.name for u in self.units)
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -240,43 +289,53 @@ class SplineGraph:
             out[name] = part.unflatten(dim, shape) if shape else part.squeeze(dim)
         return out
 
-    def unit(self, name: str) -> Unit:
-        for u in self.units:
-            if u.name == name:
-                return u
-        raise MaxAffineError(f"no nonlinearity named {name!r}; the graph has {self.unit_names}")
+    def layer(self, key: str | int) -> Layer:
+        """The nonlinearity ``key``: a name of :attr:`layer_names` or an index into
+        :attr:`layers` (negative from the end)."""
+        return self.layers[self.layer_index(key)]
+
+    def layer_index(self, key: str | int, what: str = "layer") -> int:
+        """The position in :attr:`layers` of the nonlinearity ``key`` (a name or an
+        index, negative from the end); ``what`` names the argument in errors."""
+        return arguments.layer_index(key, self.layer_names, what)
+
+    def _name(self, key: str | int | None, what: str) -> str | None:
+        """The name of the nonlinearity ``key`` (a name or an index; None stays None)."""
+        return None if key is None else self.layer_names[self.layer_index(key, what)]
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.evaluate(x).output
 
     def evaluate(
         self, x: Tensor, codes: dict[str, Tensor] | None = None, record: bool = False,
-        *, until: str | None = None,
+        *, until: str | int | None = None,
     ) -> Evaluation:
         """Run the network on a batch ``x`` of shape (N, *input_shape).
 
         ``codes``: optional name -> code tensor to *freeze* (units not named compute
         their own code); frozen, the graph is the affine map of that region.
         ``record``: also return each nonlinearity's inputs (pre-activations).
-        ``until``: stop right after that nonlinearity (``output`` is then None).
+        ``until``: stop right after that nonlinearity, a name or an index (``output``
+        is then None).
         """
         check_input(self, x)
         record = arguments.flag(record, "record")
         if codes is not None:
             self._check_codes(codes, x.shape[0])
         if until is not None:
-            self.unit(until)
+            until = self._name(until, "until")
         return self._run(x, codes, record, until)
 
-    def run(self, x: Tensor | Mapping[str, Tensor], *, start: str | None = None,
-            stop: str | None = None, until: str | None = None,
+    def run(self, x: Tensor | Mapping[str, Tensor], *, start: str | int | None = None,
+            stop: str | int | None = None, until: str | int | None = None,
             codes: dict[str, Tensor] | None = None, record: bool = False,
             keep_codes: bool = True, in_place: bool = False,
             forward: Callable[..., Tensor | None] | None = None) -> Evaluation:
         """The interpreter between pauses: from the input ``x`` (``start=None``) or
         resumed at the pause before nonlinearity ``start`` (``x``: its live values by
         name, :attr:`pauses`), to the output, to the pause before ``stop`` (its live
-        values in ``Evaluation.values``), or right after nonlinearity ``until``.
+        values in ``Evaluation.values``), or right after nonlinearity ``until`` (each
+        a layer name or index).
         ``keep_codes=False`` skips the codes (values only); ``in_place=True`` lets
         nonlinearities overwrite inputs that nothing else reads (the caller gives up
         those tensors); ``forward(rule, args, kwargs)``, with ``keep_codes=False``, may
@@ -286,9 +345,8 @@ class SplineGraph:
         for flag_name, flag_value in (("record", record), ("keep_codes", keep_codes),
                                       ("in_place", in_place)):
             arguments.flag(flag_value, flag_name)
-        for layer_name in (start, stop, until):
-            if layer_name is not None:
-                self.unit(layer_name)
+        start, stop, until = (self._name(start, "start"), self._name(stop, "stop"),
+                              self._name(until, "until"))
         if start is None:
             check_input(self, x)  # type: ignore[arg-type]
             env: dict[fx.Node, Any] = {self._steps[0].node: x}
@@ -304,7 +362,7 @@ class SplineGraph:
                         keep_codes=keep_codes, in_place=in_place, forward=forward)
         if stop is not None:
             live = self.pause(stop).live
-            ev.values = {name: env[self._nodes[name]] for name, _ in live}
+            ev = replace(ev, values={name: env[self._nodes[name]] for name, _ in live})
         return ev
 
     def _paused_values(self, values: Any, start: str) -> dict[fx.Node, Tensor]:
@@ -329,9 +387,9 @@ class SplineGraph:
         nodes = self._nodes
         return {nodes[name]: values[name] for name, _ in live}
 
-    def pause(self, layer: str) -> Pause:
-        """The pause right before nonlinearity ``layer``."""
-        return self.pauses[self.unit_names.index(self.unit(layer).name)]
+    def pause(self, layer: str | int) -> Pause:
+        """The pause right before nonlinearity ``layer`` (a name or an index)."""
+        return self.pauses[self.layer_index(layer)]
 
     @cached_property
     def pauses(self) -> tuple[Pause, ...]:
@@ -361,22 +419,23 @@ class SplineGraph:
         return {st.site.name: i for i, st in enumerate(self._steps)
                 if st.kind == "nonlinearity"}
 
-    def between(self, start: str, stop: str) -> Between:
+    def between(self, start: str | int, stop: str | int) -> Between:
         """The affine ops from the output of nonlinearity ``start`` to the inputs of
-        the next one, ``stop``; refused when ``stop``'s inputs also read values
-        computed before ``start``'s output (a skip connection around it)."""
-        i = self.unit_names.index(self.unit(start).name)
-        j = self.unit_names.index(self.unit(stop).name)
+        the next one, ``stop`` (names or indices); refused when ``stop``'s inputs also
+        read values computed before ``start``'s output (a skip connection around it)."""
+        i = self.layer_index(start, "start")
+        j = self.layer_index(stop, "stop")
+        start, stop = self.layer_names[i], self.layer_names[j]
         if j != i + 1:
             raise MaxAffineError(f"between({start!r}, {stop!r}): {stop!r} is not the "
                                  f"nonlinearity right after {start!r}")
-        s_prev, s_unit = self._pause_steps[start], self._pause_steps[stop]
+        s_prev, s_stop = self._pause_steps[start], self._pause_steps[stop]
         steps = self._steps
         node_prev = steps[s_prev].node
         dependent = {steps[k].node for k in range(s_prev + 1)
                      if steps[k].kind in ("input", "affine", "nonlinearity")}
         reads = set()
-        for k in range(s_prev + 1, s_unit + 1):
+        for k in range(s_prev + 1, s_stop + 1):
             if steps[k].kind in ("affine", "nonlinearity"):
                 reads.update(set(steps[k].node.all_input_nodes) & dependent)
         extra = reads - {node_prev}
@@ -410,31 +469,31 @@ class SplineGraph:
     def _check_codes(self, codes: dict[str, Tensor], n: int) -> None:
         if not isinstance(codes, Mapping):
             raise MaxAffineTypeError(
-                f"codes must be a dict unit name -> code tensor (e.g. maxaffine.codes(graph, "
+                f"codes must be a dict layer name -> code tensor (e.g. maxaffine.codes(graph, "
                 f"x).as_dict()), got {type(codes).__name__}")
-        unknown = [k for k in codes if k not in self.unit_names]
+        unknown = [k for k in codes if k not in self.layer_names]
         if unknown:
             raise MaxAffineError(
-                f"codes for unknown nonlinearities {unknown}; the graph has {self.unit_names}"
+                f"codes for unknown layers {unknown}; the layers are {self.layer_names}"
             )
-        for unit in self.units:
-            code = codes.get(unit.name)
+        for layer in self.layers:
+            code = codes.get(layer.name)
             if code is None:
                 continue
             if not isinstance(code, Tensor) or code.is_floating_point() or code.is_complex():
                 raise MaxAffineTypeError(
-                    f"code of {unit.name!r} must be an integer tensor (the index of each "
+                    f"code of {layer.name!r} must be an integer tensor (the index of each "
                     f"unit's piece), got {describe(code)}")
-            if tuple(code.shape) != (n, *unit.code_shape):
+            if tuple(code.shape) != (n, *layer.code_shape):
                 raise MaxAffineError(
-                    f"code of {unit.name!r} has shape {tuple(code.shape)}, expected "
-                    f"{(n, *unit.code_shape)} (batch size, code shape)"
+                    f"code of {layer.name!r} has shape {tuple(code.shape)}, expected "
+                    f"{(n, *layer.code_shape)} (batch size, code shape)"
                 )
-            if code.numel() and (int(code.min()) < 0 or int(code.max()) >= unit.num_pieces):
+            if code.numel() and (int(code.min()) < 0 or int(code.max()) >= layer.num_pieces):
                 raise MaxAffineError(
-                    f"code of {unit.name!r} holds values in [{int(code.min())}, "
-                    f"{int(code.max())}], but its units have {unit.num_pieces} pieces: codes "
-                    f"must lie in [0, {unit.num_pieces - 1}]")
+                    f"code of {layer.name!r} holds values in [{int(code.min())}, "
+                    f"{int(code.max())}], but its units have {layer.num_pieces} pieces: codes "
+                    f"must lie in [0, {layer.num_pieces - 1}]")
 
     def _run(self, x: Tensor, codes: dict[str, Tensor] | None, record: bool,
              until: str | None = None) -> Evaluation:
@@ -501,7 +560,7 @@ class SplineGraph:
                 if record:
                     inputs[name] = tuple(a for a in args if isinstance(a, Tensor))
                 if name == until:
-                    return Evaluation(None, found, inputs)  # type: ignore[arg-type]
+                    return Evaluation(None, found, inputs)
         return Evaluation(out, found, inputs)
 
     def _stand_in(self, node: fx.Node, batch: int) -> Tensor:
@@ -509,13 +568,39 @@ class SplineGraph:
         shape, dtype = self._shapes[node]
         return torch.zeros((), dtype=dtype).expand((batch, *shape))
 
-    def summary(self) -> str:
+    def summary(self) -> dict[str, Any]:
+        """Shapes, and per nonlinearity: name, kind, code shape, units, pieces, bits per
+        unit (:meth:`table` lays them out as text; ``str(graph)`` too)."""
+        return {
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "output_names": list(self.output_names),
+            "units": sum(layer.num_units for layer in self.layers),
+            "layers": [{"name": layer.name, "kind": layer.kind,
+                        "code_shape": list(layer.code_shape), "units": layer.num_units,
+                        "pieces": layer.num_pieces, "bits_per_unit": layer.bits_per_unit}
+                       for layer in self.layers],
+        }
+
+    def table(self) -> str:
         """A table of the nonlinearities: name, kind, units, pieces."""
         rows = [f"SplineGraph {self.input_shape} -> {self.output_shape}"]
-        rows.append(f"  {'unit':<32} {'kind':<12} {'units':>8} {'pieces':>6}")
-        for u in self.units:
+        rows.append(f"  {'layer':<32} {'kind':<12} {'units':>8} {'pieces':>6}")
+        for u in self.layers:
             rows.append(f"  {u.name:<32} {u.kind:<12} {u.num_units:>8} {u.num_pieces:>6}")
         return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary())
+
+    def plot(self, ax=None):
+        """Units per nonlinearity, one bar per layer in graph order (log scale)."""
+        from ._plotting import plot_layers
+
+        return plot_layers(self, ax=ax)
 
 
 def _arg_nodes(node: fx.Node) -> list[fx.Node]:
@@ -596,7 +681,7 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
     example = (example_input[:2].detach().clone() if example_input.shape[0] else
                example_input.new_zeros((1, *example_input.shape[1:])))
     with torch.no_grad():
-        steps, units, output, shapes = _bind(gm, example, problems, mutates, reported)
+        steps, layers, output, shapes = _bind(gm, example, problems, mutates, reported)
     leaves = _output_leaves(output, "model output")
     for name, leaf in leaves:
         if not leaf.is_floating_point():
@@ -615,7 +700,7 @@ def trace(model: nn.Module, example_input: Tensor) -> SplineGraph:
         input_shape=tuple(example.shape[1:]),
         output_shape=((sum(math.prod(s) for _, s in outputs),) if structured
                       else tuple(output.shape[1:])),
-        units=tuple(units),
+        layers=tuple(layers),
         _gm=gm,
         _steps=tuple(steps),
         _shapes=shapes,
@@ -871,14 +956,14 @@ def _aliased(node: fx.Node, target: fx.Node, values: dict[fx.Node, Any],
 
 def _bind(gm: fx.GraphModule, example: Tensor, problems: list[str],
           mutates: dict[fx.Node, fx.Node], reported: set[fx.Node]
-          ) -> tuple[list[_Step], list[Unit], Any, dict[fx.Node, tuple]]:
+          ) -> tuple[list[_Step], list[Layer], Any, dict[fx.Node, tuple]]:
     """Propagate the example, mark input-dependent nodes, bind a rule to each.
     ``problems``: found so far (by :func:`_rewrite`), about the nodes ``reported``;
     ``mutates``: in-place node -> the node whose tensor it modifies."""
     values: dict[fx.Node, Any] = {}
     dependent: set[fx.Node] = set()
     steps: list[_Step] = []
-    units: list[Unit] = []
+    layers: list[Layer] = []
     taken: set[str] = set()
     output: Any = None
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -966,13 +1051,13 @@ def _bind(gm: fx.GraphModule, example: Tensor, problems: list[str],
             ) from err
         steps.append(_Step(node, rule.kind, rule, site))
         if isinstance(rule, ops.Nonlinearity):
-            units.append(Unit(site.name, type(rule).__name__, rule,
-                              tuple(values[node].shape[1:]), rule.num_pieces))
+            layers.append(Layer(site.name, type(rule).__name__, rule,
+                                tuple(values[node].shape[1:]), rule.num_pieces))
     if problems:
         raise _unsupported(problems)
     shapes = {n: (tuple(v.shape[1:]), v.dtype) for n, v in values.items()
               if n in dependent and isinstance(v, Tensor) and v.dim() > 0}
-    return steps, units, output, shapes
+    return steps, layers, output, shapes
 
 
 def _depends(arg: Any, dependent: set[fx.Node]) -> bool:

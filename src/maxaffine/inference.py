@@ -21,7 +21,7 @@ containing beta-VQ modules is not piecewise affine, so it cannot be traced: then
 each VQ *module* (beta-VQ modules and torch's ReLU / LeakyReLU / PReLU /
 max-pool / Hardtanh, :class:`maxaffine.nn.Abs`) gets a forward hook for the
 duration of one ``model(x)`` call; the hooks write only into a local dict and
-are removed afterwards.  Units are named by module path, the name the same unit
+are removed afterwards.  Layers are named by module path, the name the same unit
 has in the traced hard model, so ``vq_posterior(soften(net, b), x, layer=name)``
 and ``vq_posterior(net, x, layer=name)`` refer to the same units.  Functional
 nonlinearities (``F.relu(x)``, ``x.abs()``) in such a model are found by a
@@ -31,8 +31,11 @@ symbolic trace and reported as an error rather than silently skipped.
 from __future__ import annotations
 
 import copy
+import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
@@ -44,9 +47,6 @@ from .errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
 from .graph import SplineGraph, Tracer, as_graph, check_parameters, node_name, rule_for_module
 from .nn import betavq
 from .nn.betavq import BETA_MODULES, BetaVQ, BetaVQPool1d, BetaVQPool2d
-
-Posterior = Tensor | dict[str, Tensor]
-
 
 # ------------------------------------------------------------------ pieces of a unit
 
@@ -72,38 +72,87 @@ def _cannot(what: str, problems: list[str]) -> UnsupportedOperation:
     return err
 
 
-def _pick(names: list[str], layer: str | None) -> list[str]:
-    if layer is None:
-        return names
-    if layer not in names:
-        raise MaxAffineError(f"no nonlinearity named {layer!r}; the model has {tuple(names)}")
-    return [layer]
-
-
-def _result(out: dict[str, Tensor], layer: str | None) -> Posterior:
-    return out[layer] if layer is not None else out
-
-
 # ------------------------------------------------------------------ vq_posterior
 
 
-def vq_posterior(model: nn.Module | SplineGraph, x: Tensor, layer: str | None = None,
-                 beta: float | None = None) -> Posterior:
+@dataclass(frozen=True)
+class VQPosterior:
+    """Each unit's posterior over its affine pieces, per layer (:func:`vq_posterior`).
+
+    ``names``: the layers, in evaluation order (all of them, or the one asked for);
+    ``values``: per layer a tensor (N, *code_shape, R), pieces on the last axis;
+    ``beta``: the beta every unit was evaluated at, or None (each unit's own
+    inference: hard units one-hot, beta-VQ modules their beta). Index it by layer
+    name or index (``post["2"]``, ``post[-1]``); iterating gives the names.
+    """
+
+    names: tuple[str, ...]
+    values: tuple[Tensor, ...]
+    beta: float | None = None
+
+    def __getitem__(self, layer: str | int) -> Tensor:
+        return self.values[arguments.layer_index(layer, self.names)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def items(self) -> Iterator[tuple[str, Tensor]]:
+        return zip(self.names, self.values, strict=True)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """name -> posterior (N, *code_shape, R)."""
+        return dict(self.items())
+
+    def summary(self) -> dict[str, Any]:
+        """Per layer: the posterior's shape, the mean probability of each unit's most
+        probable piece (1 for hard VQ) and the mean entropy in nats (0 for hard VQ)."""
+        layers = {}
+        for name, p in self.items():
+            p = p.detach().double()
+            entropy = -(p * p.clamp(min=1e-300).log()).sum(-1)
+            layers[name] = {"shape": list(p.shape),
+                            "mean_max": float(p.amax(-1).mean()) if p.numel() else None,
+                            "mean_entropy": float(entropy.mean()) if p.numel() else None}
+        return {"beta": self.beta, "layers": layers}
+
+    def to_json(self) -> str:
+        """The summary and every posterior, as nested lists."""
+        return json.dumps({**self.summary(),
+                           "values": {n: p.detach().tolist() for n, p in self.items()}})
+
+    def plot(self, ax=None, bins: int = 20):
+        """Histogram, per layer, of each unit's largest posterior probability (hard
+        VQ: all at 1; softer inference spreads it towards 1/R)."""
+        from ._plotting import plot_posterior
+
+        bins = arguments.integer(bins, "bins", minimum=1, maximum=100_000,
+                                 meaning="histogram bins")
+        return plot_posterior(self, ax=ax, bins=bins)
+
+
+def _result(names: list[str], out: dict[str, Tensor], beta: float | None) -> VQPosterior:
+    return VQPosterior(tuple(names), tuple(out[n] for n in names),
+                       None if beta is None else float(beta))
+
+
+def vq_posterior(model: nn.Module | SplineGraph, x: Tensor, *, layer: str | int | None = None,
+                 beta: float | None = None) -> VQPosterior:
     """Each unit's posterior over its affine pieces under the layer's GMM.
 
     ("From Hard to Soft", ICLR 2019, sec. 3-4: ``t = softmax(beta / (1 - beta) * l)``.)
 
     ``model``: a piecewise-affine model (or its :class:`~maxaffine.SplineGraph`), or
     a model with beta-VQ modules (see the module docstring). ``x``: (N, *input_shape).
-    ``layer``: a unit name (as in :func:`maxaffine.codes`); None for all.
+    ``layer``: a layer name (as in :func:`maxaffine.codes`) or index; None for all.
     ``beta``: None uses each unit's own inference (hard units: the one-hot VQ code;
     beta-VQ modules: their beta); a number in [0, 1] evaluates every unit at that
     beta instead (1: hard, 0.5: the soft posterior ``softmax(l)``).
 
-    Returns a tensor (N, *code_shape, R), pieces on the last axis (ReLU ``(0, u)``,
-    abs ``(-u, u)``, leaky ``(a u, u)``, max-pool the window row-major), or, with
-    ``layer=None``, a dict name -> tensor in evaluation order.  Runs the model as
-    it is: call ``model.eval()`` first for batch-norm models.
+    Returns a :class:`VQPosterior` (the chosen layer, or all layers in evaluation
+    order), each layer's posterior (N, *code_shape, R) with the pieces on the last
+    axis (ReLU ``(0, u)``, abs ``(-u, u)``, leaky ``(a u, u)``, max-pool the window
+    row-major): ``vq_posterior(net, x, layer="2")["2"]``. Runs the model as it is:
+    call ``model.eval()`` first for batch-norm models.
     """
     if beta is not None:
         betavq._check_beta(beta)
@@ -120,13 +169,15 @@ def vq_posterior(model: nn.Module | SplineGraph, x: Tensor, layer: str | None = 
         check_parameters(model)
         return _posterior_by_hooks(model, x, layer, beta)
     graph = as_graph(model, x)
+    names = list(graph.layer_names)
+    if layer is not None:
+        names = [names[graph.layer_index(layer)]]
     ev = graph.evaluate(x, record=True)
     out: dict[str, Tensor] = {}
-    for name in _pick(list(graph.unit_names), layer):
-        unit = graph.unit(name)
-        pieces, valid = _rule_pieces(unit.rule, name, ev.inputs[name])
+    for name in names:
+        pieces, valid = _rule_pieces(graph.layer(name).rule, name, ev.inputs[name])
         out[name] = betavq.vq_selection(pieces, 1.0 if beta is None else beta, -1, valid)
-    return _result(out, layer)
+    return _result(names, out, beta)
 
 
 def _vq_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -140,8 +191,10 @@ def _vq_modules(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | None,
-                        beta: float | None) -> Posterior:
+def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | int | None,
+                        beta: float | None) -> VQPosterior:
+    """The posteriors read through forward hooks on every VQ module (the layers, in
+    the order ``model.forward`` calls them)."""
     units = _vq_modules(model)
     problems = _functional_units(model)
     if problems:
@@ -149,18 +202,17 @@ def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | None,
             f"{p}: a functional nonlinearity in a model with beta-VQ modules, where only "
             "modules are hooked; use modules (torch.nn.ReLU, maxaffine.nn.Abs, ...)"
             for p in problems])
-    wanted = set(_pick(list(units), layer))
     seen: dict[str, tuple[Tensor, ...]] = {}
+    again: set[str] = set()
 
     def hook_for(path: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             if path in seen:
-                raise MaxAffineError(f"module {path!r} is called more than once per forward, "
-                                     "so its units are ambiguous; use distinct modules")
+                again.add(path)
             seen[path] = tuple(a for a in args if isinstance(a, Tensor))
         return hook
 
-    handles = [m.register_forward_hook(hook_for(p)) for p, m in units.items() if p in wanted]
+    handles = [m.register_forward_hook(hook_for(p)) for p, m in units.items()]
     try:
         model(x)
     except RuntimeError as err:  # shapes the model's own layers refuse
@@ -169,9 +221,15 @@ def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | None,
     finally:
         for h in handles:
             h.remove()
+    names = list(seen)
+    if layer is not None:
+        names = [names[arguments.layer_index(layer, tuple(seen))]]
     out: dict[str, Tensor] = {}
-    for path, inputs in seen.items():
-        m = units[path]
+    for path in names:
+        if path in again:
+            raise MaxAffineError(f"module {path!r} is called more than once per forward, "
+                                 "so its units are ambiguous; use distinct modules")
+        inputs, m = seen[path], units[path]
         if isinstance(m, BETA_MODULES):
             out[path] = m.selection(inputs[0], beta)
             continue
@@ -179,9 +237,7 @@ def _posterior_by_hooks(model: nn.Module, x: Tensor, layer: str | None,
         site = ops.Site(path, type(m), m, inputs, {}, (True,) + (False,) * (len(inputs) - 1))
         pieces, valid = _rule_pieces(rule_cls(site), path, inputs)
         out[path] = betavq.vq_selection(pieces, 1.0 if beta is None else beta, -1, valid)
-    if layer is not None and layer not in out:
-        raise MaxAffineError(f"module {layer!r} was not called by model.forward")
-    return _result(out, layer)
+    return _result(names, out, beta)
 
 
 # ------------------------------------------------------------------ soften
@@ -299,4 +355,4 @@ def soften(model: nn.Module, beta: float = 0.5, *, share_weights: bool = False,
     return soft_model
 
 
-__all__ = ["soften", "vq_posterior"]
+__all__ = ["VQPosterior", "soften", "vq_posterior"]

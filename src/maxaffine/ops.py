@@ -315,7 +315,7 @@ class Nonlinearity(Rule):
                                    + self.dependent_hint)
 
     @property
-    def bits(self) -> int:
+    def bits_per_unit(self) -> int:
         """Bits per unit in packed codes: the power of two >= log2(num_pieces), so a
         unit never straddles a byte (see :func:`maxaffine.vq.pack`)."""
         need = max(1, math.ceil(math.log2(self.num_pieces)))

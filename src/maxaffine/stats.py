@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from . import _arguments as arg
 from ._arguments import check_tensor
 from ._autodiff import basis, pullback, pushforward
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, check_input
+from .graph import Layer, SplineGraph, check_input
 from .partition import Partition, partition_segment
 from .partition.plane import _graph_in
 from .vq import codes_of, evaluate_codes, graph_for
@@ -41,9 +42,23 @@ ORTHONORMAL_TOL = 1e-5
 _POINTS = 4096  # forward-pass batch bound (points) for chunked evaluations
 
 
-@dataclass
+def _describe(t: Tensor) -> dict[str, Any]:
+    """Mean, median, min, max of the finite entries of ``t`` (None when there are
+    none), and how many entries are not finite."""
+    v = t.detach().double().flatten()
+    finite = v[torch.isfinite(v)]
+    if finite.numel() == 0:
+        stats: dict[str, Any] = dict.fromkeys(("mean", "median", "min", "max"))
+    else:
+        stats = {"mean": float(finite.mean()), "median": float(finite.median()),
+                 "min": float(finite.min()), "max": float(finite.max())}
+    return {**stats, "nonfinite": int(v.numel() - finite.numel())}
+
+
+@dataclass(frozen=True)
 class LayerStat:
-    """One number per input and layer: ``values`` (N, L) for the layers ``names``."""
+    """One number per input and layer: ``values`` (N, L) for the layers ``names``
+    (index it by a layer's name or index: ``stat["2"]``, ``stat[-1]`` -> (N,))."""
 
     names: tuple[str, ...]
     values: Tensor
@@ -52,25 +67,36 @@ class LayerStat:
         return self.values[:, self._index(layer)]
 
     def _index(self, layer: str | int) -> int:
-        count = len(self.names)
-        if isinstance(layer, str):
-            if layer not in self.names:
-                raise MaxAffineError(f"no layer {layer!r}: the layers are {self.names}")
-            return self.names.index(layer)
-        i = arg.integer(layer, "layer", meaning=f"a name of {self.names} or an index")
-        if not -count <= i < count:
-            raise MaxAffineError(f"layer index {i} is out of range: there are {count} layers "
-                                 f"{self.names}")
-        return i % count
+        return arg.layer_index(layer, self.names)
 
     def as_dict(self) -> dict[str, Tensor]:
         return {n: self.values[:, i] for i, n in enumerate(self.names)}
 
+    def summary(self) -> dict[str, Any]:
+        """Samples, and per layer the mean, median, min and max over the inputs (of
+        the finite values; ``nonfinite`` counts the others)."""
+        out: dict[str, Any] = {"samples": int(self.values.shape[0])}
+        for f in fields(self):  # the settings of a subclass (radius, ...)
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[f.name] = value
+        out["layers"] = {n: _describe(self.values[:, i]) for i, n in enumerate(self.names)}
+        total = getattr(self, "total", None)
+        if isinstance(total, Tensor):
+            out["total"] = _describe(total)
+        return out
+
     def to_json(self) -> str:
         return json.dumps({"names": list(self.names), "values": self.values.tolist()})
 
+    def plot(self, ax=None):
+        """Per layer, the values' spread over the inputs (range, quartiles, median)."""
+        from ._plotting import plot_layer_values
 
-@dataclass
+        return plot_layer_values(self.names, self.values, ax=ax)
+
+
+@dataclass(frozen=True)
 class LocalComplexity(LayerStat):
     """``values`` (N, L) int64: per layer, the units whose code is not constant over
     the cross-polytope of ``radius`` spanned by ``n_directions`` directions."""
@@ -84,7 +110,8 @@ class LocalComplexity(LayerStat):
         return self.values.sum(1)
 
     def plot(self, ax=None, **kwargs):
-        """Histogram of the total local complexity (``bins``: 30 by default)."""
+        """Histogram of the total local complexity (``bins``: 30 by default; other
+        keywords go to ``ax.hist``)."""
         import matplotlib.pyplot as plt
 
         bins = _bins(kwargs.pop("bins", 30))
@@ -96,7 +123,7 @@ class LocalComplexity(LayerStat):
         return ax
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoundaryDistance(LayerStat):
     """``values`` (N, L): distance from each input to the nearest boundary of each
     layer's units, linearised on the input's region (``inf`` if none); ``direction``
@@ -104,18 +131,33 @@ class BoundaryDistance(LayerStat):
 
     direction: Tensor | None = None
 
+    def plot(self, ax=None):
+        """Per layer, the distances' spread over the inputs (range, quartiles, median;
+        log scale)."""
+        from ._plotting import plot_layer_values
+
+        return plot_layer_values(self.names, self.values, ax=ax, log=True,
+                                 xlabel="distance to the nearest boundary of the layer")
+
     @property
     def total(self) -> Tensor:
         """(N,) the distance to the boundary of the input's region (min over layers)."""
         return self.values.amin(1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegionDensity(LayerStat):
     """``values`` (N, L) int64: regions on each segment counting layers 1..l (depth
     l); ``lengths`` (N,) the segments' lengths in input space."""
 
     lengths: Tensor | None = None
+
+    def plot(self, ax=None):
+        """Per depth, the spread of the regions per unit length over the segments."""
+        from ._plotting import plot_layer_values
+
+        return plot_layer_values(self.names, self.density, ax=ax,
+                                 xlabel="regions per unit length (layers 1..l)")
 
     @property
     def density(self) -> Tensor:
@@ -128,7 +170,7 @@ class RegionDensity(LayerStat):
         return self.density[:, -1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegionSharing:
     """Regions occupied by a dataset. Per layer ``names[l]``: ``regions`` the distinct
     regions of layers 1..l, ``layer_regions`` the distinct codes of layer l alone,
@@ -142,8 +184,26 @@ class RegionSharing:
     region_ids: Tensor
     num_samples: int
 
+    def summary(self) -> dict[str, Any]:
+        """Per layer: distinct regions (layers 1..l), distinct codes of the layer alone,
+        and the fraction of samples sharing their region (None without samples)."""
+        return {"samples": self.num_samples, "layers": {
+            n: {"regions": int(self.regions[i]), "layer_regions": int(self.layer_regions[i]),
+                "shared": float(self.shared[i]) if self.num_samples else None}
+            for i, n in enumerate(self.names)}}
 
-@dataclass
+    def to_json(self) -> str:
+        """The summary and each sample's full-depth region id."""
+        return json.dumps({**self.summary(), "region_ids": self.region_ids.tolist()})
+
+    def plot(self, ax=None):
+        """Distinct regions per depth and per layer alone, as bars."""
+        from ._plotting import plot_region_sharing
+
+        return plot_region_sharing(self, ax=ax)
+
+
+@dataclass(frozen=True)
 class BoundaryCurvature:
     """Turning angles of a 2-D slice's decision boundary between neighbouring faces.
 
@@ -158,12 +218,20 @@ class BoundaryCurvature:
     classes: Tensor
 
     def summary(self) -> dict[str, float]:
+        """Joints, and the mean, median and largest turning angle in degrees with the
+        fraction of joints where the boundary goes on (nearly, < 1 degree) straight."""
         deg = torch.rad2deg(self.angles)
         if deg.numel() == 0:
             return {"joints": 0}
         return {"joints": int(deg.numel()), "mean_deg": float(deg.mean()),
                 "median_deg": float(deg.median()), "max_deg": float(deg.max()),
                 "straight_fraction": float((deg < 1.0).double().mean())}
+
+    def to_json(self) -> str:
+        """The summary and every joint: angle (radians), position, faces, classes."""
+        return json.dumps({**self.summary(), "angles": self.angles.tolist(),
+                           "joints": self.joints.tolist(), "faces": self.faces.tolist(),
+                           "classes": self.classes.tolist()})
 
     def plot(self, ax=None, bins: int = 36):
         """Histogram of the turning angles in degrees."""
@@ -223,7 +291,7 @@ def local_complexity(model: nn.Module | SplineGraph, x: Tensor, radius: float,
         dirs = _check_directions(directions, graph, n_directions)
     p = dirs.shape[0]
     if x.shape[0] == 0:
-        return LocalComplexity(graph.unit_names, torch.zeros((0, len(graph.units)),
+        return LocalComplexity(graph.layer_names, torch.zeros((0, len(graph.layers)),
                                                              dtype=torch.int64), radius, p)
     steps = torch.cat([torch.zeros(1, d, dtype=torch.float64), dirs, -dirs]) * radius
     steps = steps.to(x.dtype).reshape(2 * p + 1, *graph.input_shape)
@@ -241,12 +309,12 @@ def local_complexity(model: nn.Module | SplineGraph, x: Tensor, radius: float,
                     "smaller radius, or x and the model in float64")
             found = graph.run(pts).codes
             row = []
-            for unit in graph.units:
-                c = found[unit.name].reshape(xs.shape[0], per, -1)
+            for layer in graph.layers:
+                c = found[layer.name].reshape(xs.shape[0], per, -1)
                 row.append((c != c[:, :1]).any(1).sum(1))
             counts.append(torch.stack(row, 1) if row else torch.zeros(xs.shape[0], 0,
                                                                       dtype=torch.int64))
-    return LocalComplexity(graph.unit_names, torch.cat(counts), float(radius), p)
+    return LocalComplexity(graph.layer_names, torch.cat(counts), float(radius), p)
 
 
 def _check_directions(directions: Tensor, graph: SplineGraph, n_directions: int | None
@@ -285,7 +353,7 @@ def _check_directions(directions: Tensor, graph: SplineGraph, n_directions: int 
 # ------------------------------------------------------------------- boundary distance
 
 
-def _unit_margins(unit, inputs: tuple[Tensor, ...], code: Tensor) -> Tensor:
+def _layer_margins(layer: Layer, inputs: tuple[Tensor, ...], code: Tensor) -> Tensor:
     """(N, cols) non-negative margins of one layer's units on x's region: for the
     selected piece c of each unit, ``p_c - p_j`` against its other pieces
     (:meth:`maxaffine.ops.Nonlinearity.pieces`; ``inf`` for c itself and absent
@@ -294,7 +362,7 @@ def _unit_margins(unit, inputs: tuple[Tensor, ...], code: Tensor) -> Tensor:
     selected entry against the window's others); margins between pieces that are
     not neighbours are only farther."""
     n = code.shape[0]
-    pieces, _ = unit.rule.pieces(*inputs)
+    pieces, _ = layer.rule.pieces(*inputs)
     flat = pieces.reshape(n, -1, pieces.shape[-1])
     c = code.reshape(n, -1, 1).long()
     own = torch.arange(flat.shape[-1], device=flat.device) == c
@@ -303,7 +371,7 @@ def _unit_margins(unit, inputs: tuple[Tensor, ...], code: Tensor) -> Tensor:
 
 
 def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
-                      chunk_size: int = 64) -> BoundaryDistance:
+                      directions_per_pass: int = 64) -> BoundaryDistance:
     """Per layer, the distance from ``x`` to the nearest boundary of that layer's units.
 
     On x's region every unit's pre-activation is affine, so the distance to where
@@ -315,25 +383,26 @@ def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
     exact distance to the boundary of x's region; a single layer's value measures
     its boundaries as extended linearly from x's region. ``.direction`` is the unit
     vector from x towards the nearest boundary. Gradient norms are accumulated from
-    forward-mode products over ``chunk_size`` input directions at a time, never
-    storing a Jacobian. An empty batch gives empty results.
+    forward-mode products, ``directions_per_pass`` input directions (basis vectors of
+    input space) per pass, never storing a Jacobian. An empty batch gives empty
+    results.
     """
     graph = graph_for(model, x)
     check_input(graph, x)
-    chunk_size = arg.integer(chunk_size, "chunk_size", minimum=1,
-                             meaning="input directions per forward-mode pass")
-    if not graph.units:
+    per_pass = arg.integer(directions_per_pass, "directions_per_pass", minimum=1,
+                           meaning="input directions per forward-mode pass")
+    if not graph.layers:
         raise MaxAffineError("the model has no nonlinearity, so its one region has no "
                              "boundary: boundary_distance needs a ReLU, max-pool, ...")
     if x.shape[0] == 0:
-        return BoundaryDistance(graph.unit_names, x.new_zeros((0, len(graph.units))),
+        return BoundaryDistance(graph.layer_names, x.new_zeros((0, len(graph.layers))),
                                 x.new_zeros((0, *graph.input_shape)))
     d = graph.input_dim
-    last = graph.units[-1].name
+    last = graph.layers[-1].name
     with torch.no_grad():
         x_codes = graph.run(x).codes
-    per_sample = max(1, 3 * sum(u.num_units * u.num_pieces for u in graph.units))
-    n_chunk = max(1, int(2e7 // (per_sample * chunk_size)))
+    per_sample = max(1, 3 * sum(u.num_units * u.num_pieces for u in graph.layers))
+    n_chunk = max(1, int(2e7 // (per_sample * per_pass)))
     values, directions = [], []
     for s in range(0, x.shape[0], n_chunk):
         xs = x[s:s + n_chunk].detach().clone()  # own storage: a view would make its whole base dual
@@ -341,14 +410,14 @@ def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
 
         def fn(v: Tensor, codes_s: dict = codes_s) -> tuple[Tensor, ...]:
             ev = graph.run(v, codes=codes_s, record=True, until=last)
-            return tuple(_unit_margins(u, ev.inputs[u.name], codes_s[u.name])
-                         for u in graph.units)
+            return tuple(_layer_margins(layer, ev.inputs[layer.name], codes_s[layer.name])
+                         for layer in graph.layers)
 
         with torch.no_grad():
             margins = tuple(m.detach() for m in fn(xs))
         sq = [torch.zeros_like(m) for m in margins]
-        for start in range(0, d, chunk_size):
-            _, tangents = pushforward(fn, xs, basis(d, start, min(d, start + chunk_size), xs))
+        for start in range(0, d, per_pass):
+            _, tangents = pushforward(fn, xs, basis(d, start, min(d, start + per_pass), xs))
             for acc, m, t in zip(sq, margins, tangents, strict=True):
                 acc += torch.where(torch.isfinite(m), t.detach(), 0.0).pow(2).sum(0)
         ratios = []
@@ -360,11 +429,11 @@ def boundary_distance(model: nn.Module | SplineGraph, x: Tensor, *,
             (xs.shape[0],), math.inf, dtype=x.dtype) for r in ratios], 1)
         values.append(per_layer)
         directions.append(_towards(fn, xs, ratios, per_layer))
-    return BoundaryDistance(graph.unit_names, torch.cat(values), torch.cat(directions))
+    return BoundaryDistance(graph.layer_names, torch.cat(values), torch.cat(directions))
 
 
 def _towards(fn, xs: Tensor, ratios: list[Tensor], per_layer: Tensor) -> Tensor:
-    """Unit vectors (N, *in) along minus the gradient of each input's nearest margin."""
+    """Layer vectors (N, *in) along minus the gradient of each input's nearest margin."""
     layer = per_layer.argmin(1)
     v = xs.clone().requires_grad_(True)
     with torch.enable_grad():
@@ -410,49 +479,49 @@ def region_density(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor) -> Re
         raise MaxAffineError(f"segment {i} has x0 == x1 (length 0), so it has no density of "
                              "regions per unit length: pass distinct end points")
     if a.shape[0] == 0:
-        return RegionDensity(probe.unit_names, torch.zeros((0, len(probe.units)),
+        return RegionDensity(probe.layer_names, torch.zeros((0, len(probe.layers)),
                                                            dtype=torch.int64), lengths)
     graph = _graph_in(base, a[:1], torch.float64)
     counts = []
     for i in range(a.shape[0]):
         seg = partition_segment(graph, a[i], b[i])
-        row, bits = [], seg.codes
-        slices = list(bits.byte_slices().values())
-        packed = bits.bits
+        row = []
+        slices = list(seg.codes.byte_slices().values())
+        packed = seg.codes.packed()
         for s in slices:
             prefix = packed[:, : s.stop]
             changes = (prefix[1:] != prefix[:-1]).any(1).sum() if len(prefix) > 1 else 0
             row.append(1 + int(changes))
         counts.append(row)
-    return RegionDensity(graph.unit_names, torch.tensor(counts, dtype=torch.int64).reshape(
-        a.shape[0], len(graph.units)), lengths)
+    return RegionDensity(graph.layer_names, torch.tensor(counts, dtype=torch.int64).reshape(
+        a.shape[0], len(graph.layers)), lengths)
 
 
-def region_sharing(model: nn.Module | SplineGraph, X: Tensor, *,
+def region_sharing(model: nn.Module | SplineGraph, x: Tensor, *,
                    batch_size: int = 1024) -> RegionSharing:
-    """How many distinct regions the samples ``X`` occupy, per layer depth (codes
-    computed ``batch_size`` samples at a time). An empty ``X`` occupies 0 regions;
-    its ``shared`` fractions are NaN (a mean over no samples)."""
-    graph = graph_for(model, X, "X")
-    check_input(graph, X, "X")
+    """How many distinct regions the samples ``x`` occupy, per layer depth (codes
+    computed ``batch_size`` samples per forward pass). An empty ``x`` occupies 0
+    regions; its ``shared`` fractions are NaN (a mean over no samples)."""
+    graph = graph_for(model, x)
+    check_input(graph, x)
     batch_size = arg.integer(batch_size, "batch_size", minimum=1,
                              meaning="samples per forward pass")
-    if not graph.units:
+    if not graph.layers:
         raise MaxAffineError("the model has no nonlinearity: all of input space is one "
                              "region, so there are no regions to share")
     parts = []
-    for s in range(0, max(1, X.shape[0]), batch_size):
-        c = codes_of(graph, evaluate_codes(graph, X[s:s + batch_size]))
-        parts.append(c.bits)
+    for s in range(0, max(1, x.shape[0]), batch_size):
+        c = codes_of(graph, evaluate_codes(graph, x[s:s + batch_size]))
+        parts.append(c.packed())
         slices = list(c.byte_slices().values())
     packed = torch.cat(parts)
-    if X.shape[0] == 0:
+    if x.shape[0] == 0:
         zeros = torch.zeros(len(slices), dtype=torch.int64)
-        return RegionSharing(graph.unit_names, zeros, zeros.clone(),
+        return RegionSharing(graph.layer_names, zeros, zeros.clone(),
                              torch.full((len(slices),), math.nan, dtype=torch.float64),
                              torch.zeros(0, dtype=torch.int64), 0)
     regions, alone, shared = [], [], []
-    ids = torch.zeros(X.shape[0], dtype=torch.int64)
+    ids = torch.zeros(x.shape[0], dtype=torch.int64)
     for s in slices:
         _, inv, cnt = torch.unique(packed[:, : s.stop], dim=0, return_inverse=True,
                                    return_counts=True)
@@ -460,8 +529,8 @@ def region_sharing(model: nn.Module | SplineGraph, X: Tensor, *,
         shared.append(float((cnt[inv] > 1).double().mean()))
         alone.append(torch.unique(packed[:, s], dim=0).shape[0])
         ids = inv
-    return RegionSharing(graph.unit_names, torch.tensor(regions), torch.tensor(alone),
-                         torch.tensor(shared, dtype=torch.float64), ids, X.shape[0])
+    return RegionSharing(graph.layer_names, torch.tensor(regions), torch.tensor(alone),
+                         torch.tensor(shared, dtype=torch.float64), ids, x.shape[0])
 
 
 # ------------------------------------------------------------------- curvature

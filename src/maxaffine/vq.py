@@ -1,6 +1,6 @@
 """VQ codes: which affine piece every unit of every nonlinearity selects.
 
-Unit k of a MASO layer selects ``r_k = argmax_r <A[k,r], x> + B[k,r]``
+Layer k of a MASO layer selects ``r_k = argmax_r <A[k,r], x> + B[k,r]``
 (Balestriero & Baraniuk, "A Spline Theory of Deep Networks", ICML 2018, eq. 6;
 "Mad Max: Affine Spline Insights into Deep Learning", sec. 5 on VQ).  ReLU,
 leaky ReLU, PReLU and abs have codes {0, 1} (``1{z > 0}``), Hardtanh {0, 1, 2}
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,14 +30,14 @@ from torch import Tensor, nn
 from . import _arguments as arg
 from ._arguments import check_dtype, check_tensor
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, as_graph, check_input
+from .graph import SplineGraph, as_graph, check_input, piece_fractions
 
 
 @dataclass(frozen=True)
 class Codes:
     """Per-nonlinearity code tensors of a batch, in graph order.
 
-    ``names``: stable unit names (module paths, or ``owner.fn`` for functional
+    ``names``: stable layer names (module paths, or ``owner.fn`` for functional
     calls); ``values``: code tensors (N, *code_shape); ``pieces``: pieces per unit;
     ``bits_per_unit``: packing width per layer; ``num_samples``: the batch size
     (needed only when there are no nonlinearities, i.e. the model is affine).
@@ -84,23 +84,7 @@ class Codes:
 
     def _index(self, key: str | int) -> int:
         """The position of a layer given by name or by index (negative from the end)."""
-        count = len(self.names)
-        if isinstance(key, str):
-            if key in self.names:
-                return self.names.index(key)
-            raise MaxAffineError(f"no layer {key!r}: the layers are {self.names}; pass one of "
-                                 f"these names or an index in [-{count}, {count - 1}]")
-        if isinstance(key, Tensor) and key.dim() == 0 and not key.is_floating_point():
-            key = int(key)
-        if not isinstance(key, numbers.Integral) or isinstance(key, bool):
-            raise MaxAffineTypeError(f"a layer is a name (str) or an index (int), got "
-                                     f"{type(key).__name__} {key!r}; the layers are {self.names}")
-        if not -count <= key < count:
-            raise MaxAffineError(
-                f"layer index {key} is out of range: there are {count} layers {self.names}"
-                + (f"; pass an index in [-{count}, {count - 1}] or a name" if count else
-                   " (the model has no nonlinearity)"))
-        return int(key) % count
+        return arg.layer_index(key, self.names)
 
     def _layers(self, layers: Iterable[str | int] | None, what: str = "layers") -> list[int]:
         if layers is None:
@@ -109,26 +93,23 @@ class Codes:
             raise MaxAffineTypeError(f"{what} must be a list of layer names or indices (e.g. "
                                      f"[{self.names[0] if self.names else '0'!r}]), got "
                                      f"{type(layers).__name__} {layers!r}; None for all layers")
-        return [self._index(k) for k in layers]
+        return [arg.layer_index(k, self.names, f"{what}[{i}]") for i, k in enumerate(layers)]
 
     @property
     def num_units(self) -> tuple[int, ...]:
         return tuple(math.prod(v.shape[1:]) for v in self.values)
 
-    @property
-    def bits(self) -> Tensor:
-        """Packed codes, uint8 of shape (N, num_bytes) (module docstring: convention)."""
-        return self.packed()
-
     def packed(self, layers: Sequence[str | int] | None = None) -> Tensor:
-        """Packed codes of the chosen layers only (default: all)."""
+        """The codes packed into bits, uint8 of shape (N, num_bytes) (the module
+        docstring gives the convention), of the chosen ``layers`` (names or indices;
+        default all)."""
         idx = self._layers(layers)
         if not idx:
             return torch.zeros((len(self), 0), dtype=torch.uint8)
         return pack([self.values[i] for i in idx], [self.bits_per_unit[i] for i in idx])
 
     def byte_slices(self) -> dict[str, slice]:
-        """Where each layer lives in :attr:`bits`."""
+        """Where each layer lives in :meth:`packed` (all layers)."""
         out, start = {}, 0
         for name, u, b in zip(self.names, self.num_units, self.bits_per_unit, strict=True):
             stop = start + (u * b + 7) // 8
@@ -191,14 +172,41 @@ class Codes:
         return Codes(self.names, tuple(v[kept] for v in self.values), self.pieces,
                      self.bits_per_unit, kept.numel())
 
+    def summary(self) -> dict[str, Any]:
+        """Samples, distinct regions among them (all layers), and per layer: code
+        shape, units, pieces, bits per unit, distinct codes, and the fraction of
+        (sample, unit) entries selecting each piece."""
+        packed = [self.packed([i]) for i in range(len(self.names))]
+        return {
+            "samples": len(self),
+            "regions": int(self.region_ids().max()) + 1 if len(self) else 0,
+            "layers": {
+                n: {"code_shape": list(v.shape[1:]), "units": u, "pieces": p,
+                    "bits_per_unit": b,
+                    "distinct_codes": int(torch.unique(q, dim=0).shape[0]) if len(self) else 0,
+                    "piece_fractions": piece_fractions(v, p)}
+                for n, v, u, p, b, q in zip(self.names, self.values, self.num_units,
+                                            self.pieces, self.bits_per_unit, packed,
+                                            strict=True)},
+        }
+
     def to_json(self) -> str:
+        """The layers and each sample's packed codes (hex)."""
         return json.dumps({
             "layers": [
                 {"name": n, "pieces": p, "shape": list(v.shape[1:])}
                 for n, p, v in zip(self.names, self.pieces, self.values, strict=True)
             ],
-            "bits": [row.hex() for row in (bytes(r.tolist()) for r in self.bits)],
+            "packed": [row.hex() for row in (bytes(r.tolist()) for r in self.packed())],
         })
+
+    def plot(self, ax=None):
+        """Per layer, the fraction of (sample, unit) entries selecting each piece."""
+        from ._plotting import plot_piece_usage
+
+        return plot_piece_usage(self.names, [piece_fractions(v, p) for v, p in
+                                             zip(self.values, self.pieces, strict=True)],
+                                ax=ax)
 
 
 def pack(values: Sequence[Tensor], bits_per_unit: Sequence[int]) -> Tensor:
@@ -233,7 +241,7 @@ def codes(model: nn.Module | SplineGraph, x: Tensor) -> Codes:
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
     >>> c = codes(net, torch.randn(3, 2))
-    >>> c.names, c["1"].shape, c.bits.shape
+    >>> c.names, c["1"].shape, c.packed().shape
     (('1',), torch.Size([3, 4]), torch.Size([3, 1]))
 
     An empty batch (0, *input_shape) gives codes with 0 rows and every layer.
@@ -295,12 +303,12 @@ def mismatch(a: Codes, b: Codes) -> str | None:
 def codes_of(graph: SplineGraph, found: dict[str, Tensor], num_samples: int | None = None
              ) -> Codes:
     """Wrap an evaluation's name -> code dict as :class:`Codes` in graph order."""
-    units = graph.units
+    layers = graph.layers
     return Codes(
-        names=tuple(u.name for u in units),
-        values=tuple(found[u.name] for u in units),
-        pieces=tuple(u.num_pieces for u in units),
-        bits_per_unit=tuple(u.bits for u in units),
+        names=tuple(layer.name for layer in layers),
+        values=tuple(found[layer.name] for layer in layers),
+        pieces=tuple(layer.num_pieces for layer in layers),
+        bits_per_unit=tuple(layer.bits_per_unit for layer in layers),
         num_samples=num_samples,
     )
 

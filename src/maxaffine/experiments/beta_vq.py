@@ -255,13 +255,13 @@ def demo_section(ctx: DemoContext) -> Section:
             diff = float((soft(x[:256]) - ref).abs().max())
         label = {1.0: "ReLU + max-pool", 0.5: "swish + softmax-pool"}.get(beta, "beta-VQ")
         rows.append(f"| {beta:g} | {label} | {accuracy(soft, x, y):.3f} | {diff:.2e} |")
-    first = trace(cnn, x[:1]).units[0].name
+    first = trace(cnn, x[:1]).layers[0].name
     code_rows = ["| beta | mean posterior of the hard code's piece | argmax = code |",
                  "|---|---|---|"]
     with torch.no_grad():
-        hard = vq_posterior(cnn, x[:256], layer=first)
+        hard = vq_posterior(cnn, x[:256], layer=first)[first]
         for beta in (0.5, 0.75, 0.9):
-            post = vq_posterior(cnn, x[:256], layer=first, beta=beta)
+            post = vq_posterior(cnn, x[:256], layer=first, beta=beta)[first]
             agree = float((post.argmax(-1) == hard.argmax(-1)).double().mean())
             code_rows.append(f"| {beta:g} | {float((post * hard).sum(-1).mean()):.3f} | "
                              f"{agree:.4f} |")
@@ -275,7 +275,8 @@ def demo_section(ctx: DemoContext) -> Section:
         "t = softmax(beta/(1-beta) l) over each unit's pieces, z = sum_r t_r l_r. "
         "beta = 1 reproduces the network exactly; lower beta moves it towards the mean "
         "of the pieces.\n\n" + "\n".join(rows) +
-        f"\n\nThe GMM posterior `maxaffine.vq_posterior(cnn, x, layer={first!r}, beta=...)` "
+        f"\n\nThe GMM posterior `maxaffine.vq_posterior(cnn, x, layer={first!r}, "
+        f"beta=...)[{first!r}]` "
         "over each unit's pieces, against the hard VQ code (argmax differs only at ties):"
         "\n\n" + "\n".join(code_rows) +
         f"\n\nA copy softened at beta = 0.9 with a learnable beta per layer, fine-tuned "

@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
                                                         if k != "out"},
-                                               "unit_names": list(graph.unit_names),
+                                               "layer_names": list(graph.layer_names),
                                                "records": tracker.records}, indent=2,
                                               default=str))
     table.seconds = time.perf_counter() - t0

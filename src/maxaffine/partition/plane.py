@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..errors import MaxAffineError, MaxAffineTypeError, UnsupportedOperation
-from ..graph import SplineGraph, Unit, as_graph, check_parameters
+from ..graph import Layer, SplineGraph, as_graph, check_parameters
 from ..vq import codes_of, pack
 from .domain import Slice, _as_slice, _centred, _polygon
 from .mesh import Mesh, _Prefault, unpack_bits
@@ -65,8 +65,7 @@ def partition_plane(
         raise MaxAffineError(f"max_regions must be a positive int, got {max_regions!r}")
     graph, sl = _graph_and_slice(model, domain, dtype)
     part = _partition(graph, sl, dtype, rel_tol, max_regions, progress, check=True)
-    part.seconds = time.perf_counter() - t0
-    return part
+    return replace(part, seconds=time.perf_counter() - t0)
 
 
 def _tolerance(tol: Any, dtype: torch.dtype) -> float:
@@ -142,18 +141,18 @@ def _partition(graph: SplineGraph, sl: Slice, dtype: torch.dtype, rel_tol: float
     mesh.add_payload(torch.zeros((1, 1), dtype=torch.uint8))  # column 0: flags (_FLAG)
     values = _VertexValues(graph, local, mesh)
     suspects: list[Tensor] = []  # vertices a boundary passed within the tolerance of
-    bar = tqdm(total=len(graph.units), desc="partition", disable=not progress, leave=False)
+    bar = tqdm(total=len(graph.layers), desc="partition", disable=not progress, leave=False)
     extent = float((local.bounds.max(0).values - local.bounds.min(0).values).max())
-    for index, unit in enumerate(graph.units):
+    for index, layer in enumerate(graph.layers):
         mesh.mark_layer()
-        if _cut_unit(mesh, values, index, unit, rel_tol, max_regions, suspects):
+        if _cut_layer(mesh, values, index, layer, rel_tol, max_regions, suspects):
             # windows: ties of different pairs of entries can be the same line in a
             # face (two dead entries, both 0; padding of equal constants): vertices
             # made for it on the two sides of an edge then coincide (to rounding).
             # Weld them (within rel_tol of the domain's size), then merge the pieces
             # of regions that ties of non-maximal entries split.
             mesh.weld(rel_tol * extent)
-            _merge_regions(mesh, graph, unit)
+            _merge_regions(mesh, graph, layer)
         bar.update(1)
         bar.set_postfix(regions=mesh.nf)
     bar.close()
@@ -188,9 +187,9 @@ _VALUES_BUDGET = 2e7  # per-vertex values held at once in recompute mode (floats
 _REROOT = 4  # a new phase of cuts starts when the faces have multiplied this much
 
 
-def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
+def _cut_layer(mesh: Mesh, values: _VertexValues, index: int, layer: Layer,
               rel_tol: float, max_regions: int, suspects: list[Tensor]) -> bool:
-    """Cut every face along the boundaries of one nonlinearity's units (the rule's
+    """Cut every face along the boundaries of one layer's units (the rule's
     :meth:`~maxaffine.ops.Nonlinearity.boundary`: lines, or ties of window entries),
     and record the units' codes on every face (packed, in the mesh's payload);
     vertices that a boundary passed within the tolerance of (without being made on
@@ -198,10 +197,10 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
     Returns whether the boundaries were windows (whose pieces need merging)."""
     graph = values.graph
     _, ev = next(_evaluate(graph, values.sl, values.sl.bounds[:1].to(mesh.xy.dtype),
-                           unit.name))
-    desc = unit.rule.boundary(*ev.inputs[unit.name])
+                           layer.name))
+    desc = layer.rule.boundary(*ev.inputs[layer.name])
     windows = isinstance(desc, ops.Windows)
-    n_units = unit.num_units
+    n_units = layer.num_units
     per_unit = _columns_per_unit(desc, n_units)
     # line identities of the whole layer: vertices are keyed by (edge, line) across
     # all chunks of units, so a line cut partly in one chunk and finished in the
@@ -225,16 +224,16 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
         chunk = n_units if values.resume else max(
             64, int(_VALUES_BUDGET // max(1, mesh.nv * per_unit)) // 64 * 64)
         sel = torch.arange(start, min(n_units, start + chunk))
-        local = values.columns(index, unit, sel, desc)
+        local = values.columns(index, layer, sel, desc)
         k = sel.shape[0]
         own = values.scale()
-        _check_finite(own, unit.name, mesh.xy.dtype)
+        _check_finite(own, layer.name, mesh.xy.dtype)
         # tolerances scale with each column's range, and at least with the values it
         # was computed from (its rounding)
         scale = own.clamp(min=values.upstream)
         upstream = max(upstream, float(own.max()) if own.numel() else 0.0)
         lines = _Lines.of(local, scale, rel_tol, ident[start * per_line: (start + k) * per_line])
-        done, hit = _cut_lines(mesh, lines, limit, max_regions, unit.name, start, owner,
+        done, hit = _cut_lines(mesh, lines, limit, max_regions, layer.name, start, owner,
                                rel_tol, suspects)
         if lines.window is not None:
             code = lines.window_codes(mesh, done)
@@ -243,7 +242,7 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
             # code is the base plus the count of its lines positive at the face's
             # interior point
             nb = lines.unit.shape[0] // k
-            if nb == 1 and local.base == 0 and unit.bits == 1:  # the packed codes
+            if nb == 1 and local.base == 0 and layer.bits_per_unit == 1:  # the packed codes
                 mesh.add_payload(hit.view(torch.uint8)[:, : (done + 7) // 8])
                 start += done
                 continue
@@ -251,8 +250,8 @@ def _cut_unit(mesh: Mesh, values: _VertexValues, index: int, unit: Unit,
             code = (hit.reshape(mesh.nf, k, nb).sum(2, dtype=torch.uint8)
                     + local.base)[:, :done]
         # these units' codes are final on every face: later cuts copy them to both halves
-        mesh.add_payload(pack([code.to(torch.uint8 if unit.num_pieces <= 256
-                                       else torch.int64)], [unit.bits]))
+        mesh.add_payload(pack([code.to(torch.uint8 if layer.num_pieces <= 256
+                                       else torch.int64)], [layer.bits_per_unit]))
         start += done
     values.upstream = max(values.upstream, upstream)
     values.advance(index)
@@ -481,10 +480,10 @@ def _cut_lines(mesh: Mesh, lines: _Lines, limit: float | None, max_regions: int,
     return done, signs
 
 
-def _merge_regions(mesh: Mesh, graph: SplineGraph, unit: Unit) -> None:
+def _merge_regions(mesh: Mesh, graph: SplineGraph, layer: Layer) -> None:
     """Merge faces of one region (same face at layer start, same codes of this
     layer): comparisons with the running maximum split regions in pieces."""
-    nbytes = (unit.num_units * unit.bits + 7) // 8
+    nbytes = (layer.num_units * layer.bits_per_unit + 7) // 8
     layer = mesh.payload[:, mesh.payload.shape[1] - nbytes:]
     key = torch.cat([mesh.origin_layer.unsqueeze(1), layer.long()], 1)
     _, group = torch.unique(key, dim=0, return_inverse=True)
@@ -510,7 +509,7 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, local: Slice, shift: Tens
     keep = torch.nonzero(areas > 0).flatten()
     faces, sizes, payload = mesh.faces[keep], mesh.sizes[keep], mesh.payload[keep]
     areas = areas[keep]
-    codes = payload[:, _FLAG + 1:].contiguous()
+    packed = payload[:, _FLAG + 1:].contiguous()
     # only the vertices some face uses (max-pool merges weld and drop some)
     used = torch.zeros(mesh.nv, dtype=torch.bool)
     used[faces[faces >= 0]] = True
@@ -542,30 +541,31 @@ def _finish(mesh: Mesh, graph: SplineGraph, sl: Slice, local: Slice, shift: Tens
         # interpolated across it may be off by up to the tolerance: the codes and
         # maps of those faces (and the maps of thin ones) are those of a forward pass
         # at their interior points
-        exact_codes, exact_slopes, exact_offsets = _exact_at(graph, local, interior[redo])
+        exact_packed, exact_slopes, exact_offsets = _exact_at(graph, local, interior[redo])
         out = torch.einsum("fcd,fd->fc", slopes[redo], interior[redo]) + offsets[redo]
         exact_out = torch.einsum("fcd,fd->fc", exact_slopes, interior[redo]) + exact_offsets
         scale = 1e-9 * (1.0 + float(_abs_max(outputs).max()))
-        corrected[redo] = ((exact_codes != codes[redo]).any(1)
+        corrected[redo] = ((exact_packed != packed[redo]).any(1)
                            | ((out - exact_out).abs().amax(1) > scale)) & ~thin[redo]
-        codes[redo] = exact_codes
+        packed[redo] = exact_packed
         slopes[redo] = exact_slopes
         offsets[redo] = exact_offsets
     lost, places = 0, None
     if check is not None:
         lost, places = _check_resolution(check, graph, local, rel_tol, vertices, faces, sizes,
-                                         codes, interior, corrected, _partition)
+                                         packed, interior, corrected, _partition)
     if bool(shift.any()):
         vertices += shift.to(vertices.dtype)
         interior += shift.to(interior.dtype)
         offsets -= torch.einsum("fcd,d->fc", slopes, shift.to(slopes.dtype))
-    layout = tuple((u.name, tuple(u.code_shape), u.num_pieces, u.bits) for u in graph.units)
+    layout = tuple((layer.name, tuple(layer.code_shape), layer.num_pieces, layer.bits_per_unit)
+                   for layer in graph.layers)
     view = _FaceView(faces, sizes, vertices.shape[0])
     edges, edge_faces = view.edges()
-    edge_layer = _edge_layers(codes, layout, edge_faces)
+    edge_layer = _edge_layers(packed, layout, edge_faces)
     return Partition(
         domain=sl, vertices=vertices, faces=faces, face_sizes=sizes, edges=edges,
-        edge_faces=edge_faces, edge_layer=edge_layer, codes=codes, code_layout=layout,
+        edge_faces=edge_faces, edge_layer=edge_layer, packed=packed, code_layout=layout,
         areas=areas, interior=interior, slopes=slopes, offsets=offsets, graph=graph,
         tol=rel_tol, unresolved=corrected, lost_regions=lost,
     ), places
@@ -587,7 +587,7 @@ def _exact_at(graph: SplineGraph, sl: Slice, st: Tensor) -> tuple[Tensor, Tensor
         out = graph.run(sl.to_input(pts), codes=frozen).output.reshape(3, n, -1)
     slopes = torch.stack([out[1] - out[0], out[2] - out[0]], -1) / step
     offsets = out[0] - torch.einsum("fcd,fd->fc", slopes, st)
-    return codes_of(graph, ev.codes, n).bits, slopes, offsets
+    return codes_of(graph, ev.codes, n).packed(), slopes, offsets
 
 
 class _FaceView(Mesh):
@@ -598,14 +598,14 @@ class _FaceView(Mesh):
         self.nf, self.width, self.nv = faces.shape[0], faces.shape[1], nv
 
 
-def _edge_layers(bits: Tensor, layout: tuple, edge_faces: Tensor) -> Tensor:
+def _edge_layers(packed: Tensor, layout: tuple, edge_faces: Tensor) -> Tensor:
     """First layer whose codes differ across each edge (-1 on the domain boundary),
-    from the faces' packed codes ``bits`` (layers byte-aligned, as ``layout``)."""
+    from the faces' packed codes ``packed`` (layers byte-aligned, as ``layout``)."""
     from . import kernels as kern
 
     layer = torch.empty(edge_faces.shape[0], dtype=torch.int64)
     ends = torch.tensor([(math.prod(shape) * b + 7) // 8 for _, shape, _, b in layout],
                         dtype=torch.int64).cumsum(0)
-    kern.edge_layers(bits.contiguous().numpy(), edge_faces[:, 0].contiguous().numpy(),
+    kern.edge_layers(packed.contiguous().numpy(), edge_faces[:, 0].contiguous().numpy(),
                      edge_faces[:, 1].contiguous().numpy(), ends.numpy(), layer.numpy())
     return layer

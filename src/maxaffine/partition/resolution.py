@@ -22,18 +22,19 @@ _MAX_WINDOWS = 16  # places re-partitioned to count regions below the tolerance
 
 
 def _check_resolution(near: Tensor, graph: SplineGraph, local: Slice, rel_tol: float,
-                      vertices: Tensor, faces: Tensor, sizes: Tensor, codes: Tensor,
+                      vertices: Tensor, faces: Tensor, sizes: Tensor, packed: Tensor,
                       interior: Tensor, unresolved: Tensor, partition: Callable[..., Any]
                       ) -> tuple[int, tuple[int, Tensor] | None]:
     """Count the regions merged away below the tolerance around vertices ``near``
     (where a boundary passed within the tolerance without cutting; all in local
     coordinates): each place is re-partitioned in a window a few tolerances wide
     (whose own tolerance is that much finer), and every window region whose
-    interior lies in a face of another code is a region the partition could not
-    separate; those faces are marked in ``unresolved`` (in place). Returns the
-    number of such regions (distinct codes) and (places, first place's centre),
-    or ``(0, None)`` when nothing was found. ``partition``: the plane partition
-    (:func:`maxaffine.partition.plane._partition`), run without these checks."""
+    interior lies in a face of another code (``packed``: the faces' packed codes) is
+    a region the partition could not separate; those faces are marked in
+    ``unresolved`` (in place). Returns the number of such regions (distinct codes)
+    and (places, first place's centre), or ``(0, None)`` when nothing was found.
+    ``partition``: the plane partition (:func:`maxaffine.partition.plane._partition`),
+    run without these checks."""
     if near.shape[0] == 0:
         return 0, ((0, interior[unresolved][0]) if bool(unresolved.any()) else None)
     b = local.bounds.to(vertices.dtype)
@@ -58,10 +59,10 @@ def _check_resolution(near: Tensor, graph: SplineGraph, local: Slice, rel_tol: f
         home = _locate(vertices, faces, sizes, sub.interior.to(vertices.dtype))
         ok = home >= 0
         differ = ok.clone()
-        differ[ok] = (sub.codes[ok] != codes[home[ok]]).any(1)
+        differ[ok] = (sub.packed[ok] != packed[home[ok]]).any(1)
         if bool(differ.any()):
             unresolved[home[differ]] = True
-            lost.update(bytes(c.tolist()) for c in sub.codes[differ])
+            lost.update(bytes(c.tolist()) for c in sub.packed[differ])
             found.append(centres[i])
     if not lost and not bool(unresolved.any()):
         return 0, None

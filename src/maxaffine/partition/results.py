@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._arguments import indices, integer
+from .._arguments import indices, integer, layer_index
 from ..errors import MaxAffineError, MaxAffineTypeError
 from ..graph import SplineGraph
 from ..vq import Codes, unpack
@@ -22,18 +22,19 @@ from .boundary import _class_cells, _decision_boundary
 from .domain import Slice
 
 
-@dataclass
+@dataclass(frozen=True)
 class Partition:
     """The exact partition of a 2-D slice into the network's regions.
 
     Geometry in slice coordinates (s, t): ``vertices`` (V, 2); ``faces`` (F, W)
     vertex ids counter-clockwise, -1 padded, with ``face_sizes``; ``edges`` (E, 2)
     with ``edge_faces`` (E, 2) (-1: the domain's boundary) and ``edge_layer`` (E,)
-    (index into ``unit_names`` of the first layer whose codes differ across the
+    (index into ``layer_names`` of the first layer whose codes differ across the
     edge: the layer that created it; -1 on the domain boundary).
-    Per face: ``codes`` (packed, the :class:`maxaffine.Codes` convention; the
-    unpacked ones in ``face_codes``, made on first use: they take a byte per
-    unit and face), ``areas``, ``interior`` points, and the
+    Per face: ``packed`` (F, bytes) uint8, its codes packed (the convention of
+    :meth:`maxaffine.Codes.packed`, layers as ``code_layout``); ``codes``, the
+    same as a :class:`maxaffine.Codes` with one row per face (unpacked on first
+    use: a byte per unit and face); ``areas``, ``interior`` points, and the
     output's affine map ``f(s, t) = slopes @ (s, t) + offsets`` with ``slopes``
     (F, C, 2), ``offsets`` (F, C). ``decision_boundary`` (S, 2, 2) segments where
     the argmax class changes (or the scalar output is zero) with
@@ -41,7 +42,7 @@ class Partition:
     computed on first use. ``tol``: the relative tolerance used; ``unresolved``
     (F,) bools: faces that hold regions narrower than it (merged in; the face
     carries its interior point's code and map), ``lost_regions`` how many such
-    regions were found (see :func:`partition_plane`).
+    regions were found (see :func:`partition_plane`); ``seconds``: the time it took.
     """
 
     domain: Slice
@@ -51,8 +52,8 @@ class Partition:
     edges: Tensor
     edge_faces: Tensor
     edge_layer: Tensor
-    codes: Tensor
-    code_layout: tuple[tuple[str, tuple[int, ...], int, int], ...]  # name, shape, pieces, bits
+    packed: Tensor
+    code_layout: tuple[tuple[str, tuple[int, ...], int, int], ...]  # name, shape, R, bits/unit
     areas: Tensor
     interior: Tensor
     slopes: Tensor
@@ -64,8 +65,9 @@ class Partition:
     lost_regions: int = 0
 
     def __post_init__(self) -> None:
-        if self.unresolved is None:
-            self.unresolved = torch.zeros(self.num_regions, dtype=torch.bool)
+        if self.unresolved is None:  # (frozen: set once, while it is being built)
+            object.__setattr__(self, "unresolved",
+                               torch.zeros(self.num_regions, dtype=torch.bool))
 
     @cached_property
     def _boundary(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -93,14 +95,15 @@ class Partition:
         return self.faces.shape[0]
 
     @cached_property
-    def face_codes(self) -> Codes:
-        """The faces' codes unpacked, as a :class:`maxaffine.Codes`."""
+    def codes(self) -> Codes:
+        """The faces' codes (one row per face) as a :class:`maxaffine.Codes`, unpacked
+        from :attr:`packed` on first use."""
         layout = self.code_layout
         names, shapes, pieces, bits = (tuple(x[i] for x in layout) for i in range(4))
-        return Codes(names, unpack(self.codes, shapes, bits), pieces, bits, self.num_regions)
+        return Codes(names, unpack(self.packed, shapes, bits), pieces, bits, self.num_regions)
 
     @property
-    def unit_names(self) -> tuple[str, ...]:
+    def layer_names(self) -> tuple[str, ...]:
         return tuple(name for name, *_ in self.code_layout)
 
     def polygon(self, i: int) -> Tensor:
@@ -129,17 +132,8 @@ class Partition:
         return polys, torch.cat([self.predicted()[idx], cells.cls])
 
     def layer_boundaries(self, layer: int | str) -> Tensor:
-        """Segments (S, 2, 2) of the edges created by ``layer`` (index or name)."""
-        names = self.unit_names
-        if isinstance(layer, int) and not isinstance(layer, bool):
-            if not -len(names) <= layer < len(names):
-                raise MaxAffineError(f"layer {layer} out of range: the partition has "
-                                     f"{len(names)} nonlinearities {names}")
-            i = layer % len(names)
-        elif layer in names:
-            i = names.index(layer)
-        else:
-            raise MaxAffineError(f"no nonlinearity {layer!r}; the partition's are {names}")
+        """Segments (S, 2, 2) of the edges created by ``layer`` (a name or an index)."""
+        i = layer_index(layer, self.layer_names)
         return self.vertices[self.edges[self.edge_layer == i]]
 
     def input_space_maps(self, faces: Tensor | None = None):
@@ -154,7 +148,7 @@ class Partition:
         return affine_map(self.graph, self.domain.to_input(self.interior[idx]))
 
     def summary(self) -> dict[str, Any]:
-        per_layer = torch.bincount(self.edge_layer + 1, minlength=len(self.unit_names) + 1)
+        per_layer = torch.bincount(self.edge_layer + 1, minlength=len(self.layer_names) + 1)
         return {
             "regions": self.num_regions,
             "vertices": int(self.vertices.shape[0]),
@@ -166,7 +160,7 @@ class Partition:
             "decision_boundary_length": float(
                 (self.decision_boundary[:, 1] - self.decision_boundary[:, 0]).norm(dim=1).sum()),
             "edges_per_layer": {n: int(per_layer[i + 1])
-                                for i, n in enumerate(self.unit_names)},
+                                for i, n in enumerate(self.layer_names)},
             "tol": self.tol,
             "unresolved_faces": int(self.unresolved.sum()),
             "lost_regions": self.lost_regions,
@@ -188,10 +182,10 @@ class Partition:
                  for i in range(self.num_regions)]
         return json.dumps({
             "summary": self.summary(),
-            "unit_names": list(self.unit_names),
+            "layer_names": list(self.layer_names),
             "vertices": self.vertices.tolist(),
             "faces": faces,
-            "codes": [bytes(r.tolist()).hex() for r in self.codes],
+            "packed": [bytes(r.tolist()).hex() for r in self.packed],
             "areas": self.areas.tolist(),
             "edges": self.edges.tolist(),
             "edge_layer": self.edge_layer.tolist(),
@@ -223,7 +217,7 @@ class Partition:
                                  ".json, .pt or .npz")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentPartition:
     """The exact partition of the segment ``x0 + t (x1 - x0)``, t in [0, 1].
 
@@ -247,6 +241,29 @@ class SegmentPartition:
     def lengths(self) -> Tensor:
         """Length of each piece in input space."""
         return self.breakpoints.diff() * float((self.x1 - self.x0).double().norm())
+
+    def summary(self) -> dict[str, Any]:
+        """Regions, the segment's length, the shortest and longest piece, outputs, and
+        per layer the regions its codes alone split the segment into."""
+        packed = [self.codes.packed([i]) for i in range(len(self.codes.names))]
+        lengths = self.lengths
+        return {
+            "regions": self.num_regions,
+            "length": float((self.x1 - self.x0).double().norm()),
+            "min_piece_length": float(lengths.min()), "max_piece_length": float(lengths.max()),
+            "outputs": int(self.slopes.shape[1]),
+            "layer_regions": {n: 1 + int((p[1:] != p[:-1]).any(1).sum()) if len(p) > 1 else 1
+                              for n, p in zip(self.codes.names, packed, strict=True)},
+        }
+
+    def to_json(self) -> str:
+        """The summary, the breakpoints, each piece's packed codes (hex) and map."""
+        return json.dumps({
+            **self.summary(),
+            "breakpoints": self.breakpoints.tolist(),
+            "packed": [bytes(r.tolist()).hex() for r in self.codes.packed()],
+            "slopes": self.slopes.detach().tolist(), "offsets": self.offsets.detach().tolist(),
+        })
 
     def plot(self, ax=None, outputs: list[int] | None = None):
         """The outputs along the segment, with the region breakpoints."""

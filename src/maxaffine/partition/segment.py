@@ -11,7 +11,7 @@ from .. import ops
 from .._arguments import check_tensor
 from .._autodiff import jacobian
 from ..errors import MaxAffineError
-from ..graph import SplineGraph, Unit, check_parameters
+from ..graph import Layer, SplineGraph, check_parameters
 from ..vq import codes_of
 from .plane import _graph_in, _refuse_batch, _tolerance
 from .results import SegmentPartition
@@ -48,11 +48,11 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
 
     t = torch.tensor([0.0, 1.0], dtype=dtype)
     with torch.no_grad():
-        for unit in graph.units:
-            ins = graph.run(points(t), record=True, until=unit.name).inputs[unit.name]
-            cols = _segment_columns(unit, ins)  # list of (T, K) cut functions
+        for layer in graph.layers:
+            ins = graph.run(points(t), record=True, until=layer.name).inputs[layer.name]
+            cols = _segment_columns(layer, ins)  # list of (T, K) cut functions
             for d in cols:
-                _check_finite(_abs_max(d) if d.numel() else d, unit.name, dtype)
+                _check_finite(_abs_max(d) if d.numel() else d, layer.name, dtype)
             new = [t]
             for d in cols:
                 scale = d.abs().amax(0, keepdim=True)
@@ -69,7 +69,7 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
         found = graph.run(points(mids)).codes
         codes = codes_of(graph, found)
         if len(codes.names):  # merge neighbours with equal codes (phantom breakpoints)
-            packed = codes.bits
+            packed = codes.packed()
             same = (packed[1:] == packed[:-1]).all(1)
             keep = torch.cat([torch.tensor([True]), ~same, torch.tensor([True])])
             t = t[keep]
@@ -87,12 +87,12 @@ def partition_segment(model: nn.Module | SplineGraph, x0: Tensor, x1: Tensor, *,
     return SegmentPartition(x0, x1, t, codes, slopes, offsets)
 
 
-def _segment_columns(unit: Unit, ins: tuple[Tensor, ...]) -> list[Tensor]:
-    """The unit's cut functions at the breakpoints: each (T, K), zero = boundary
+def _segment_columns(layer: Layer, ins: tuple[Tensor, ...]) -> list[Tensor]:
+    """The layer's cut functions at the breakpoints: each (T, K), zero = boundary
     (lines: their values; windows: the differences of every pair of entries, 1
     where one is absent)."""
-    desc = unit.rule.boundary(*ins)
-    cols = unit.rule.columns(*ins)
+    desc = layer.rule.boundary(*ins)
+    cols = layer.rule.columns(*ins)
     if isinstance(desc, ops.Windows):
         table = desc.table
         vals = cols[:, table.clamp(min=0)]  # (T, K, R)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import ops
 from ..errors import MaxAffineError
-from ..graph import SplineGraph, Unit
+from ..graph import Layer, SplineGraph
 from .domain import Slice
 from .mesh import Mesh
 
@@ -26,14 +26,14 @@ _CHUNK_VALUES = 1 << 20  # values per vertex x vertices of one chunk of a resume
 
 
 class _VertexValues:
-    """The network's values at the mesh's vertices, as each unit's cuts need them.
+    """The network's values at the mesh's vertices, as each layer's cuts need them.
 
     Two strategies, same results. *Resume* (small layers, e.g. MLPs): keep the
     values of the nodes a paused evaluation needs as extra columns of the mesh
     (interpolated at new vertices, which is exact since those nodes are affine
-    on every face so far) and run only the steps between consecutive units.
+    on every face so far) and run only the steps between consecutive layers.
     *Recompute* (wide layers, e.g. CNN feature maps): a chunked forward pass
-    from the input at all vertices, per chunk of units.
+    from the input at all vertices, per chunk of a layer's units.
     """
 
     def __init__(self, graph: SplineGraph, sl: Slice, mesh: Mesh):
@@ -47,7 +47,7 @@ class _VertexValues:
         self.ncols = 0  # the first ncols columns are the current cut-function inputs
         self._resumed_scale: Tensor | None = None  # per column of the last resume: max |v|
         self._scale: Tensor | None = None  # the same, while those are the cut columns
-        # the largest |value| of any earlier unit's inputs: values computed from them
+        # the largest |value| of any earlier layer's inputs: values computed from them
         # (interpolated, or through forward passes) are rounded to ~eps of it, however
         # small their own range (e.g. after a clamp)
         self.upstream = 0.0
@@ -58,9 +58,9 @@ class _VertexValues:
 
     def _resume(self, env: dict[str, Tensor], start: str | None, pause: int | None) -> None:
         """Run the evaluation paused before nonlinearity ``start`` (live values ``env``
-        by name; ``start`` None: ``env[""]`` is the input) to the pause before unit
+        by name; ``start`` None: ``env[""]`` is the input) to the pause before layer
         ``pause`` (``None``: to the output) at every vertex, and keep the live values
-        there as the mesh's columns, the unit's own inputs first (so they double as
+        there as the mesh's columns, the layer's own inputs first (so they double as
         its cut-function inputs). Runs in chunks of vertices, each written straight
         into the new columns: temporaries stay small (reused, in cache) instead of
         a fresh (V, width) tensor per op, whose first touch costs as much as the
@@ -115,7 +115,7 @@ class _VertexValues:
             at += k
         return env
 
-    def columns(self, index: int, unit: Unit, sel: Tensor, desc: ops.Lines | ops.Windows
+    def columns(self, index: int, layer: Layer, sel: Tensor, desc: ops.Lines | ops.Windows
                 ) -> ops.Lines | ops.Windows:
         """Put the columns the boundaries of units ``sel`` read (the rule's
         :meth:`~maxaffine.ops.Nonlinearity.columns`) first in the mesh, and return
@@ -129,7 +129,7 @@ class _VertexValues:
             shapes = {tuple(t.shape) for t in ins}
             in_place = (len(shapes) == 1 and len(set(nodes)) == len(nodes)
                         and [n for n, _ in self.live[: len(nodes)]] == nodes
-                        and sel.shape[0] == unit.num_units)
+                        and sel.shape[0] == layer.num_units)
             if in_place:  # the columns are the first live columns already: read them
                 self.ncols, self.offset = sum(t[:1].numel() for t in ins), 0  # there
                 self._scale = self._resumed_scale
@@ -143,14 +143,14 @@ class _VertexValues:
         local, used = _restrict(desc, sel)
         if self.resume:  # the live values stay, after the new columns
             cols = torch.empty((mesh.nv, used.shape[0]), dtype=mesh.xy.dtype)
-            for part, ev in _evaluate(graph, self.sl, mesh.xy, unit.name):
-                cols[part] = unit.rule.columns(*ev.inputs[unit.name])[:, used]
+            for part, ev in _evaluate(graph, self.sl, mesh.xy, layer.name):
+                cols[part] = layer.rule.columns(*ev.inputs[layer.name])[:, used]
             mesh.set_vals(torch.cat([cols, mesh.vals[:, self.offset:]], 1))
             self.ncols = self.offset = cols.shape[1]
             return local
         vals = mesh.fresh_vals(used.shape[0])  # written in place: one copy of the values
-        for part, ev in _evaluate(graph, self.sl, mesh.xy, unit.name):
-            vals[part] = unit.rule.columns(*ev.inputs[unit.name])[:, used]
+        for part, ev in _evaluate(graph, self.sl, mesh.xy, layer.name):
+            vals[part] = layer.rule.columns(*ev.inputs[layer.name])[:, used]
         self.ncols = used.shape[0]
         return local
 
@@ -162,7 +162,7 @@ class _VertexValues:
         return _abs_max(self.mesh.vals[:, : self.ncols])
 
     def advance(self, index: int) -> None:
-        """After unit ``index`` is cut: move the paused evaluation to the next unit."""
+        """After layer ``index`` is cut: move the paused evaluation to the next layer."""
         if not self.resume:
             return
         growth = min(4.0, self.mesh.nv / max(1, self.start_nv))
@@ -197,7 +197,7 @@ def _evaluate(graph: SplineGraph, sl: Slice, st: Tensor, until: str | None,
               record: bool = True):
     """Forward passes at slice points, chunked so activations fit in memory.
     Yields ``(slice of st, Evaluation)``."""
-    per = max(1, graph.input_dim + sum(u.num_units for u in graph.units) * 3)
+    per = max(1, graph.input_dim + sum(u.num_units for u in graph.layers) * 3)
     chunk = max(256, int(1e7 // per))
     with torch.no_grad():
         for i in range(0, st.shape[0], chunk):
