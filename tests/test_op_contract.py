@@ -290,3 +290,17 @@ def test_user_ops_statistics_and_power(user_net):
     assert d.shape == (4, 32)
     density = ma.region_density(user_net, x[:4], x[4:8])
     assert density.total.shape[0] == 4
+
+
+def test_user_ops_with_the_rest_of_the_public_api(user_net):
+    x = torch.randn(40, 2, dtype=D64, generator=torch.Generator().manual_seed(4))
+    sharing = ma.region_sharing(user_net, x)
+    assert len(sharing.regions) == 2 and int(sharing.regions[-1]) >= 1
+    dist, idx = ma.vq_knn(user_net, x[:5], x, k=3)
+    assert idx.shape == (5, 3) and bool((dist[:, :1] == 0).all())  # each query finds itself
+    part = ma.partition_plane(user_net, ma.Slice.square(-1.5, 1.5), progress=False)
+    curvature = ma.boundary_curvature(part)
+    assert isinstance(curvature.summary(), dict)
+    # soften has no beta-VQ counterpart for a functional op of the user's: named
+    with pytest.raises(ma.MaxAffineError, match=r"shifted_relu|clipped_relu"):
+        ma.soften(user_net, 0.5)
