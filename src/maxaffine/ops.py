@@ -622,15 +622,11 @@ class MaxPool(Nonlinearity):
         return torch.uint8 if self.num_pieces <= 256 else torch.int64
 
     def select(self, x: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        # generic: gather every window, take its max (the first of equal maxima);
-        # the max's derivative selects the entry at the returned index, as the code
-        table, padded, out = self._table(tuple(x.shape[1:]))
-        n = x.shape[0]
-        vals = x.reshape(n, -1)[:, table.clamp(min=0).to(x.device)]
-        if padded:
-            vals = vals.masked_fill((table < 0).to(x.device), -math.inf)
-        best, code = vals.max(-1)
-        return code.to(self._code_dtype()).reshape(n, *out), best.reshape(n, *out)
+        # generic: the max of every window's pieces (the first of equal maxima); the
+        # max's derivative selects the entry at the returned index, as the code
+        pieces, _ = self.pieces(x)
+        best, code = pieces.max(-1)
+        return code.to(self._code_dtype()), best
 
     single_max = True
 
