@@ -218,6 +218,26 @@ def partition() -> ma.Partition:
 
 
 @functools.cache
+def complex2() -> ma.Complex:
+    return ma.partition_box(graph2(), -torch.ones(2, dtype=torch.float64),
+                            torch.ones(2, dtype=torch.float64), progress=False)
+
+
+@functools.cache
+def octahedron() -> ma.LevelSet:
+    """The level set |x|_1 = 0.5 of a 3-D ReLU net (a closed triangle mesh)."""
+    first, second = nn.Linear(3, 6).double(), nn.Linear(6, 1).double()
+    with torch.no_grad():
+        first.weight.copy_(torch.cat([torch.eye(3), -torch.eye(3)]))
+        first.bias.zero_()
+        second.weight.fill_(1.0)
+        second.bias.fill_(-0.5)
+    net = nn.Sequential(first, nn.ReLU(), second)
+    return ma.partition_box(net, -torch.ones(3, dtype=torch.float64),
+                            torch.ones(3, dtype=torch.float64), progress=False).level_set()
+
+
+@functools.cache
 def segment() -> ma.SegmentPartition:
     return ma.partition_segment(graph2(), x2()[0], x2()[1])
 
@@ -1089,6 +1109,17 @@ def _check_partition(r: ma.Partition, kw: dict[str, Any]) -> None:
          f"domain {r.domain.area:g}")
 
 
+def _check_complex(r: ma.Complex, kw: dict[str, Any]) -> None:
+    need(r.num_regions >= 1, "no region")
+    need(r.euler_characteristic == 1, f"Euler characteristic {r.euler_characteristic}")
+    vol = float(r.volumes.sum())
+    if "lower" in kw and math.isfinite(vol):
+        lo = torch.as_tensor(kw["lower"]).double()
+        hi = torch.as_tensor(kw["upper"]).double()
+        box = float((hi - lo).prod())
+        need(abs(vol - box) <= 1e-6 * box, f"volumes sum to {vol:g}, box {box:g}")
+
+
 def _check_segment(r: ma.SegmentPartition, kw: dict[str, Any]) -> None:
     t = r.breakpoints
     need(float(t[0]) == 0.0 and float(t[-1]) == 1.0 and bool((t.diff() > 0).all()),
@@ -1503,6 +1534,42 @@ RECIPES: list[Recipe] = [
     R("Partition.save", lambda path: partition().save(path),
       lambda: dict(path=str(_TMP / "part.npz")), {"path": "path"},
       expect={"path:unknown suffix": REFUSE}),
+    R("partition_box", lambda model, lower, upper, dtype, tol, max_regions: ma.partition_box(
+        model, lower, upper, dtype=dtype, tol=tol, max_regions=max_regions, progress=False),
+      lambda: dict(model=mlp2(), lower=-torch.ones(2, dtype=torch.float64),
+                   upper=torch.ones(2, dtype=torch.float64), dtype=torch.float64, tol=1e-10,
+                   max_regions=10**6),
+      {"model": "model", "lower": "tensor", "upper": "tensor", "dtype": "dtype",
+       "tol": "real:tol", "max_regions": "count"}, check=_check_complex,
+      expect={"lower:list": EITHER, "upper:list": EITHER}, inf_ok={"volumes"}),
+    R("partition_polytope", lambda model, A, b: ma.partition_polytope(
+        model, A, b, progress=False),
+      lambda: dict(model=mlp2(), A=torch.tensor([[1.0, 0], [0, 1], [-1, -1]]),
+                   b=torch.tensor([1.0, 1, 1])),
+      {"model": "model", "A": "tensor", "b": "tensor"}, check=_check_complex,
+      expect={"A:list": EITHER, "b:list": EITHER}, inf_ok={"volumes"}),
+    R("Complex.faces", lambda k: complex2().faces(k), lambda: dict(k=1), {"k": "count0"},
+      expect={"k:None": REFUSE, "k:huge": REFUSE}),
+    R("Complex.facets", lambda k: complex2().facets(k), lambda: dict(k=2), {"k": "count"},
+      expect={"k:None": REFUSE, "k:huge": REFUSE}),
+    R("Complex.region_vertices", lambda i: complex2().region_vertices(i), lambda: dict(i=1),
+      {"i": "layer"}, expect={"i:None": REFUSE}),
+    R("Complex.locate", lambda x: complex2().locate(x), lambda: dict(x=x2()), {"x": "batch"}),
+    R("Complex.level_set", lambda c, output: complex2().level_set(c, output),
+      lambda: dict(c=0.1, output=1), {"c": "real:any", "output": "layer"},
+      expect={"output:None": REFUSE}),
+    R("Complex.decision_boundary", lambda: complex2().decision_boundary(), dict),
+    R("Complex.summary", lambda: complex2().summary(), dict),
+    R("Complex.to_json", lambda: complex2().to_json(), dict, check=_check_json),
+    R("Complex.plot", lambda regions: complex2().plot(regions=regions),
+      lambda: dict(regions=[0, 2]), {"regions": "selector"}),
+    R("LevelSet.mesh", lambda: octahedron().mesh(), dict),
+    R("LevelSet.save", lambda path: octahedron().save(path),
+      lambda: dict(path=str(_TMP / "octa.ply")), {"path": "path"},
+      expect={"path:unknown suffix": REFUSE}),
+    R("LevelSet.summary", lambda: octahedron().summary(), dict),
+    R("LevelSet.to_json", lambda: octahedron().to_json(), dict, check=_check_json),
+    R("LevelSet.plot", lambda: octahedron().plot(), dict),
     R("Slice", ma.Slice, lambda: dict(origin=torch.zeros(3), u=torch.tensor([1.0, 0, 0]),
                                        v=torch.tensor([0.0, 1, 0]), bounds=square()),
       {"origin": "sample", "u": "sample", "v": "sample", "bounds": "domain"},
@@ -1721,8 +1788,8 @@ RECIPES: list[Recipe] = [
 BY_NAME = {r.name: r for r in RECIPES}
 
 # Result objects the library builds (users call their methods, not their constructors).
-RESULTS = {"AffineMap", "Partition", "SegmentPartition", "SplineGraph", "PowerCells",
-           "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
+RESULTS = {"AffineMap", "Complex", "LevelSet", "Partition", "SegmentPartition", "SplineGraph",
+           "PowerCells", "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
            "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport",
            "Evaluation", "Layer", "Pause", "Between", "VQPosterior"}
 

@@ -28,7 +28,8 @@ RESULTS = sorted(
 
 def test_the_results_are_the_expected_ones():
     assert set(RESULTS) == {
-        "AffineMap", "BoundaryCurvature", "BoundaryDistance", "Codes", "Evaluation",
+        "AffineMap", "BoundaryCurvature", "BoundaryDistance", "Codes", "Complex", "Evaluation",
+        "LevelSet",
         "LocalComplexity", "Partition", "PowerCells", "PowerDiagram", "RegionDensity",
         "RegionSharing", "SegmentPartition", "SplineGraph", "VQPosterior"}
 
@@ -59,7 +60,12 @@ def _results() -> dict[str, object]:
         "BoundaryCurvature": ma.boundary_curvature(part),
         "BoundaryDistance": ma.boundary_distance(net, x),
         "Codes": ma.codes(net, x),
+        "Complex": ma.partition_box(net, -torch.ones(2, dtype=torch.float64),
+                                    torch.ones(2, dtype=torch.float64), progress=False),
         "Evaluation": graph.evaluate(x, record=True),
+        "LevelSet": ma.partition_box(net, -torch.ones(2, dtype=torch.float64),
+                                     torch.ones(2, dtype=torch.float64),
+                                     progress=False).decision_boundary(),
         "LocalComplexity": ma.local_complexity(net, x, 0.1),
         "Partition": part,
         "PowerCells": ma.power_cells(net, x, layer=-1, input_space=True),

@@ -18,7 +18,17 @@ from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, Unsupp
 from .graph import Between, Evaluation, Layer, Pause, SplineGraph, trace
 from .inference import VQPosterior, soften, vq_posterior
 from .ops import register_op, supported_ops
-from .partition import Partition, SegmentPartition, Slice, partition_plane, partition_segment
+from .partition import (
+    Complex,
+    LevelSet,
+    Partition,
+    SegmentPartition,
+    Slice,
+    partition_box,
+    partition_plane,
+    partition_polytope,
+    partition_segment,
+)
 from .power import PowerCells, PowerDiagram, power_cells, power_diagram
 from .stats import (
     BoundaryCurvature,
@@ -61,8 +71,10 @@ __all__ = [
     "BoundaryCurvature",
     "BoundaryDistance",
     "Codes",
+    "Complex",
     "Evaluation",
     "Layer",
+    "LevelSet",
     "LocalComplexity",
     "MaxAffineError",
     "MaxAffineTypeError",
@@ -83,7 +95,9 @@ __all__ = [
     "boundary_distance",
     "codes",
     "local_complexity",
+    "partition_box",
     "partition_plane",
+    "partition_polytope",
     "partition_segment",
     "power_cells",
     "power_diagram",

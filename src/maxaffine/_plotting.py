@@ -272,3 +272,98 @@ def plot_power_cells(cells, ax=None, bins: int = 30):
         ax.set_ylabel("inputs")
     ax.set_title(f"power cells of layer {cells.layer!r} ({where})", fontsize=10)
     return ax
+
+
+def plot_complex(cx, ax=None, regions=None, level=0.0, output=0):
+    """A full-dimension complex: d = 2, its regions filled (each polygon's vertices in
+    angular order about its centroid); d = 3, the level set ``output = level`` as a
+    surface, or (``level`` None) the edges of ``regions`` (default all)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    d = cx.dim
+    if d == 2:
+        from matplotlib.collections import PolyCollection
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 5))
+        offsets, ids = (t.numpy() for t in cx.faces(2))
+        x = cx.vertices.numpy()
+        sel = range(cx.num_regions) if regions is None else regions.tolist()
+        polys = []
+        for i in sel:
+            p = x[ids[offsets[i]: offsets[i + 1]]]
+            c = p.mean(0)
+            polys.append(p[np.argsort(np.arctan2(p[:, 1] - c[1], p[:, 0] - c[0]))])
+        rng = np.random.default_rng(0)
+        ax.add_collection(PolyCollection(polys, facecolors=rng.random((len(polys), 3)) * 0.6
+                                         + 0.4, edgecolors="k", linewidths=0.3))
+        ax.autoscale_view()
+        ax.set_aspect("equal")
+        ax.set_title(f"{cx.num_regions} regions")
+        return ax
+    if d != 3:
+        raise ValueError(f"plot draws 2-D and 3-D complexes; this one is {d}-D (use summary)")
+    if level is not None and regions is None:
+        return plot_level_set(cx.level_set(level, output), ax=ax)
+    if ax is None:
+        fig = plt.figure(figsize=(6, 6))
+        ax = fig.add_subplot(projection="3d")
+    from mpl_toolkits.mplot3d.art3d import Line3DCollection
+
+    x = cx.vertices.numpy()
+    edges = cx.edges.numpy()
+    if regions is not None:
+        offsets, ids = (t.numpy() for t in cx.faces(3))
+        keep = np.zeros(x.shape[0], dtype=bool)
+        for i in regions.tolist():
+            keep[ids[offsets[i]: offsets[i + 1]]] = True
+        edges = edges[keep[edges].all(1)]
+    ax.add_collection3d(Line3DCollection(x[edges], colors="k", linewidths=0.3))
+    lo, hi = x.min(0), x.max(0)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_zlim(lo[2], hi[2])
+    ax.set_title(f"{cx.num_regions} regions")
+    return ax
+
+
+def plot_level_set(ls, ax=None, color="tab:orange", **kwargs):
+    """A level set: d = 3, its triangles shaded by their normal; d = 2, its segments."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = ls.vertices.numpy()
+    s = ls.simplices.numpy()
+    if ls.dim == 2:
+        from matplotlib.collections import LineCollection
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 5))
+        ax.add_collection(LineCollection(x[s], colors=color, **kwargs))
+        ax.autoscale_view()
+        ax.set_aspect("equal")
+        ax.set_title(ls.what)
+        return ax
+    if ls.dim != 3:
+        raise ValueError(f"plot draws 2-D and 3-D level sets; this one is {ls.dim}-D")
+    from matplotlib.colors import to_rgb
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    if ax is None:
+        fig = plt.figure(figsize=(6, 6))
+        ax = fig.add_subplot(projection="3d")
+    tri = x[s]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-300)
+    light = np.array([0.4, 0.3, 0.85])
+    shade = 0.35 + 0.65 * np.clip(n @ (light / np.linalg.norm(light)), 0, 1)
+    faces = np.clip(np.outer(shade, to_rgb(color)), 0, 1)
+    ax.add_collection3d(Poly3DCollection(tri, facecolors=faces, edgecolors="none", **kwargs))
+    if len(x):
+        lo, hi = x.min(0), x.max(0)
+        mid, half = (lo + hi) / 2, (hi - lo).max() / 2
+        for set_lim, m in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), mid, strict=True):
+            set_lim(m - half, m + half)
+    ax.set_title(f"{ls.what}: {ls.num_simplices} triangles")
+    return ax

@@ -35,9 +35,12 @@ below the tolerance), :mod:`.segment` (:func:`partition_segment`),
 :mod:`.results` (:class:`Partition`, :class:`SegmentPartition`).
 """
 
+from .box import partition_box, partition_polytope
+from .complex import Complex, LevelSet
 from .domain import Slice
 from .plane import partition_plane
 from .results import Partition, SegmentPartition
 from .segment import partition_segment
 
-__all__ = ["Partition", "SegmentPartition", "Slice", "partition_plane", "partition_segment"]
+__all__ = ["Complex", "LevelSet", "Partition", "SegmentPartition", "Slice", "partition_box", "partition_plane",
+           "partition_polytope", "partition_segment"]

@@ -1,0 +1,201 @@
+"""Compiled loops over a face lattice (numba), behind :mod:`maxaffine.partition.lattice`:
+one pass over a level's incidence lists instead of a dozen array passes. Imported
+(and compiled, cached on disk) on first use.
+
+A level ``k`` of the lattice is a CSR list: face ``f``'s facets (faces of level
+``k - 1``) are ``idx[ptr[f]:ptr[f + 1]]``; level 0 are the vertices. A cut by a
+hyperplane reads, per face, whether it has a vertex strictly on the positive side
+(``pos``) and one strictly on the negative side (``neg``); faces with both are cut.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def sides(ptr, idx, pos_lo, neg_lo, pos, neg):
+    """A face has a positive (negative) vertex iff one of its facets has."""
+    for f in range(ptr.shape[0] - 1):
+        p = False
+        n = False
+        for j in range(ptr[f], ptr[f + 1]):
+            g = idx[j]
+            p = p or pos_lo[g]
+            n = n or neg_lo[g]
+        pos[f] = p
+        neg[f] = n
+
+
+@numba.njit(cache=True)
+def conflicts(ptr, idx, pos, neg, pos_lo, neg_lo, ptr_lo, idx_lo, pos_lo2, neg_lo2,
+              bad_lo, bad_lo2):
+    """Marks where snapping values within the tolerance to zero left sides that no
+    hyperplane has: a cut face with a facet entirely on the hyperplane (``bad_lo``),
+    or a ridge on the hyperplane that is not in exactly one positive-side and one
+    negative-side facet of the cut face (``bad_lo2``). Returns how many."""
+    found = 0
+    cap = 16
+    buf_p = np.empty(cap, dtype=np.int64)
+    buf_n = np.empty(cap, dtype=np.int64)
+    for f in range(ptr.shape[0] - 1):
+        if not (pos[f] and neg[f]):
+            continue
+        n_p = 0
+        n_n = 0
+        for j in range(ptr[f], ptr[f + 1]):
+            g = idx[j]
+            gp, gn = pos_lo[g], neg_lo[g]
+            if gp and gn:
+                continue
+            if not gp and not gn:
+                bad_lo[g] = True
+                found += 1
+                continue
+            for i in range(ptr_lo[g], ptr_lo[g + 1]):
+                e = idx_lo[i]
+                if pos_lo2[e] or neg_lo2[e]:
+                    continue
+                if n_p + n_n + 2 > cap:
+                    cap *= 2
+                    nb = np.empty(cap, dtype=np.int64)
+                    nb[:n_p] = buf_p[:n_p]
+                    buf_p = nb
+                    nb = np.empty(cap, dtype=np.int64)
+                    nb[:n_n] = buf_n[:n_n]
+                    buf_n = nb
+                if gp:
+                    buf_p[n_p] = e
+                    n_p += 1
+                else:
+                    buf_n[n_n] = e
+                    n_n += 1
+        if n_p == 0 and n_n == 0:
+            continue
+        a = np.sort(buf_p[:n_p])
+        b = np.sort(buf_n[:n_n])
+        # each ridge once on each side: equal sorted lists without repeats
+        ok = n_p == n_n
+        if ok:
+            for i in range(n_p):
+                if a[i] != b[i] or (i and a[i] == a[i - 1]):
+                    ok = False
+                    break
+        if not ok:
+            for i in range(n_p):
+                bad_lo2[a[i]] = True
+            for i in range(n_n):
+                bad_lo2[b[i]] = True
+            found += 1
+    return found
+
+
+@numba.njit(cache=True)
+def cut_level(ptr, idx, pos, neg, pos_lo, neg_lo, minus_lo, zero_lo, ptr_lo, idx_lo,
+              pos_lo2, neg_lo2, n_lo_new):
+    """Cut level ``k`` by the hyperplane. A cut face ``F`` keeps its id for its
+    positive part ``F+``, its negative part ``F-`` is appended, and its section
+    ``F0`` (a face of level ``k - 1``, id ``n_lo_new + rank``) is returned as a new
+    row of level ``k - 1``:
+
+    - ``F+``: the positive parts of its cut facets (their ids), its uncut facets on
+      the positive side, and ``F0``; ``F-`` likewise with the facets' negative parts
+      (``minus_lo``);
+    - ``F0``: the sections of its cut facets (``zero_lo``) and its ridges that lie on
+      the hyperplane (taken from its positive-side facets: each such ridge is in
+      exactly one of those, :func:`conflicts`).
+
+    Returns ``(new_ptr, new_idx, minus, zero, f0_ptr, f0_idx)``: the level's new CSR
+    (old faces then the appended ``F-``), each old face's ``F-`` and ``F0`` ids (-1
+    when uncut) and the new rows of level ``k - 1``.
+    """
+    n = ptr.shape[0] - 1
+    minus = np.full(n, -1, dtype=np.int64)
+    zero = np.full(n, -1, dtype=np.int64)
+    # sizes
+    n_cut = 0
+    new_nnz = 0
+    f0_nnz = 0
+    for f in range(n):
+        deg = ptr[f + 1] - ptr[f]
+        if not (pos[f] and neg[f]):
+            new_nnz += deg
+            continue
+        minus[f] = n + n_cut
+        zero[f] = n_lo_new + n_cut
+        n_cut += 1
+        n_plus = 1
+        n_minus = 1
+        for j in range(ptr[f], ptr[f + 1]):
+            g = idx[j]
+            if pos_lo[g] and neg_lo[g]:
+                n_plus += 1
+                n_minus += 1
+                f0_nnz += 1
+            elif pos_lo[g]:
+                n_plus += 1
+                for i in range(ptr_lo[g], ptr_lo[g + 1]):
+                    e = idx_lo[i]
+                    if not (pos_lo2[e] or neg_lo2[e]):
+                        f0_nnz += 1
+            else:
+                n_minus += 1
+        new_nnz += n_plus + n_minus
+    new_ptr = np.empty(n + n_cut + 1, dtype=np.int64)
+    new_idx = np.empty(new_nnz, dtype=np.int64)
+    f0_ptr = np.empty(n_cut + 1, dtype=np.int64)
+    f0_idx = np.empty(f0_nnz, dtype=np.int64)
+    # the negative parts go after all old rows: write them in a second sweep
+    at = 0
+    z = 0
+    f0_ptr[0] = 0
+    for f in range(n):
+        new_ptr[f] = at
+        if not (pos[f] and neg[f]):
+            for j in range(ptr[f], ptr[f + 1]):
+                new_idx[at] = idx[j]
+                at += 1
+            continue
+        for j in range(ptr[f], ptr[f + 1]):
+            g = idx[j]
+            if pos_lo[g]:  # cut (its positive part keeps the id) or positive side
+                new_idx[at] = g
+                at += 1
+            if pos_lo[g] and neg_lo[g]:
+                f0_idx[z] = zero_lo[g]
+                z += 1
+            elif pos_lo[g]:
+                for i in range(ptr_lo[g], ptr_lo[g + 1]):
+                    e = idx_lo[i]
+                    if not (pos_lo2[e] or neg_lo2[e]):
+                        f0_idx[z] = e
+                        z += 1
+        new_idx[at] = zero[f]
+        at += 1
+        f0_ptr[minus[f] - n + 1] = z
+    for f in range(n):
+        if minus[f] < 0:
+            continue
+        new_ptr[minus[f]] = at
+        for j in range(ptr[f], ptr[f + 1]):
+            g = idx[j]
+            if pos_lo[g] and neg_lo[g]:
+                new_idx[at] = minus_lo[g]
+                at += 1
+            elif neg_lo[g]:
+                new_idx[at] = g
+                at += 1
+        new_idx[at] = zero[f]
+        at += 1
+    new_ptr[n + n_cut] = at
+    return new_ptr, new_idx, minus, zero, f0_ptr, f0_idx
+
+
+@numba.njit(cache=True)
+def spread_down(ptr, idx, flag, flag_lo):
+    """Marks the facets of every marked face."""
+    for f in range(ptr.shape[0] - 1):
+        if flag[f]:
+            for j in range(ptr[f], ptr[f + 1]):
+                flag_lo[idx[j]] = True
