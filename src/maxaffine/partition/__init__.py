@@ -5,8 +5,10 @@ The VQ codes of a MASO network partition input space into convex regions
 Balestriero et al., "The Geometry of Deep Networks: Power Diagram
 Subdivision", NeurIPS 2019, Thm. 3: layer by layer, each region of layers
 1..l-1 is subdivided by layer l).  We compute that partition exactly on a
-segment (:func:`partition_segment`) and on a convex polygon of a 2-D plane
-(:func:`partition_plane`), layer by layer:
+segment (:func:`partition_segment`), on a convex polygon of a 2-D plane
+(:func:`partition_plane`) and, for networks with a low-dimensional input, at
+full dimension in a box or polytope (:func:`partition_box`,
+:func:`partition_polytope`: the whole polyhedral complex), layer by layer:
 
 1. The network is continuous, so each nonlinearity's pre-activation at every
    vertex of the current partition comes from one plain batched forward pass.
@@ -27,6 +29,12 @@ Each face's codes are read off the sides of the lines at its vertices; the
 output's affine map on a face is fit through the outputs at its vertices (exact:
 the output is affine there).
 
+At full dimension the same layer-by-layer cuts run on the complex's face lattice
+(:mod:`.lattice`, compiled loops in :mod:`.kernels_nd`): every k-face lists its
+facets, and a cut splits each face it crosses into two parts and a section,
+reading only the signs of the unit's values at the vertices (:mod:`.box`; results
+:class:`Complex` and :class:`LevelSet` in :mod:`.complex`).
+
 The package: :mod:`.domain` (:class:`Slice`), :mod:`.plane` (the plane driver),
 :mod:`.values` (the network's values at the vertices), :mod:`.mesh` and
 :mod:`.kernels` (the batched subdivision and its compiled loops),
@@ -42,5 +50,5 @@ from .plane import partition_plane
 from .results import Partition, SegmentPartition
 from .segment import partition_segment
 
-__all__ = ["Complex", "LevelSet", "Partition", "SegmentPartition", "Slice", "partition_box", "partition_plane",
-           "partition_polytope", "partition_segment"]
+__all__ = ["Complex", "LevelSet", "Partition", "SegmentPartition", "Slice", "partition_box",
+           "partition_plane", "partition_polytope", "partition_segment"]

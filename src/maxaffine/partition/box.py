@@ -23,8 +23,7 @@ from ..vq import pack
 from .complex import Complex
 from .lattice import Lattice
 from .plane import _graph_in, _tolerance
-
-_CHUNK = 1 << 16  # vertices per forward pass
+from .values import _forward
 
 
 def partition_box(
@@ -196,35 +195,13 @@ def _complex(graph: SplineGraph, lattice: Lattice, dtype: torch.dtype, rel_tol: 
         bar.update(1)
         bar.set_postfix(regions=lattice.num_cells, vertices=lattice.nv)
     bar.close()
-    outputs = _forward(graph, lattice.x, dtype, None)
-    if not np.isfinite(outputs).all():
-        raise MaxAffineError("the network's outputs overflow on this domain: scale the "
-                             "model's weights or the domain down")
     layout = tuple((layer.name, tuple(layer.code_shape), layer.num_pieces, layer.bits_per_unit)
                    for layer in graph.layers)
     lattice.carry = np.zeros((lattice.nv, 0))
     return Complex(
         _lattice=lattice, packed=torch.from_numpy(np.concatenate(packed, 1)),
-        code_layout=layout, vertex_outputs=torch.from_numpy(outputs), graph=graph,
+        code_layout=layout, graph=graph,
         tol=rel_tol, constraints=constraints, seconds=time.perf_counter() - t0)
-
-
-def _forward(graph: SplineGraph, x: np.ndarray, dtype: torch.dtype,
-             layer: Layer | None) -> np.ndarray:
-    """At the points ``x`` (V, d): the layer's columns (its boundaries' inputs), or the
-    outputs (``layer`` None), as float64 (V, C)."""
-    rows = []
-    with torch.no_grad():
-        for i in range(0, max(1, x.shape[0]), _CHUNK):
-            pts = torch.from_numpy(x[i:i + _CHUNK]).to(dtype).reshape(-1, *graph.input_shape)
-            if layer is None:
-                out = graph.run(pts, record=False).output
-                rows.append(out.reshape(out.shape[0], -1).double().numpy())
-            else:
-                ev = graph.run(pts, record=True, until=layer.name)
-                cols = layer.rule.columns(*ev.inputs[layer.name])
-                rows.append(cols.double().numpy())
-    return np.concatenate(rows)
 
 
 def _cut_layer(graph: SplineGraph, layer: Layer, lattice: Lattice, packed: list[np.ndarray],
@@ -263,6 +240,8 @@ def _cut_layer(graph: SplineGraph, layer: Layer, lattice: Lattice, packed: list[
         bits[cell_pos.shape[0]:, j] = False
         for i, p in enumerate(packed):
             packed[i] = np.concatenate([p, p[cut]])
+        if j % 16 == 15:
+            lattice.compact()
         if lattice.num_cells > max_regions:
             raise MaxAffineError(f"more than max_regions={max_regions} regions at "
                                  f"{layer.name}; shrink the domain or raise max_regions")

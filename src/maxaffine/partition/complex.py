@@ -23,6 +23,7 @@ from ..errors import MaxAffineError, MaxAffineTypeError
 from ..graph import SplineGraph
 from ..vq import Codes, unpack
 from .lattice import Lattice
+from .values import _forward
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,23 @@ class Complex:
     _lattice: Lattice = field(repr=False)  # the face lattice (internal)
     packed: Tensor
     code_layout: tuple[tuple[str, tuple[int, ...], int, int], ...]
-    vertex_outputs: Tensor
     graph: SplineGraph | None = field(default=None, repr=False)
     tol: float = 0.0
     constraints: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     seconds: float = 0.0
 
     # ------------------------------------------------------------- geometry
+
+    @cached_property
+    def vertex_outputs(self) -> Tensor:
+        """(V, C) the network's outputs at the vertices (computed on first use)."""
+        if self.graph is None:
+            raise MaxAffineError("this complex was built without its model")
+        out = _forward(self.graph, self._lattice.x, self._dtype, None)
+        if not np.isfinite(out).all():
+            raise MaxAffineError("the network's outputs overflow on this domain: scale the "
+                                 "model's weights or the domain down")
+        return torch.from_numpy(out)
 
     @property
     def dim(self) -> int:

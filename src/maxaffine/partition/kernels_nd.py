@@ -199,3 +199,106 @@ def spread_down(ptr, idx, flag, flag_lo):
         if flag[f]:
             for j in range(ptr[f], ptr[f + 1]):
                 flag_lo[idx[j]] = True
+
+
+# ------------------------------------------------------- rows updated in place
+# The same cut on levels stored as rows ``idx[beg[f]:end[f]]`` in a buffer with
+# room to grow: a cut face's positive part is rewritten in its own row when it
+# fits (else appended), its negative part and section are appended; the other
+# rows are not touched, so a cut costs what it cuts, not what the lattice holds.
+
+
+@numba.njit(cache=True)
+def sides_rows(beg, end, idx, n, pos_lo, neg_lo, pos, neg):
+    for f in range(n):
+        p = False
+        q = False
+        for j in range(beg[f], end[f]):
+            g = idx[j]
+            p = p or pos_lo[g]
+            q = q or neg_lo[g]
+        pos[f] = p
+        neg[f] = q
+
+
+@numba.njit(cache=True)
+def cut_bounds(cut, beg, end, idx, beg_lo, end_lo):
+    """Upper bounds of the entries a cut appends: (to this level, to level k-1)."""
+    here = 0
+    lower = 0
+    for f in cut:
+        deg = end[f] - beg[f]
+        here += 2 * deg + 2
+        for j in range(beg[f], end[f]):
+            g = idx[j]
+            lower += max(1, end_lo[g] - beg_lo[g])
+    return here, lower
+
+
+@numba.njit(cache=True)
+def cut_rows(cut, n, beg, end, idx, used, pos_lo, neg_lo, minus_lo, zero_lo, beg_lo,
+             end_lo, idx_lo, pos_lo2, neg_lo2, n_lo, used_lo, with_sections, minus, zero):
+    """Cut the faces ``cut`` (their parts and sections as in :func:`cut_level`);
+    ``minus[f]`` / ``zero[f]`` get each cut face's negative part (id ``n + i``) and
+    section (id ``n_lo + i`` of level k-1, written only ``with_sections``).
+    Returns (used, used_lo, freed): the buffers' new fill and the entries of rows
+    that moved (garbage)."""
+    freed = 0
+    for i in range(cut.shape[0]):
+        f = cut[i]
+        m = n + i
+        z = n_lo + i
+        minus[f] = m
+        zero[f] = z
+        b0 = beg[f]
+        e0 = end[f]
+        # the section (level k-1)
+        if with_sections:
+            beg_lo[z] = used_lo
+            for j in range(b0, e0):
+                g = idx[j]
+                if pos_lo[g] and neg_lo[g]:
+                    idx_lo[used_lo] = zero_lo[g]
+                    used_lo += 1
+                elif pos_lo[g]:
+                    for t in range(beg_lo[g], end_lo[g]):
+                        e = idx_lo[t]
+                        if not (pos_lo2[e] or neg_lo2[e]):
+                            idx_lo[used_lo] = e
+                            used_lo += 1
+            end_lo[z] = used_lo
+        # the negative part: appended
+        beg[m] = used
+        for j in range(b0, e0):
+            g = idx[j]
+            if pos_lo[g] and neg_lo[g]:
+                idx[used] = minus_lo[g]
+                used += 1
+            elif neg_lo[g]:
+                idx[used] = g
+                used += 1
+        idx[used] = z
+        used += 1
+        end[m] = used
+        # the positive part: written after the buffer's end, moved into its own row
+        # when it fits there
+        start = used
+        for j in range(b0, e0):
+            g = idx[j]
+            if pos_lo[g]:
+                idx[used] = g
+                used += 1
+        idx[used] = z
+        used += 1
+        size = used - start
+        if size <= e0 - b0:
+            for t in range(size):
+                idx[b0 + t] = idx[start + t]
+            end[f] = b0 + size
+            freed += (e0 - b0) - size
+            used = start
+        else:
+            beg[f] = start
+            end[f] = used
+            freed += e0 - b0
+    return used, used_lo, freed

@@ -27,15 +27,64 @@ import numpy as np
 import scipy.sparse as sp
 
 
+class _Rows:
+    """One level's facet lists as rows ``idx[beg[f]:end[f]]`` of a buffer with room to
+    grow (cuts rewrite the rows they cut and append; the rest stay put), and
+    ``minus`` / ``zero`` scratch (-1 but for the faces of the current cut)."""
+
+    def __init__(self, ptr: np.ndarray, idx: np.ndarray):
+        n = ptr.shape[0] - 1
+        self.n, self.used, self.garbage = n, idx.shape[0], 0
+        self.beg, self.end = ptr[:-1].copy(), ptr[1:].copy()
+        self.idx = idx.copy()
+        self.minus = np.full(n, -1, dtype=np.int64)
+        self.zero = np.full(n, -1, dtype=np.int64)
+
+    def reserve(self, faces: int, entries: int) -> None:
+        if self.n + faces > self.beg.shape[0]:
+            cap = max(self.n + faces, 2 * self.beg.shape[0])
+            for name, fill in (("beg", 0), ("end", 0), ("minus", -1), ("zero", -1)):
+                old = getattr(self, name)
+                new = np.full(cap, fill, dtype=np.int64)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        if self.used + entries > self.idx.shape[0]:
+            new = np.empty(max(self.used + entries, 2 * self.idx.shape[0]), dtype=np.int64)
+            new[: self.used] = self.idx[: self.used]
+            self.idx = new
+
+    def compact(self) -> None:
+        """Rows back in face order, without garbage (the passes over all rows then
+        stream through memory)."""
+        ptr, idx = self.csr()
+        cap = self.beg.shape[0]
+        self.beg[: self.n], self.end[: self.n] = ptr[:-1], ptr[1:]
+        room = np.empty(max(idx.shape[0], self.idx.shape[0]), dtype=np.int64)
+        room[: idx.shape[0]] = idx
+        self.idx, self.used, self.garbage = room, idx.shape[0], 0
+        assert self.beg.shape[0] == cap
+
+    def csr(self) -> tuple[np.ndarray, np.ndarray]:
+        beg, end = self.beg[: self.n], self.end[: self.n]
+        deg = end - beg
+        ptr = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(deg, out=ptr[1:])
+        if self.garbage == 0 and np.array_equal(beg, ptr[:-1]):
+            return ptr, self.idx[: ptr[-1]]
+        take = np.repeat(beg - ptr[:-1], deg) + np.arange(ptr[-1])
+        return ptr, self.idx[take]
+
+
 class Lattice:
     """``x`` (V, d) vertex coordinates; ``ptr[k - 1]``, ``idx[k - 1]``: level k's CSR
     facet lists (k = 1..d); ``carry`` (V, m): per-vertex values interpolated
     along with the coordinates (affine on every cell). Vertices live in buffers
-    that grow geometrically (a cut appends a few; copying all would dominate)."""
+    that grow geometrically (a cut appends a few; copying all would dominate),
+    faces in :class:`_Rows`."""
 
     def __init__(self, x: np.ndarray, ptr: list[np.ndarray], idx: list[np.ndarray],
                  carry: np.ndarray | None = None):
-        self.ptr, self.idx = ptr, idx
+        self._set_levels(ptr, idx)
         self._nv = x.shape[0]
         self._x = np.array(x, dtype=np.float64)
         self._c = np.zeros((self._nv, 0))
@@ -74,9 +123,27 @@ class Lattice:
         self._c[n: n + add] = c
         self._nv = n + add
 
+    def _set_levels(self, ptr: list[np.ndarray], idx: list[np.ndarray]) -> None:
+        self.rows = [_Rows(p, i) for p, i in zip(ptr, idx, strict=True)]
+        self._csr: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ptr)
+
+    def _level(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._csr[k - 1] is None:
+            self._csr[k - 1] = self.rows[k - 1].csr()
+        return self._csr[k - 1]
+
+    @property
+    def ptr(self) -> list[np.ndarray]:
+        """Per level k = 1..d, the CSR offsets of its facet lists (compacted on read)."""
+        return [self._level(k)[0] for k in range(1, len(self.rows) + 1)]
+
+    @property
+    def idx(self) -> list[np.ndarray]:
+        return [self._level(k)[1] for k in range(1, len(self.rows) + 1)]
+
     @property
     def dim(self) -> int:
-        return self.x.shape[1]
+        return self._x.shape[1]
 
     @property
     def nv(self) -> int:
@@ -84,7 +151,7 @@ class Lattice:
 
     def count(self, k: int) -> int:
         """Number of k-faces."""
-        return self.nv if k == 0 else self.ptr[k - 1].shape[0] - 1
+        return self.nv if k == 0 else self.rows[k - 1].n
 
     @property
     def num_cells(self) -> int:
@@ -134,70 +201,102 @@ class Lattice:
             side = bool(pos0.any())
             return (np.full(self.num_cells, side, dtype=np.bool_),
                     np.full(self.num_cells, -1, dtype=np.int64))
+        rows = self.rows
         while True:
             pos, neg = [pos0], [neg0]
             for k in range(1, d + 1):
-                p = np.empty(self.count(k), dtype=np.bool_)
+                r = rows[k - 1]
+                p = np.empty(r.n, dtype=np.bool_)
                 q = np.empty_like(p)
-                kern.sides(self.ptr[k - 1], self.idx[k - 1], pos[k - 1], neg[k - 1], p, q)
+                kern.sides_rows(r.beg, r.end, r.idx, r.n, pos[k - 1], neg[k - 1], p, q)
                 pos.append(p)
                 neg.append(q)
             if d < 2 or np.count_nonzero(pos0) + np.count_nonzero(neg0) == pos0.shape[0]:
                 break  # no vertex on the hyperplane: the signs are a hyperplane's
+            # (rare: values within the tolerance) the consistency checks, on CSR
+            self._csr = [None] * d
             bad = [np.zeros(self.count(k), dtype=np.bool_) for k in range(d + 1)]
             found = 0
             for k in range(2, d + 1):
                 lo = self._ptr_idx(k - 1)
-                found += kern.conflicts(self.ptr[k - 1], self.idx[k - 1], pos[k], neg[k],
+                hi = self._level(k)
+                found += kern.conflicts(hi[0], hi[1], pos[k], neg[k],
                                         pos[k - 1], neg[k - 1], lo[0], lo[1], pos[k - 2],
                                         neg[k - 2], bad[k - 1], bad[k - 2])
             if not found:
                 break
             for k in range(d, 0, -1):
-                kern.spread_down(self.ptr[k - 1], self.idx[k - 1], bad[k], bad[k - 1])
+                hi = self._level(k)
+                kern.spread_down(hi[0], hi[1], bad[k], bad[k - 1])
             unsnap = bad[0] & ~pos0 & ~neg0
             if not unsnap.any():  # pragma: no cover - conflicts always involve zeros
                 raise RuntimeError("inconsistent signs without vertices on the hyperplane")
             pos0 = pos0 | (unsnap & (values > 0))
             neg0 = neg0 | (unsnap & (values <= 0))
+        self._csr = [None] * d
         # new vertices on the strictly cut edges
+        edges = rows[0]
         e = np.flatnonzero(pos[1] & neg[1])
-        ends = self.idx[0].reshape(-1, 2)[e]
-        va, vb = values[ends[:, 0]], values[ends[:, 1]]
+        a, b = edges.idx[edges.beg[e]], edges.idx[edges.beg[e] + 1]
+        va, vb = values[a], values[b]
         t = (va / (va - vb))[:, None]
-        a, b = ends[:, 0], ends[:, 1]
         new_x = self.x[a] + t * (self.x[b] - self.x[a])
         new_c = self.carry[a] + t * (self.carry[b] - self.carry[a])
         nv = self.nv
-        minus_lo = np.full(nv, -1, dtype=np.int64)
-        zero_lo = minus_lo
+        no_rows = np.zeros(nv, dtype=np.int64)
+        vertex_minus = np.full(nv, -1, dtype=np.int64)
+        prev_cut = None
         for k in range(1, d + 1):
-            lo_ptr, lo_idx = self._ptr_idx(k - 1)
-            n_lo_new = self.count(k - 1)  # level k-1 already holds its negative parts
-            new_ptr, new_idx, minus, zero, f0_ptr, f0_idx = kern.cut_level(
-                self.ptr[k - 1], self.idx[k - 1], pos[k], neg[k], pos[k - 1], neg[k - 1],
-                minus_lo, zero_lo, lo_ptr, lo_idx, pos[k - 2] if k > 1 else pos[0],
-                neg[k - 2] if k > 1 else neg[0], n_lo_new)
-            self.ptr[k - 1], self.idx[k - 1] = new_ptr, new_idx
-            if k > 1:  # the sections join level k-1
-                p = self.ptr[k - 2]
-                self.ptr[k - 2] = np.concatenate([p, p[-1] + f0_ptr[1:]])
-                self.idx[k - 2] = np.concatenate([self.idx[k - 2], f0_idx])
-            minus_lo, zero_lo = minus, zero
+            r = rows[k - 1]
+            cut = np.flatnonzero(pos[k] & neg[k])
+            here, lower = kern.cut_bounds(cut, r.beg, r.end, r.idx,
+                                          rows[k - 2].beg if k > 1 else no_rows,
+                                          rows[k - 2].end if k > 1 else no_rows)
+            r.reserve(cut.shape[0], here)
+            if k > 1:
+                lo = rows[k - 2]
+                lo.reserve(cut.shape[0], lower)
+                r.used, lo.used, freed = kern.cut_rows(
+                    cut, r.n, r.beg, r.end, r.idx, r.used, pos[k - 1], neg[k - 1],
+                    lo.minus, lo.zero, lo.beg, lo.end, lo.idx, pos[k - 2], neg[k - 2],
+                    lo.n, lo.used, True, r.minus, r.zero)
+                lo.minus[prev_cut] = -1  # the scratch is clean for the next cut
+                lo.zero[prev_cut] = -1
+                lo.n += cut.shape[0]
+            else:
+                r.used, _, freed = kern.cut_rows(
+                    cut, r.n, r.beg, r.end, r.idx, r.used, pos[0], neg[0], vertex_minus,
+                    vertex_minus, no_rows, no_rows, no_rows, pos[0], neg[0], nv, 0, False,
+                    r.minus, r.zero)
+            r.garbage += freed
+            cell_minus = r.minus[: r.n].copy() if k == d else None
+            r.n += cut.shape[0]
+            prev_cut = cut
+        top = rows[d - 1]
+        top.minus[prev_cut] = -1
+        top.zero[prev_cut] = -1
+        for r in rows:  # compact levels that are half garbage
+            if r.garbage > r.used // 2:
+                r.compact()
         self._append(new_x, new_c)
-        return pos[d], minus_lo
+        return pos[d], cell_minus
+
+    def compact(self) -> None:
+        """Every level's rows back in face order (after a batch of cuts)."""
+        for r in self.rows:
+            r.compact()
 
     def _ptr_idx(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Level k's CSR (level 0: vertices, no facets)."""
         if k == 0:
             return np.zeros(self.nv + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return self.ptr[k - 1], self.idx[k - 1]
+        return self._level(k)
 
     # ---------------------------------------------------------- reading it
 
     def incidence(self, k: int) -> sp.csr_matrix:
         """(k-faces x (k-1)-faces) 0/1 sparse matrix."""
-        ptr, idx = self.ptr[k - 1], self.idx[k - 1]
+        ptr, idx = self._level(k)
         data = np.ones(idx.shape[0], dtype=np.int8)
         return sp.csr_matrix((data, idx, ptr), shape=(self.count(k), self.count(k - 1)))
 
@@ -233,14 +332,14 @@ class Lattice:
         chain = []
         for j in range(k, 1, -1):
             chain.append(cur)
-            ptr, idx = self.ptr[j - 1], self.idx[j - 1]
+            ptr, idx = self._level(j)
             deg = ptr[cur + 1] - ptr[cur]
             starts = np.repeat(ptr[cur], deg)
             offs = np.arange(deg.sum()) - np.repeat(np.cumsum(deg) - deg, deg)
             owner = np.repeat(owner, deg)
             chain = [np.repeat(c, deg) for c in chain]
             cur = idx[starts + offs]
-        ends = self.idx[0].reshape(-1, 2)[cur] if k >= 1 else cur[:, None]
+        ends = self._level(1)[1].reshape(-1, 2)[cur] if k >= 1 else cur[:, None]
         return owner, chain, ends
 
     def restrict(self, keep_cells: np.ndarray) -> np.ndarray:
@@ -251,17 +350,19 @@ class Lattice:
         keep[d] = keep_cells.astype(np.bool_)
         for k in range(d, 0, -1):
             lo = np.zeros(self.count(k - 1), dtype=np.bool_)
-            ptr, idx = self.ptr[k - 1], self.idx[k - 1]
+            ptr, idx = self._level(k)
             rows = np.repeat(keep[k], np.diff(ptr))
             lo[idx[rows]] = True
             keep[k - 1] = lo
         new_id = [np.cumsum(kp) - 1 for kp in keep]
+        ptrs, idxs = [], []
         for k in range(1, d + 1):
-            ptr, idx = self.ptr[k - 1], self.idx[k - 1]
+            ptr, idx = self._level(k)
             deg = np.diff(ptr)[keep[k]]
             rows = np.repeat(keep[k], np.diff(ptr))
-            self.idx[k - 1] = new_id[k - 1][idx[rows]]
-            self.ptr[k - 1] = np.concatenate([[0], np.cumsum(deg)]).astype(np.int64)
+            idxs.append(new_id[k - 1][idx[rows]])
+            ptrs.append(np.concatenate([[0], np.cumsum(deg)]).astype(np.int64))
+        self._set_levels(ptrs, idxs)
         kept = np.flatnonzero(keep[0])
         carry = self.carry[kept]
         self.x = self.x[kept]

@@ -278,3 +278,24 @@ def _window_max(rule: ops.Nonlinearity, args: tuple, kwargs: dict) -> Tensor | N
 
 # rule -> input shape -> (its windows, output shape), or None (not a direct window max)
 _WINDOWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+_CHUNK = 1 << 16  # points per forward pass of :func:`_forward`
+
+
+def _forward(graph: SplineGraph, x, dtype: torch.dtype, layer: Layer | None):
+    """At the points ``x`` (V, d) numpy: the layer's columns (its boundaries' inputs),
+    or the outputs (``layer`` None), as float64 numpy (V, C); chunked."""
+    import numpy as np
+
+    rows = []
+    with torch.no_grad():
+        for i in range(0, max(1, x.shape[0]), _CHUNK):
+            pts = torch.from_numpy(x[i:i + _CHUNK]).to(dtype).reshape(-1, *graph.input_shape)
+            if layer is None:
+                out = graph.run(pts, record=False).output
+                rows.append(out.reshape(out.shape[0], -1).double().numpy())
+            else:
+                ev = graph.run(pts, record=True, until=layer.name)
+                rows.append(layer.rule.columns(*ev.inputs[layer.name]).double().numpy())
+    return np.concatenate(rows)
