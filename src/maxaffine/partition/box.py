@@ -227,24 +227,25 @@ def _cut_layer(graph: SplineGraph, layer: Layer, lattice: Lattice, packed: list[
     scale = np.maximum(np.abs(cols).max(0) if cols.shape[0] else 0.0, upstream)
     tol = rel_tol * (scale[pos] + np.where(neg >= 0, scale[np.maximum(neg, 0)], 0.0)
                      + np.abs(level))
-    lattice.carry = cols[:, pos] - np.where(neg >= 0, cols[:, np.maximum(neg, 0)], 0.0) - level
+    lattice.begin(cols[:, pos] - np.where(neg >= 0, cols[:, np.maximum(neg, 0)], 0.0) - level,
+                  tol)
     n_lines = pos.shape[0]
-    bits = np.zeros((lattice.num_cells, n_lines), dtype=np.bool_)
+    origin = np.arange(lattice.num_cells)  # each cell's cell at the layer's start
     for j in range(n_lines):
-        nv = lattice.nv
-        cell_pos, minus = lattice.cut(lattice.carry[:, j].copy(), float(tol[j]))
-        lattice.carry[nv:, j] = 0.0  # the new vertices are on this line
+        _, minus = lattice.cut_line(j)
         cut = np.flatnonzero(minus >= 0)
-        bits = np.concatenate([bits, bits[cut]])
-        bits[: cell_pos.shape[0], j] = cell_pos
-        bits[cell_pos.shape[0]:, j] = False
-        for i, p in enumerate(packed):
-            packed[i] = np.concatenate([p, p[cut]])
+        if cut.shape[0]:
+            origin = np.concatenate([origin, origin[cut]])
         if j % 16 == 15:
             lattice.compact()
         if lattice.num_cells > max_regions:
             raise MaxAffineError(f"more than max_regions={max_regions} regions at "
                                  f"{layer.name}; shrink the domain or raise max_regions")
+    for i, p in enumerate(packed):
+        packed[i] = p[origin]
+    # each cell lies on one side of each line: its side is whether it has a vertex
+    # strictly on the positive side
+    bits = lattice.positive()
     units = layer.num_units
     per = n_lines // max(1, units)
     code = bits.reshape(-1, units, per).sum(2) + desc.base

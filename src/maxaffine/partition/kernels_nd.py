@@ -302,3 +302,131 @@ def cut_rows(cut, n, beg, end, idx, used, pos_lo, neg_lo, minus_lo, zero_lo, beg
             end[f] = used
             freed += e0 - b0
     return used, used_lo, freed
+
+
+# ------------------------------------------------ per-face sign bits of a layer
+# For the lines of one layer, every face keeps three bitsets (W words each): a
+# vertex strictly positive (P), strictly negative (N), within the tolerance (Z)
+# of each line. They are exact for every face at all times (a cut refreshes the
+# faces it makes), so a line's cut faces are read off two bits instead of a pass
+# over the lattice.
+
+
+@numba.njit(cache=True)
+def vertex_bits(vals, tol, start, stop, bits):
+    words = bits.shape[1]
+    for v in range(start, stop):
+        for w in range(words):
+            bits[0, w, v] = 0
+            bits[1, w, v] = 0
+            bits[2, w, v] = 0
+        for j in range(vals.shape[1]):
+            x = vals[v, j]
+            w = j >> 6
+            m = np.uint64(1) << np.uint64(j & 63)
+            if x > tol[j]:
+                bits[0, w, v] |= m
+            elif x < -tol[j]:
+                bits[1, w, v] |= m
+            else:
+                bits[2, w, v] |= m
+
+
+@numba.njit(cache=True)
+def face_bits(faces, beg, end, idx, bits_lo, bits):
+    words = bits.shape[1]
+    for f in faces:
+        for w in range(words):
+            p = np.uint64(0)
+            q = np.uint64(0)
+            z = np.uint64(0)
+            for t in range(beg[f], end[f]):
+                g = idx[t]
+                p |= bits_lo[0, w, g]
+                q |= bits_lo[1, w, g]
+                z |= bits_lo[2, w, g]
+            bits[0, w, f] = p
+            bits[1, w, f] = q
+            bits[2, w, f] = z
+
+
+@numba.njit(cache=True)
+def with_bits(bits, n, w, m, a, b):
+    """The faces among the first ``n`` with bit ``m`` of word ``w`` set in both
+    bitsets ``a`` and ``b`` (0: P, 1: N, 2: Z)."""
+    count = 0
+    for f in range(n):
+        if (bits[a, w, f] & m) and (bits[b, w, f] & m):
+            count += 1
+    out = np.empty(count, dtype=np.int64)
+    count = 0
+    for f in range(n):
+        if (bits[a, w, f] & m) and (bits[b, w, f] & m):
+            out[count] = f
+            count += 1
+    return out
+
+
+@numba.njit(cache=True)
+def cut_rows_bits(cut, n, beg, end, idx, used, bits_lo, bits_lo2, w, m, minus_lo, zero_lo,
+                  beg_lo, end_lo, idx_lo, n_lo, used_lo, with_sections, minus, zero):
+    """:func:`cut_rows` with the facets' sides read from their bits (before the cut)."""
+    freed = 0
+    for i in range(cut.shape[0]):
+        f = cut[i]
+        mi = n + i
+        z = n_lo + i
+        minus[f] = mi
+        zero[f] = z
+        b0 = beg[f]
+        e0 = end[f]
+        if with_sections:
+            beg_lo[z] = used_lo
+            for j in range(b0, e0):
+                g = idx[j]
+                gp = (bits_lo[0, w, g] & m) != 0
+                gn = (bits_lo[1, w, g] & m) != 0
+                if gp and gn:
+                    idx_lo[used_lo] = zero_lo[g]
+                    used_lo += 1
+                elif gp:
+                    for t in range(beg_lo[g], end_lo[g]):
+                        e = idx_lo[t]
+                        if not ((bits_lo2[0, w, e] & m) or (bits_lo2[1, w, e] & m)):
+                            idx_lo[used_lo] = e
+                            used_lo += 1
+            end_lo[z] = used_lo
+        beg[mi] = used
+        for j in range(b0, e0):
+            g = idx[j]
+            gp = (bits_lo[0, w, g] & m) != 0
+            gn = (bits_lo[1, w, g] & m) != 0
+            if gp and gn:
+                idx[used] = minus_lo[g]
+                used += 1
+            elif gn:
+                idx[used] = g
+                used += 1
+        idx[used] = z
+        used += 1
+        end[mi] = used
+        start = used
+        for j in range(b0, e0):
+            g = idx[j]
+            if bits_lo[0, w, g] & m:
+                idx[used] = g
+                used += 1
+        idx[used] = z
+        used += 1
+        size = used - start
+        if size <= e0 - b0:
+            for t in range(size):
+                idx[b0 + t] = idx[start + t]
+            end[f] = b0 + size
+            freed += (e0 - b0) - size
+            used = start
+        else:
+            beg[f] = start
+            end[f] = used
+            freed += e0 - b0
+    return used, used_lo, freed

@@ -39,6 +39,7 @@ class _Rows:
         self.idx = idx.copy()
         self.minus = np.full(n, -1, dtype=np.int64)
         self.zero = np.full(n, -1, dtype=np.int64)
+        self.bits = np.zeros((3, 0, n), dtype=np.uint64)  # P, N, Z per word and face
 
     def reserve(self, faces: int, entries: int) -> None:
         if self.n + faces > self.beg.shape[0]:
@@ -48,6 +49,9 @@ class _Rows:
                 new = np.full(cap, fill, dtype=np.int64)
                 new[: self.n] = old[: self.n]
                 setattr(self, name, new)
+            bits = np.zeros((3, self.bits.shape[1], cap), dtype=np.uint64)
+            bits[:, :, : self.n] = self.bits[:, :, : self.n]
+            self.bits = bits
         if self.used + entries > self.idx.shape[0]:
             new = np.empty(max(self.used + entries, 2 * self.idx.shape[0]), dtype=np.int64)
             new[: self.used] = self.idx[: self.used]
@@ -88,6 +92,11 @@ class Lattice:
         self._nv = x.shape[0]
         self._x = np.array(x, dtype=np.float64)
         self._c = np.zeros((self._nv, 0))
+        self._lines = np.zeros((self._nv, 0))  # the cut functions of the current batch
+        self._tol = np.zeros(0)
+        self._no_rows = np.zeros(0, dtype=np.int64)
+        self._never = np.zeros(0, dtype=np.int64)
+        self._vbits = np.zeros((3, 0, self._nv), dtype=np.uint64)
         self.carry = np.zeros((self._nv, 0)) if carry is None else carry
 
     @property
@@ -98,6 +107,8 @@ class Lattice:
     def x(self, value: np.ndarray) -> None:
         self._nv = value.shape[0]
         self._x = np.array(value, dtype=np.float64)
+        self._lines = np.zeros((self._nv, 0))
+        self._vbits = np.zeros((3, 0, self._nv), dtype=np.uint64)
 
     @property
     def carry(self) -> np.ndarray:
@@ -110,17 +121,21 @@ class Lattice:
         self._c = np.empty((self._x.shape[0], value.shape[1]), dtype=np.float64)
         self._c[: self._nv] = value
 
-    def _append(self, x: np.ndarray, c: np.ndarray) -> None:
+    def _append(self, x: np.ndarray, c: np.ndarray, lines: np.ndarray) -> None:
         n, add = self._nv, x.shape[0]
         if n + add > self._x.shape[0]:
             cap = max(n + add, 2 * self._x.shape[0], 64)
-            for name in ("_x", "_c"):
+            for name in ("_x", "_c", "_lines"):
                 old = getattr(self, name)
                 new = np.empty((cap, old.shape[1]), dtype=np.float64)
                 new[:n] = old[:n]
                 setattr(self, name, new)
+            bits = np.zeros((3, self._vbits.shape[1], cap), dtype=np.uint64)
+            bits[:, :, :n] = self._vbits[:, :, :n]
+            self._vbits = bits
         self._x[n: n + add] = x
         self._c[n: n + add] = c
+        self._lines[n: n + add] = lines
         self._nv = n + add
 
     def _set_levels(self, ptr: list[np.ndarray], idx: list[np.ndarray]) -> None:
@@ -186,7 +201,50 @@ class Lattice:
     # -------------------------------------------------------------- the cut
 
     def cut(self, values: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
-        """Cut every face by the zero set of ``values`` (V,), affine on every cell.
+        """Cut every face by the zero set of ``values`` (V,), affine on every cell (a
+        batch of one line: :meth:`begin` then :meth:`cut_line`)."""
+        self.begin(values[:, None], np.array([tol], dtype=np.float64))
+        return self.cut_line(0)
+
+    @property
+    def lines(self) -> np.ndarray:
+        """(V, L) the values of the current batch's cut functions at the vertices."""
+        return self._lines[: self._nv]
+
+    def begin(self, lines: np.ndarray, tol: np.ndarray) -> None:
+        """Start a batch of cuts along ``lines`` (V, L): functions affine on every cell
+        until the batch ends (a layer's boundaries), interpolated at new vertices;
+        ``tol`` (L,): values within it count as zero. Every face's sign bits for
+        them are computed once here and kept exact by the cuts."""
+        from . import kernels_nd as kern
+
+        nv, n_lines = self.nv, lines.shape[1]
+        words = max(1, -(-n_lines // 64))
+        self._lines = np.empty((self._x.shape[0], n_lines), dtype=np.float64)
+        self._lines[:nv] = lines
+        self._tol = np.asarray(tol, dtype=np.float64)
+        self._vbits = np.zeros((3, words, self._x.shape[0]), dtype=np.uint64)
+        kern.vertex_bits(self._lines, self._tol, 0, nv, self._vbits)
+        self._refresh_all()
+
+    def _refresh_all(self) -> None:
+        from . import kernels_nd as kern
+
+        words = self._vbits.shape[1]
+        below = self._vbits
+        for r in self.rows:
+            r.bits = np.zeros((3, words, r.beg.shape[0]), dtype=np.uint64)
+            kern.face_bits(np.arange(r.n), r.beg, r.end, r.idx, below, r.bits)
+            below = r.bits
+
+    def _sides(self, k: int, w: int, m: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+        """Level k's (positive, negative) bools for one line, from the bits."""
+        bits = self._vbits[:, :, : self.nv] if k == 0 else self.rows[k - 1].bits[
+            :, :, : self.rows[k - 1].n]
+        return (bits[0, w] & m) != 0, (bits[1, w] & m) != 0
+
+    def cut_line(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cut every face by line ``j`` of the batch.
 
         Returns ``(cell_pos, cell_minus)`` for the cells before the cut: whether each
         has a vertex strictly on the positive side (after the cut, each cell lies on
@@ -194,61 +252,40 @@ class Lattice:
         the appended negative parts ``cell_minus`` (-1: uncut) on the negative)."""
         from . import kernels_nd as kern
 
-        d = self.dim
-        pos0 = values > tol
-        neg0 = values < -tol
-        if not (pos0.any() and neg0.any()):  # the hyperplane misses every cell
-            side = bool(pos0.any())
-            return (np.full(self.num_cells, side, dtype=np.bool_),
-                    np.full(self.num_cells, -1, dtype=np.int64))
-        rows = self.rows
-        while True:
-            pos, neg = [pos0], [neg0]
-            for k in range(1, d + 1):
-                r = rows[k - 1]
-                p = np.empty(r.n, dtype=np.bool_)
-                q = np.empty_like(p)
-                kern.sides_rows(r.beg, r.end, r.idx, r.n, pos[k - 1], neg[k - 1], p, q)
-                pos.append(p)
-                neg.append(q)
-            if d < 2 or np.count_nonzero(pos0) + np.count_nonzero(neg0) == pos0.shape[0]:
-                break  # no vertex on the hyperplane: the signs are a hyperplane's
-            # (rare: values within the tolerance) the consistency checks, on CSR
-            self._csr = [None] * d
-            bad = [np.zeros(self.count(k), dtype=np.bool_) for k in range(d + 1)]
-            found = 0
-            for k in range(2, d + 1):
-                lo = self._ptr_idx(k - 1)
-                hi = self._level(k)
-                found += kern.conflicts(hi[0], hi[1], pos[k], neg[k],
-                                        pos[k - 1], neg[k - 1], lo[0], lo[1], pos[k - 2],
-                                        neg[k - 2], bad[k - 1], bad[k - 2])
-            if not found:
-                break
-            for k in range(d, 0, -1):
-                hi = self._level(k)
-                kern.spread_down(hi[0], hi[1], bad[k], bad[k - 1])
-            unsnap = bad[0] & ~pos0 & ~neg0
-            if not unsnap.any():  # pragma: no cover - conflicts always involve zeros
-                raise RuntimeError("inconsistent signs without vertices on the hyperplane")
-            pos0 = pos0 | (unsnap & (values > 0))
-            neg0 = neg0 | (unsnap & (values <= 0))
+        d, rows = self.dim, self.rows
+        w, m = j >> 6, np.uint64(1) << np.uint64(j & 63)
+        top = rows[d - 1]
+        cell_pos = (top.bits[0, w, : top.n] & m) != 0
+        cut_top = kern.with_bits(top.bits, top.n, w, m, 0, 1)
+        if cut_top.shape[0] == 0:  # no cell is cut, so no face is
+            return cell_pos, np.full(top.n, -1, dtype=np.int64)
+        if d >= 2 and bool(((top.bits[2, w, cut_top] & m) != 0).any()):
+            # a cut cell has a vertex on the line: check the signs are a hyperplane's
+            self._resolve_zeros(j, w, m)
+            cell_pos = (top.bits[0, w, : top.n] & m) != 0
         self._csr = [None] * d
+        values = self._lines[: self.nv, j]
         # new vertices on the strictly cut edges
         edges = rows[0]
-        e = np.flatnonzero(pos[1] & neg[1])
+        e = kern.with_bits(edges.bits, edges.n, w, m, 0, 1)
         a, b = edges.idx[edges.beg[e]], edges.idx[edges.beg[e] + 1]
         va, vb = values[a], values[b]
         t = (va / (va - vb))[:, None]
-        new_x = self.x[a] + t * (self.x[b] - self.x[a])
-        new_c = self.carry[a] + t * (self.carry[b] - self.carry[a])
+        x, c, lines = self.x, self.carry, self.lines
+        new_lines = lines[a] + t * (lines[b] - lines[a])
+        new_lines[:, j] = 0.0  # on this line
         nv = self.nv
-        no_rows = np.zeros(nv, dtype=np.int64)
-        vertex_minus = np.full(nv, -1, dtype=np.int64)
-        prev_cut = None
-        for k in range(1, d + 1):
+        new_x, new_c = x[a] + t * (x[b] - x[a]), c[a] + t * (c[b] - c[a])
+        if self._no_rows.shape[0] < nv:  # vertices have no facets, and are never cut
+            self._no_rows = np.zeros(2 * nv, dtype=np.int64)
+            self._never = np.full(2 * nv, -1, dtype=np.int64)
+        no_rows, vertex_minus = self._no_rows, self._never
+        old_n = [r.n for r in rows]
+        cuts = []
+        for k in range(1, d + 1):  # the cuts, each level reading its facets' sides
             r = rows[k - 1]
-            cut = np.flatnonzero(pos[k] & neg[k])
+            cut = e if k == 1 else kern.with_bits(r.bits, r.n, w, m, 0, 1)
+            cuts.append(cut)
             here, lower = kern.cut_bounds(cut, r.beg, r.end, r.idx,
                                           rows[k - 2].beg if k > 1 else no_rows,
                                           rows[k - 2].end if k > 1 else no_rows)
@@ -256,30 +293,81 @@ class Lattice:
             if k > 1:
                 lo = rows[k - 2]
                 lo.reserve(cut.shape[0], lower)
-                r.used, lo.used, freed = kern.cut_rows(
-                    cut, r.n, r.beg, r.end, r.idx, r.used, pos[k - 1], neg[k - 1],
-                    lo.minus, lo.zero, lo.beg, lo.end, lo.idx, pos[k - 2], neg[k - 2],
-                    lo.n, lo.used, True, r.minus, r.zero)
-                lo.minus[prev_cut] = -1  # the scratch is clean for the next cut
-                lo.zero[prev_cut] = -1
+                below2 = self._vbits if k == 2 else rows[k - 3].bits
+                r.used, lo.used, freed = kern.cut_rows_bits(
+                    cut, r.n, r.beg, r.end, r.idx, r.used, lo.bits, below2, w, m,
+                    lo.minus, lo.zero, lo.beg, lo.end, lo.idx, lo.n, lo.used, True,
+                    r.minus, r.zero)
+                lo.minus[cuts[k - 2]] = -1  # the scratch is clean for the next cut
+                lo.zero[cuts[k - 2]] = -1
                 lo.n += cut.shape[0]
             else:
-                r.used, _, freed = kern.cut_rows(
-                    cut, r.n, r.beg, r.end, r.idx, r.used, pos[0], neg[0], vertex_minus,
-                    vertex_minus, no_rows, no_rows, no_rows, pos[0], neg[0], nv, 0, False,
+                r.used, _, freed = kern.cut_rows_bits(
+                    cut, r.n, r.beg, r.end, r.idx, r.used, self._vbits, self._vbits, w, m,
+                    vertex_minus, vertex_minus, no_rows, no_rows, no_rows, nv, 0, False,
                     r.minus, r.zero)
             r.garbage += freed
-            cell_minus = r.minus[: r.n].copy() if k == d else None
             r.n += cut.shape[0]
-            prev_cut = cut
-        top = rows[d - 1]
-        top.minus[prev_cut] = -1
-        top.zero[prev_cut] = -1
+        cell_minus = np.full(old_n[d - 1], -1, dtype=np.int64)
+        cell_minus[cuts[d - 1]] = old_n[d - 1] + np.arange(cuts[d - 1].shape[0])
+        top.minus[cuts[d - 1]] = -1
+        top.zero[cuts[d - 1]] = -1
+        # the new vertices, then every face made or changed, bottom-up
+        self._append(new_x, new_c, new_lines)
+        kern.vertex_bits(self._lines, self._tol, nv, self.nv, self._vbits)
+        below = self._vbits
+        for k in range(1, d + 1):
+            r = rows[k - 1]
+            made = np.concatenate([cuts[k - 1], np.arange(old_n[k - 1], r.n)])
+            kern.face_bits(made, r.beg, r.end, r.idx, below, r.bits)
+            below = r.bits
         for r in rows:  # compact levels that are half garbage
             if r.garbage > r.used // 2:
                 r.compact()
-        self._append(new_x, new_c)
-        return pos[d], cell_minus
+        return cell_pos, cell_minus
+
+    def positive(self) -> np.ndarray:
+        """(cells, L) bools: each cell has a vertex strictly on the positive side of
+        each line of the batch (after its cuts: the cell's side)."""
+        top = self.rows[self.dim - 1]
+        n_lines = self._lines.shape[1]
+        words = top.bits[0, :, : top.n]  # (W, cells)
+        as_bytes = np.ascontiguousarray(words.T).view(np.uint8).reshape(top.n, -1)
+        return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :n_lines].astype(bool)
+
+    def _resolve_zeros(self, j: int, w: int, m: np.uint64) -> None:
+        """Vertices within the tolerance of line ``j``: where snapping them to it left
+        signs that no hyperplane has (a cut face with a facet on the line, a ridge on
+        it not shared by one face of each side), those vertices take their own
+        value's sign (zero: negative), and the bits are recomputed."""
+        from . import kernels_nd as kern
+
+        d = self.dim
+        self._csr = [None] * d
+        pos = [self._sides(k, w, m)[0] for k in range(d + 1)]
+        neg = [self._sides(k, w, m)[1] for k in range(d + 1)]
+        bad = [np.zeros(self.count(k), dtype=np.bool_) for k in range(d + 1)]
+        found = 0
+        for k in range(2, d + 1):
+            lo = self._ptr_idx(k - 1)
+            hi = self._level(k)
+            found += kern.conflicts(hi[0], hi[1], pos[k], neg[k], pos[k - 1], neg[k - 1],
+                                    lo[0], lo[1], pos[k - 2], neg[k - 2], bad[k - 1],
+                                    bad[k - 2])
+        if not found:
+            return
+        for k in range(d, 0, -1):
+            hi = self._level(k)
+            kern.spread_down(hi[0], hi[1], bad[k], bad[k - 1])
+        unsnap = np.flatnonzero(bad[0] & ~pos[0] & ~neg[0])
+        values = self._lines[unsnap, j]
+        vb = self._vbits
+        vb[2, w, unsnap] &= ~m
+        up = unsnap[values > 0]
+        vb[0, w, up] |= m
+        vb[1, w, unsnap[values <= 0]] |= m
+        self._refresh_all()
+        self._resolve_zeros(j, w, m)  # until consistent: each round unsnaps vertices
 
     def compact(self) -> None:
         """Every level's rows back in face order (after a batch of cuts)."""
