@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -116,7 +115,7 @@ class Complex:
         return torch.from_numpy(m.indices[m.indptr[i]: m.indptr[i + 1]].astype(np.int64))
 
     @cached_property
-    def _cell_vertices(self) -> sp.csr_matrix:
+    def _cell_vertices(self) -> Any:  # scipy.sparse.csr_matrix
         return self._lattice.vertex_sets(self.dim)
 
     @cached_property
@@ -168,12 +167,14 @@ class Complex:
         return float(self.volumes.sum())
 
     @cached_property
-    def adjacency(self) -> sp.csr_matrix:
+    def adjacency(self) -> Any:  # scipy.sparse.csr_matrix
         """(R, R) 0/1 symmetric: regions that share a facet."""
         inc = self._lattice.incidence(self.dim).T.tocsr()  # facets x cells
         two = np.flatnonzero(np.diff(inc.indptr) == 2)
         pairs = inc.indices[inc.indptr[two][:, None] + np.arange(2)]
         r = self.num_regions
+        import scipy.sparse as sp
+
         adj = sp.coo_matrix((np.ones(2 * len(pairs), dtype=np.int8),
                              (np.r_[pairs[:, 0], pairs[:, 1]], np.r_[pairs[:, 1], pairs[:, 0]])),
                             shape=(r, r)).tocsr()

@@ -22,9 +22,9 @@ as the codes' ties go to the lower piece), which makes them consistent.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 
 class _Rows:
@@ -382,14 +382,18 @@ class Lattice:
 
     # ---------------------------------------------------------- reading it
 
-    def incidence(self, k: int) -> sp.csr_matrix:
+    def incidence(self, k: int) -> Any:  # scipy.sparse.csr_matrix
         """(k-faces x (k-1)-faces) 0/1 sparse matrix."""
         ptr, idx = self._level(k)
+        import scipy.sparse as sp
+
         data = np.ones(idx.shape[0], dtype=np.int8)
         return sp.csr_matrix((data, idx, ptr), shape=(self.count(k), self.count(k - 1)))
 
-    def vertex_sets(self, k: int) -> sp.csr_matrix:
+    def vertex_sets(self, k: int) -> Any:  # scipy.sparse.csr_matrix
         """(k-faces x vertices) 0/1: the vertices of each k-face."""
+        import scipy.sparse as sp
+
         m = self.incidence(1) if k >= 1 else sp.identity(self.nv, format="csr", dtype=np.int8)
         for j in range(2, k + 1):
             m = self.incidence(j) @ m
@@ -404,10 +408,6 @@ class Lattice:
             return self.x
         m = self.vertex_sets(k).astype(np.float64)
         return (m @ self.x) / np.asarray(m.sum(1))
-
-    def cofaces(self, k: int) -> sp.csr_matrix:
-        """((k-1)-faces x k-faces) 0/1: the faces each (k-1)-face bounds."""
-        return self.incidence(k).T.tocsr()
 
     def flags(self, k: int, faces: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """The simplices of the barycentric-style subdivision of the k-faces ``faces``:
