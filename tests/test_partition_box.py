@@ -300,3 +300,19 @@ def test_bad_input():
     cx = partition_box(net, -np.ones(3), np.ones(3), progress=False)
     with pytest.raises(MaxAffineError, match="output"):
         cx.level_set(0.0, output=3)
+
+
+def test_lines_in_batches_give_the_same_complex(monkeypatch):
+    """Wide layers are cut in batches of lines whose values are recomputed at all
+    vertices (a memory budget): the same complex as one batch."""
+    from maxaffine.partition import box
+
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Linear(3, 40), nn.Hardtanh(), nn.Linear(40, 30), nn.ReLU(),
+                        nn.Linear(30, 1)).double()
+    whole = partition_box(net, -np.ones(3), np.ones(3), progress=False)
+    monkeypatch.setattr(box, "_VALUES_BUDGET", 64)  # 8 units per batch
+    parts = partition_box(net, -np.ones(3), np.ones(3), progress=False)
+    assert parts.f_vector == whole.f_vector
+    assert _packed_set(parts.packed) == _packed_set(whole.packed)
+    _check_complex(parts, net, -np.ones(3), np.ones(3))

@@ -71,7 +71,7 @@ def prepare(args: argparse.Namespace, dataset: str, seed: int = 0):
 
 
 _MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding", "vq_distance",
-                       "training_dynamics"]
+                       "training_dynamics", "sdf_mesh"]
 
 
 def experiments() -> dict[str, Experiment]:

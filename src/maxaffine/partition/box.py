@@ -23,7 +23,9 @@ from ..vq import pack
 from .complex import Complex
 from .lattice import Lattice
 from .plane import _graph_in, _tolerance
-from .values import _forward
+from .values import _line_values
+
+_VALUES_BUDGET = 1 << 24  # line values held at the vertices at once (floats)
 
 
 def partition_box(
@@ -218,37 +220,68 @@ def _cut_layer(graph: SplineGraph, layer: Layer, lattice: Lattice, packed: list[
             "hardtanh, elementwise splines, maximum/minimum of two); the maxima over "
             "windows of this layer (max-pooling) are not supported at full dimension yet: "
             "use partition_plane on a 2-D slice")
-    cols = _forward(graph, lattice.x, dtype, layer)
-    if not np.isfinite(cols).all():
-        raise MaxAffineError(f"values of {layer.name} overflow on this domain: scale the "
-                             "model's weights or the domain down")
     pos, neg = desc.pos.numpy(), desc.neg.numpy()
     level = desc.level.double().numpy()
-    scale = np.maximum(np.abs(cols).max(0) if cols.shape[0] else 0.0, upstream)
-    tol = rel_tol * (scale[pos] + np.where(neg >= 0, scale[np.maximum(neg, 0)], 0.0)
-                     + np.abs(level))
-    lattice.begin(cols[:, pos] - np.where(neg >= 0, cols[:, np.maximum(neg, 0)], 0.0) - level,
-                  tol)
     n_lines = pos.shape[0]
+    units = layer.num_units
+    per = n_lines // max(1, units)  # lines per unit (unit-major)
+    # lines cut per batch: as many as a budget of values at the vertices allows, whole
+    # units, 8 of them at least (so each batch's packed codes fill whole bytes)
+    group = 8 * max(1, per)
+    per_chunk = max(group, int(_VALUES_BUDGET // max(1, lattice.nv)) // group * group)
     origin = np.arange(lattice.num_cells)  # each cell's cell at the layer's start
-    for j in range(n_lines):
-        _, minus = lattice.cut_line(j)
-        cut = np.flatnonzero(minus >= 0)
-        if cut.shape[0]:
-            origin = np.concatenate([origin, origin[cut]])
-        if j % 16 == 15:
-            lattice.compact()
-        if lattice.num_cells > max_regions:
-            raise MaxAffineError(f"more than max_regions={max_regions} regions at "
-                                 f"{layer.name}; shrink the domain or raise max_regions")
+    codes = np.zeros((lattice.num_cells, 0), dtype=np.uint8)  # this layer's, packed
+    col_max: np.ndarray | None = None
+    start = 0
+    while start < n_lines:
+        # the lines' values at the vertices, written straight into the lattice's buffer
+        # (interpolated there at the vertices the cuts make); the next batch's are
+        # computed afresh at all vertices (exact: the network is continuous). The first
+        # pass also reads each column's range on the domain: the tolerances' scale.
+        stop = min(n_lines, start + per_chunk)
+        sel = np.arange(start, stop)
+        first = col_max is None
+        if first:
+            col_max = np.zeros(layer.rule.columns(*ev.inputs[layer.name]).shape[1])
+        _line_values(graph, lattice.x, dtype, layer, pos[sel], neg[sel], level[sel],
+                     lattice.line_buffer(sel.shape[0]), col_max if first else None)
+        if first:
+            if not np.isfinite(col_max).all():
+                raise MaxAffineError(f"values of {layer.name} overflow on this domain: "
+                                     "scale the model's weights or the domain down")
+            scale = np.maximum(col_max, upstream)
+            tol = rel_tol * (scale[pos] + np.where(neg >= 0, scale[np.maximum(neg, 0)], 0.0)
+                             + np.abs(level))
+        lattice.begin_bits(tol[sel])
+        chunk_origin = np.arange(lattice.num_cells)
+        done = sel.shape[0]
+        for j in range(sel.shape[0]):
+            _, minus = lattice.cut_line(j)
+            cut = np.flatnonzero(minus >= 0)
+            if cut.shape[0]:
+                chunk_origin = np.concatenate([chunk_origin, chunk_origin[cut]])
+            if j % 16 == 15:
+                lattice.compact()
+            if lattice.num_cells > max_regions:
+                raise MaxAffineError(f"more than max_regions={max_regions} regions at "
+                                     f"{layer.name}; shrink the domain or raise max_regions")
+            if ((j + 1) % group == 0 and j + 1 < done
+                    and lattice.nv * sel.shape[0] > 2 * _VALUES_BUDGET):
+                done = j + 1  # the cuts multiplied the vertices: end the batch here
+                break
+        stop = start + done
+        origin = origin[chunk_origin]
+        # each cell lies on one side of each line: its side is whether it has a vertex
+        # strictly on the positive side; a unit's code counts its positive lines
+        code = lattice.positive()[:, :done].reshape(lattice.num_cells, -1, per).sum(2) \
+            + desc.base
+        code_t = torch.from_numpy(code.astype(np.uint8 if layer.num_pieces <= 256
+                                              else np.int64))
+        codes = np.concatenate([codes[chunk_origin],
+                                pack([code_t], [layer.bits_per_unit]).numpy()], 1)
+        start = stop
     for i, p in enumerate(packed):
         packed[i] = p[origin]
-    # each cell lies on one side of each line: its side is whether it has a vertex
-    # strictly on the positive side
-    bits = lattice.positive()
-    units = layer.num_units
-    per = n_lines // max(1, units)
-    code = bits.reshape(-1, units, per).sum(2) + desc.base
-    code_t = torch.from_numpy(code.astype(np.uint8 if layer.num_pieces <= 256 else np.int64))
-    packed.append(pack([code_t.reshape(-1, *layer.code_shape)], [layer.bits_per_unit]).numpy())
-    return max(upstream, float(np.abs(cols).max()) if cols.size else 0.0)
+    packed.append(codes)
+    return max(upstream, float(col_max.max()) if col_max is not None and col_max.size
+               else upstream)

@@ -77,7 +77,7 @@ class Complex:
     @cached_property
     def edges(self) -> Tensor:
         """(E, 2) vertex ids of every edge."""
-        return torch.from_numpy(self._lattice.idx[0].reshape(-1, 2).copy())
+        return torch.from_numpy(self._lattice.idx[0].reshape(-1, 2).astype(np.int64))
 
     @property
     def f_vector(self) -> tuple[int, ...]:
@@ -104,7 +104,7 @@ class Complex:
         k = integer(k, "k", minimum=1, maximum=self.dim,
                     meaning=f"a face dimension of this {self.dim}-D complex, >= 1")
         return (torch.from_numpy(self._lattice.ptr[k - 1].copy()),
-                torch.from_numpy(self._lattice.idx[k - 1].copy()))
+                torch.from_numpy(self._lattice.idx[k - 1].astype(np.int64)))
 
     def region_vertices(self, i: int) -> Tensor:
         """The vertex ids of region ``i``."""

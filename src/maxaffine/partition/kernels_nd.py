@@ -430,3 +430,19 @@ def cut_rows_bits(cut, n, beg, end, idx, used, bits_lo, bits_lo2, w, m, minus_lo
             end[f] = used
             freed += e0 - b0
     return used, used_lo, freed
+
+
+@numba.njit(cache=True)
+def rows_in_order(beg, end, idx, n):
+    """The first ``n`` rows, in face order, as CSR ``(ptr, entries)``."""
+    ptr = np.empty(n + 1, dtype=np.int64)
+    ptr[0] = 0
+    for f in range(n):
+        ptr[f + 1] = ptr[f] + end[f] - beg[f]
+    out = np.empty(ptr[n], dtype=idx.dtype)
+    for f in range(n):
+        at = ptr[f]
+        for t in range(beg[f], end[f]):
+            out[at] = idx[t]
+            at += 1
+    return ptr, out

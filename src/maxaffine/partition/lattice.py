@@ -26,6 +26,24 @@ from typing import Any
 
 import numpy as np
 
+_ID = np.int32  # face and vertex ids in the lattice's rows (half the memory of int64)
+
+
+def _grown(arr: np.ndarray, cap: int, fill: int | None = None) -> np.ndarray:
+    """``arr`` with room for ``cap`` rows (axis 0), reallocated in place where the
+    allocator can (large blocks are remapped, not copied: no moment with both the
+    old and the new buffer resident); new rows hold ``fill`` (default: zeros)."""
+    n0 = arr.shape[0]
+    if arr.base is None and arr.flags.owndata and arr.flags.c_contiguous:
+        arr.resize((cap, *arr.shape[1:]), refcheck=False)
+        out = arr
+    else:
+        out = np.zeros((cap, *arr.shape[1:]), dtype=arr.dtype)
+        out[:n0] = arr
+    if fill:
+        out[n0:] = fill
+    return out
+
 
 class _Rows:
     """One level's facet lists as rows ``idx[beg[f]:end[f]]`` of a buffer with room to
@@ -35,55 +53,49 @@ class _Rows:
     def __init__(self, ptr: np.ndarray, idx: np.ndarray):
         n = ptr.shape[0] - 1
         self.n, self.used, self.garbage = n, idx.shape[0], 0
-        self.beg, self.end = ptr[:-1].copy(), ptr[1:].copy()
-        self.idx = idx.copy()
-        self.minus = np.full(n, -1, dtype=np.int64)
-        self.zero = np.full(n, -1, dtype=np.int64)
+        self.beg, self.end = ptr[:-1].astype(_ID), ptr[1:].astype(_ID)
+        self.idx = idx.astype(_ID)
+        self.minus = np.full(n, -1, dtype=_ID)
+        self.zero = np.full(n, -1, dtype=_ID)
         self.bits = np.zeros((3, 0, n), dtype=np.uint64)  # P, N, Z per word and face
 
     def reserve(self, faces: int, entries: int) -> None:
         if self.n + faces > self.beg.shape[0]:
-            cap = max(self.n + faces, 2 * self.beg.shape[0])
+            cap = max(self.n + faces, self.beg.shape[0] * 3 // 2)
             for name, fill in (("beg", 0), ("end", 0), ("minus", -1), ("zero", -1)):
-                old = getattr(self, name)
-                new = np.full(cap, fill, dtype=np.int64)
-                new[: self.n] = old[: self.n]
-                setattr(self, name, new)
+                setattr(self, name, _grown(getattr(self, name), cap, fill))
             bits = np.zeros((3, self.bits.shape[1], cap), dtype=np.uint64)
             bits[:, :, : self.n] = self.bits[:, :, : self.n]
             self.bits = bits
         if self.used + entries > self.idx.shape[0]:
-            new = np.empty(max(self.used + entries, 2 * self.idx.shape[0]), dtype=np.int64)
-            new[: self.used] = self.idx[: self.used]
-            self.idx = new
+            self.idx = _grown(self.idx, max(self.used + entries, self.idx.shape[0] * 3 // 2))
 
     def compact(self) -> None:
         """Rows back in face order, without garbage (the passes over all rows then
         stream through memory)."""
-        ptr, idx = self.csr()
-        cap = self.beg.shape[0]
+        if self.garbage == 0:
+            return
+        ptr, idx = self.csr()  # a fresh array: it becomes the buffer
         self.beg[: self.n], self.end[: self.n] = ptr[:-1], ptr[1:]
-        room = np.empty(max(idx.shape[0], self.idx.shape[0]), dtype=np.int64)
-        room[: idx.shape[0]] = idx
-        self.idx, self.used, self.garbage = room, idx.shape[0], 0
-        assert self.beg.shape[0] == cap
+        self.idx, self.used, self.garbage = idx, idx.shape[0], 0
 
     def csr(self) -> tuple[np.ndarray, np.ndarray]:
-        beg, end = self.beg[: self.n], self.end[: self.n]
-        deg = end - beg
-        ptr = np.zeros(self.n + 1, dtype=np.int64)
-        np.cumsum(deg, out=ptr[1:])
-        if self.garbage == 0 and np.array_equal(beg, ptr[:-1]):
-            return ptr, self.idx[: ptr[-1]]
-        take = np.repeat(beg - ptr[:-1], deg) + np.arange(ptr[-1])
-        return ptr, self.idx[take]
+        """``(ptr, idx)``: the rows in face order (a fresh array unless they are)."""
+        from . import kernels_nd as kern
+
+        if self.garbage == 0:  # appended in order, nothing moved: already CSR
+            ptr = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(self.end[: self.n] - self.beg[: self.n], out=ptr[1:])
+            if ptr[-1] == self.used and (self.n == 0 or self.beg[0] == 0):
+                return ptr, self.idx[: self.used]
+        return kern.rows_in_order(self.beg, self.end, self.idx, self.n)
 
 
 class Lattice:
     """``x`` (V, d) vertex coordinates; ``ptr[k - 1]``, ``idx[k - 1]``: level k's CSR
     facet lists (k = 1..d); ``carry`` (V, m): per-vertex values interpolated
     along with the coordinates (affine on every cell). Vertices live in buffers
-    that grow geometrically (a cut appends a few; copying all would dominate),
+    that grow geometrically (by half: a cut appends a few; copying all would dominate),
     faces in :class:`_Rows`."""
 
     def __init__(self, x: np.ndarray, ptr: list[np.ndarray], idx: list[np.ndarray],
@@ -94,8 +106,8 @@ class Lattice:
         self._c = np.zeros((self._nv, 0))
         self._lines = np.zeros((self._nv, 0))  # the cut functions of the current batch
         self._tol = np.zeros(0)
-        self._no_rows = np.zeros(0, dtype=np.int64)
-        self._never = np.zeros(0, dtype=np.int64)
+        self._no_rows = np.zeros(0, dtype=_ID)
+        self._never = np.zeros(0, dtype=_ID)
         self._vbits = np.zeros((3, 0, self._nv), dtype=np.uint64)
         self.carry = np.zeros((self._nv, 0)) if carry is None else carry
 
@@ -124,12 +136,9 @@ class Lattice:
     def _append(self, x: np.ndarray, c: np.ndarray, lines: np.ndarray) -> None:
         n, add = self._nv, x.shape[0]
         if n + add > self._x.shape[0]:
-            cap = max(n + add, 2 * self._x.shape[0], 64)
+            cap = max(n + add, self._x.shape[0] * 3 // 2, 64)
             for name in ("_x", "_c", "_lines"):
-                old = getattr(self, name)
-                new = np.empty((cap, old.shape[1]), dtype=np.float64)
-                new[:n] = old[:n]
-                setattr(self, name, new)
+                setattr(self, name, _grown(getattr(self, name), cap))
             bits = np.zeros((3, self._vbits.shape[1], cap), dtype=np.uint64)
             bits[:, :, :n] = self._vbits[:, :, :n]
             self._vbits = bits
@@ -216,13 +225,24 @@ class Lattice:
         until the batch ends (a layer's boundaries), interpolated at new vertices;
         ``tol`` (L,): values within it count as zero. Every face's sign bits for
         them are computed once here and kept exact by the cuts."""
+        self.line_buffer(lines.shape[1])[:] = lines
+        self.begin_bits(tol)
+
+    def line_buffer(self, n_lines: int) -> np.ndarray:
+        """A (V, n_lines) buffer for the next batch's line values, to be filled in
+        place (no copy of them is made), then :meth:`begin_bits`."""
+        self._lines = None  # freed before its successor is allocated
+        self._lines = np.empty((self._x.shape[0], n_lines), dtype=np.float64)
+        return self._lines[: self.nv]
+
+    def begin_bits(self, tol: np.ndarray) -> None:
+        """The sign bits of the lines in :meth:`line_buffer` (see :meth:`begin`)."""
         from . import kernels_nd as kern
 
-        nv, n_lines = self.nv, lines.shape[1]
+        nv, n_lines = self.nv, self._lines.shape[1]
         words = max(1, -(-n_lines // 64))
-        self._lines = np.empty((self._x.shape[0], n_lines), dtype=np.float64)
-        self._lines[:nv] = lines
         self._tol = np.asarray(tol, dtype=np.float64)
+        self._vbits = None
         self._vbits = np.zeros((3, words, self._x.shape[0]), dtype=np.uint64)
         kern.vertex_bits(self._lines, self._tol, 0, nv, self._vbits)
         self._refresh_all()
@@ -233,6 +253,7 @@ class Lattice:
         words = self._vbits.shape[1]
         below = self._vbits
         for r in self.rows:
+            r.bits = None
             r.bits = np.zeros((3, words, r.beg.shape[0]), dtype=np.uint64)
             kern.face_bits(np.arange(r.n), r.beg, r.end, r.idx, below, r.bits)
             below = r.bits
@@ -277,8 +298,8 @@ class Lattice:
         nv = self.nv
         new_x, new_c = x[a] + t * (x[b] - x[a]), c[a] + t * (c[b] - c[a])
         if self._no_rows.shape[0] < nv:  # vertices have no facets, and are never cut
-            self._no_rows = np.zeros(2 * nv, dtype=np.int64)
-            self._never = np.full(2 * nv, -1, dtype=np.int64)
+            self._no_rows = np.zeros(2 * nv, dtype=_ID)
+            self._never = np.full(2 * nv, -1, dtype=_ID)
         no_rows, vertex_minus = self._no_rows, self._never
         old_n = [r.n for r in rows]
         cuts = []

@@ -280,22 +280,60 @@ def _window_max(rule: ops.Nonlinearity, args: tuple, kwargs: dict) -> Tensor | N
 _WINDOWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-_CHUNK = 1 << 16  # points per forward pass of :func:`_forward`
+_CHUNK_FLOATS = 1 << 21  # activations of one chunk of points (all layers) in _forward
 
 
-def _forward(graph: SplineGraph, x, dtype: torch.dtype, layer: Layer | None):
-    """At the points ``x`` (V, d) numpy: the layer's columns (its boundaries' inputs),
-    or the outputs (``layer`` None), as float64 numpy (V, C); chunked."""
+def _rows_per_pass(graph: SplineGraph) -> int:
+    """Points per forward pass: a chunk's activations (every layer's, recorded) stay
+    a few MB, whatever the number of points."""
+    per = graph.input_dim + 3 * sum(layer.num_units for layer in graph.layers)
+    return max(256, _CHUNK_FLOATS // max(1, per))
+
+
+def _forward(graph: SplineGraph, x, dtype: torch.dtype, layer: Layer | None,
+             keep=None):
+    """At the points ``x`` (V, d) numpy: the layer's columns (its boundaries' inputs;
+    ``keep``: only those), or the outputs (``layer`` None), as float64 numpy (V, C);
+    chunked."""
     import numpy as np
 
-    rows = []
+    rows, chunk = [], _rows_per_pass(graph)
     with torch.no_grad():
-        for i in range(0, max(1, x.shape[0]), _CHUNK):
-            pts = torch.from_numpy(x[i:i + _CHUNK]).to(dtype).reshape(-1, *graph.input_shape)
+        for i in range(0, max(1, x.shape[0]), chunk):
+            pts = torch.from_numpy(x[i:i + chunk]).to(dtype).reshape(-1, *graph.input_shape)
             if layer is None:
                 out = graph.run(pts, record=False).output
                 rows.append(out.reshape(out.shape[0], -1).double().numpy())
             else:
                 ev = graph.run(pts, record=True, until=layer.name)
-                rows.append(layer.rule.columns(*ev.inputs[layer.name]).double().numpy())
+                cols = layer.rule.columns(*ev.inputs[layer.name])
+                if keep is not None:
+                    cols = cols[:, torch.from_numpy(keep)]
+                rows.append(cols.double().numpy())
     return np.concatenate(rows)
+
+
+def _line_values(graph: SplineGraph, x, dtype: torch.dtype, layer: Layer, pos, neg, level,
+                 out, col_max=None) -> None:
+    """The values ``columns[:, pos] - columns[:, neg] - level`` of a layer's lines
+    (``neg`` -1: no second term) at the points ``x``, written into ``out`` (V, L)
+    chunk by chunk (no (V, columns) copy); ``col_max``: updated in place with each
+    column's largest |value|."""
+    import numpy as np
+
+    p = torch.from_numpy(pos)
+    second = neg >= 0
+    q = torch.from_numpy(neg[second])
+    lev = torch.from_numpy(level)
+    chunk = _rows_per_pass(graph)
+    with torch.no_grad():
+        for i in range(0, x.shape[0], chunk):
+            pts = torch.from_numpy(x[i:i + chunk]).to(dtype).reshape(-1, *graph.input_shape)
+            ev = graph.run(pts, record=True, until=layer.name)
+            cols = layer.rule.columns(*ev.inputs[layer.name]).double()
+            if col_max is not None:
+                np.maximum(col_max, cols.abs().amax(0).numpy(), out=col_max)
+            vals = cols[:, p] - lev
+            if second.any():
+                vals[:, torch.from_numpy(second)] -= cols[:, q]
+            out[i:i + chunk] = vals.numpy()
