@@ -316,3 +316,19 @@ def test_lines_in_batches_give_the_same_complex(monkeypatch):
     assert parts.f_vector == whole.f_vector
     assert _packed_set(parts.packed) == _packed_set(whole.packed)
     _check_complex(parts, net, -np.ones(3), np.ones(3))
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(arch=architectures("flat"), half=st.floats(0.3, 3.0), seed=st.integers(0, 99))
+def test_random_architectures_extended(arch, half, seed):
+    test_random_architectures.hypothesis.inner_test(arch, half, seed)
+
+
+def test_plots_refuse_other_dimensions():
+    cx = partition_box(_mlp((4, 6, 1)), -np.ones(4), np.ones(4), progress=False)
+    with pytest.raises(MaxAffineError, match="4-D"):
+        cx.plot()
+    with pytest.raises(MaxAffineError, match="3-D"):
+        cx.level_set(0.0).plot()

@@ -306,6 +306,9 @@ class Complex:
         (``level`` None: the edges of ``regions``, default all) in 3-D."""
         from .._plotting import plot_complex
 
+        if self.dim not in (2, 3):
+            raise MaxAffineError(f"plot draws 2-D and 3-D complexes; this one is {self.dim}-D "
+                                 "(see summary(), or partition a 2-D or 3-D slice)")
         sel = None if regions is None else indices(regions, self.num_regions, "regions")
         return plot_complex(self, ax=ax, regions=sel, level=level, output=output)
 
@@ -418,6 +421,9 @@ class LevelSet:
         """d = 3: the surface (matplotlib 3-D); d = 2: the segments."""
         from .._plotting import plot_level_set
 
+        if self.dim not in (2, 3):
+            raise MaxAffineError(f"plot draws level sets in 2-D and 3-D; this one is "
+                                 f"{self.dim}-D (see summary())")
         return plot_level_set(self, ax=ax, **kwargs)
 
 
