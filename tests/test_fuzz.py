@@ -89,7 +89,7 @@ import maxaffine.nn as mnn
 import maxaffine.orthogonal as orthogonal
 import maxaffine.power as power
 import maxaffine.stats as stats
-from maxaffine import ops
+from maxaffine import generative, ops
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -99,7 +99,7 @@ MEMORY_BOUND = 4 << 30  # bytes of address space a call may add (a huge allocati
 REFUSE, EITHER, SAME, HUGE, NONFINITE = "refuse", "either", "same", "huge", "non-finite"
 NAMESPACES = {"maxaffine": ma, "maxaffine.nn": mnn, "maxaffine.losses": losses,
               "maxaffine.orthogonal": orthogonal, "maxaffine.power": power,
-              "maxaffine.stats": stats}
+              "maxaffine.stats": stats, "maxaffine.generative": generative}
 _TMP = Path(tempfile.mkdtemp(prefix="maxaffine-fuzz-"))
 
 
@@ -221,6 +221,38 @@ def partition() -> ma.Partition:
 def complex2() -> ma.Complex:
     return ma.partition_box(graph2(), -torch.ones(2, dtype=torch.float64),
                             torch.ones(2, dtype=torch.float64), progress=False)
+
+
+@functools.cache
+def regionset2() -> ma.RegionSet:
+    return ma.regions_near(graph2(), x2()[0], 0.5, progress=False)
+
+
+def _check_regionset(r: ma.RegionSet, kw: dict[str, Any]) -> None:
+    need(r.num_regions >= 1 and r.packed.shape[0] == r.num_regions, "no region")
+    need(r.interior_points.shape == (r.num_regions, *kw["x"].shape), "interior points' shape")
+    need(torch.equal(ma.codes(r.graph, r.interior_points).packed(), r.packed),
+         "an interior point has another code than its region")
+    need(bool((r.margins > 0).all()), "an interior point is not strictly inside")
+
+
+def gen_x2() -> Tensor:
+    """Outputs of mlp2 seen as a generator (latent 2 -> 3), with noise."""
+    with torch.no_grad():
+        return mlp2()(x2()) + 0.1 * torch.randn(5, 3, dtype=torch.float64,
+                                                generator=torch.Generator().manual_seed(7))
+
+
+@functools.cache
+def generator_posterior2() -> generative.GeneratorPosterior:
+    return generative.posterior(mlp2(), gen_x2(), 0.5, bound=4.0)
+
+
+def _check_generator_posterior(r: generative.GeneratorPosterior, kw: dict[str, Any]) -> None:
+    n = rows(kw)
+    need(r.log_likelihood.shape == (n,) and r.weights.shape[0] == n, "one row per input")
+    if n:
+        need(bool(((r.weights.sum(1) - 1).abs() < 1e-9).all()), "weights do not sum to 1")
 
 
 @functools.cache
@@ -916,7 +948,7 @@ def _same(result: Any, baseline: Any) -> str | None:
     if [p for p, _ in got] != [p for p, _ in want]:
         return "returned a result of another structure than the valid call's"
     for (path, a), (_, b) in zip(got, want, strict=True):
-        if path.endswith(".seconds"):
+        if path.endswith((".seconds", ".regions_per_second")):
             continue
         if a.shape != b.shape:
             return f"{path} has shape {tuple(a.shape)}, the valid call's {tuple(b.shape)}"
@@ -1249,6 +1281,48 @@ def _stat(kind: str) -> Any:
 POSTERIOR = dict(check=_check_posterior)
 PROPAGATE = dict(nonfinite="propagate")
 
+@functools.cache
+def generator2() -> nn.Module:
+    """An expansive generator: latent 2 -> 8 -> 6 (ReLU), float64."""
+    _seeded(3)
+    return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 6)).double().eval()
+
+
+def outputs2() -> Tensor:
+    with torch.no_grad():
+        return generator2()(torch.randn(3, 2, dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(1)))
+
+
+@functools.cache
+def inversion2() -> generative.Inversion:
+    return generative.invert(generator2(), outputs2())
+
+
+def _check_inversion(r: generative.Inversion, kw: dict[str, Any]) -> None:
+    n = kw["y"].shape[0]
+    need(r.z.shape == (n, 2) and r.residual.shape == r.success.shape == (n,), "shapes")
+    need(r.output.shape == kw["y"].shape and r.code.shape[0] == n, "output / code shape")
+    need(bool((r.residual >= 0).all()), "negative residual")
+
+
+def _mask_cases(valid: dict[str, Any], draw: Draw) -> list[tuple[str, str, Any, str]]:
+    y = valid["y"]
+    half = torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    half[:, 0] = True
+    none = half.clone()
+    none[draw(st.integers(0, len(y) - 1), label="row")] = False
+    return [("mask", "half observed", half, EITHER),
+            ("mask", "shared by all outputs", half[0], EITHER),
+            ("mask", "an output with nothing observed", none, REFUSE),
+            ("mask", "all False", torch.zeros_like(half), REFUSE),
+            ("mask", "float", half.double(), REFUSE),
+            ("mask", "int", half.long(), REFUSE),
+            ("mask", "wrong shape", half[:, :3], REFUSE),
+            ("mask", "list", half.tolist(), REFUSE),
+            ("mask", "str", "all", REFUSE)]
+
+
 RECIPES: list[Recipe] = [
     # ---------------------------------------------------------------- tracing, graphs
     R("trace", ma.trace, lambda: dict(model=mlp4(), example_input=x4()),
@@ -1499,6 +1573,18 @@ RECIPES: list[Recipe] = [
     R("BoundaryCurvature.plot", lambda bins: _stat("bc").plot(bins=bins), lambda: dict(bins=6),
       {"bins": "count"}),
     # ---------------------------------------------------------------- partitions
+    R("invert", lambda generator, y, mask, method, restarts, max_steps, tol, seed:
+      generative.invert(generator, y, mask, method=method, restarts=restarts,
+                        max_steps=max_steps, tol=tol, seed=seed),
+      lambda: dict(generator=generator2(), y=outputs2(), mask=None, method="exact",
+                   restarts=1, max_steps=20, tol=1e-6, seed=0),
+      {"generator": "model", "y": "batch", "method": "choice", "restarts": "count0",
+       "max_steps": "count", "tol": "real:nonneg", "seed": "count0"},
+      check=_check_inversion, extra=_mask_cases, inf_ok={"residual"}),
+    R("Inversion.summary", lambda: inversion2().summary(), dict),
+    R("Inversion.to_json", lambda: inversion2().to_json(), dict, check=_check_json),
+    R("Inversion.plot", lambda n: inversion2().plot(n=n), lambda: dict(n=2), {"n": "count"},
+      expect={"n:None": REFUSE, "n:huge": EITHER}),
     R("partition_plane", lambda model, domain, dtype, tol, max_regions: ma.partition_plane(
         model, domain, dtype=dtype, tol=tol, max_regions=max_regions, progress=False),
       lambda: dict(model=mlp2(), domain=square(), dtype=torch.float64, tol=1e-10,
@@ -1509,6 +1595,20 @@ RECIPES: list[Recipe] = [
         model, domain, progress=False),
       lambda: dict(model=graph_cnn(), domain=ma.Slice.through(*xc()).zoom(0, 0.3)),
       {"model": "model"}, check=_check_partition, extra=_slice_domains),
+    R("regions_near", lambda model, x, radius, norm, max_regions: ma.regions_near(
+        model, x, radius, norm=norm, max_regions=max_regions, progress=False),
+      lambda: dict(model=mlp2(), x=x2()[0], radius=0.5, norm="l2", max_regions=1000),
+      {"model": "model", "x": "sample", "radius": "real:pos", "norm": "choice",
+       "max_regions": "count"}, check=_check_regionset),
+    R("RegionSet.halfspaces", lambda i: regionset2().halfspaces(i), lambda: dict(i=1),
+      {"i": "layer"}, expect={"i:None": REFUSE},
+      check=lambda r, kw: need(r[0].shape[1] == 2 and r[0].shape[0] == r[1].shape[0])),
+    R("RegionSet.maps", lambda indices: regionset2().maps(indices), lambda: dict(indices=[0, 1]),
+      {"indices": "selector"},
+      check=lambda r, kw: need(isinstance(r, ma.AffineMap) and r.A.shape[0] == r.B.shape[0])),
+    R("RegionSet.summary", lambda: regionset2().summary(), dict),
+    R("RegionSet.to_json", lambda: regionset2().to_json(), dict, check=_check_json),
+    R("RegionSet.plot", lambda: regionset2().plot(), dict),
     R("partition_segment", lambda model, x0, x1, dtype, tol: ma.partition_segment(
         model, x0, x1, dtype=dtype, tol=tol),
       lambda: dict(model=mlp2(), x0=x2()[0], x1=x2()[1], dtype=torch.float64, tol=1e-10),
@@ -1570,6 +1670,23 @@ RECIPES: list[Recipe] = [
     R("LevelSet.summary", lambda: octahedron().summary(), dict),
     R("LevelSet.to_json", lambda: octahedron().to_json(), dict, check=_check_json),
     R("LevelSet.plot", lambda: octahedron().plot(), dict),
+    # ---------------------------------------------------------------- generative likelihood
+    R("posterior", lambda model, x, noise_std, bound, method, samples: generative.posterior(
+        model, x, noise_std, bound=bound, method=method, samples=samples),
+      lambda: dict(model=mlp2(), x=gen_x2(), noise_std=0.5, bound=4.0, method="exact",
+                   samples=64),
+      {"model": "model", "x": "batch", "noise_std": "real:pos", "bound": "real:pos",
+       "method": "choice", "samples": "count"}, check=_check_generator_posterior),
+    R("log_likelihood", lambda model, x, noise_std, method: generative.log_likelihood(
+        model, x, noise_std, bound=4.0, method=method, samples=64),
+      lambda: dict(model=mlp2(), x=gen_x2(), noise_std=0.5, method="auto"),
+      {"model": "model", "x": "batch", "noise_std": "real:pos", "method": "choice"},
+      check=lambda r, kw: need(r.shape == (rows(kw),), "one log likelihood per input")),
+    R("GeneratorPosterior.summary", lambda: generator_posterior2().summary(), dict),
+    R("GeneratorPosterior.to_json", lambda: generator_posterior2().to_json(), dict,
+      check=_check_json),
+    R("GeneratorPosterior.plot", lambda index: generator_posterior2().plot(index=index),
+      lambda: dict(index=1), {"index": "layer"}, expect={"index:None": REFUSE}),
     R("Slice", ma.Slice, lambda: dict(origin=torch.zeros(3), u=torch.tensor([1.0, 0, 0]),
                                        v=torch.tensor([0.0, 1, 0]), bounds=square()),
       {"origin": "sample", "u": "sample", "v": "sample", "bounds": "domain"},
@@ -1788,10 +1905,12 @@ RECIPES: list[Recipe] = [
 BY_NAME = {r.name: r for r in RECIPES}
 
 # Result objects the library builds (users call their methods, not their constructors).
-RESULTS = {"AffineMap", "Complex", "LevelSet", "Partition", "SegmentPartition", "SplineGraph",
+RESULTS = {"AffineMap", "Complex", "Inversion", "LevelSet", "Partition", "RegionSet",
+           "SegmentPartition",
+           "SplineGraph",
            "PowerCells", "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
            "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport",
-           "Evaluation", "Layer", "Pause", "Between", "VQPosterior"}
+           "Evaluation", "Layer", "Pause", "Between", "VQPosterior", "GeneratorPosterior"}
 
 
 def public_callables() -> set[str]:

@@ -31,7 +31,7 @@ def test_the_results_are_the_expected_ones():
         "AffineMap", "BoundaryCurvature", "BoundaryDistance", "Codes", "Complex", "Evaluation",
         "LevelSet",
         "LocalComplexity", "Partition", "PowerCells", "PowerDiagram", "RegionDensity",
-        "RegionSharing", "SegmentPartition", "SplineGraph", "VQPosterior"}
+        "RegionSet", "RegionSharing", "SegmentPartition", "SplineGraph", "VQPosterior"}
 
 
 @pytest.mark.parametrize("name", RESULTS)
@@ -71,6 +71,7 @@ def _results() -> dict[str, object]:
         "PowerCells": ma.power_cells(net, x, layer=-1, input_space=True),
         "PowerDiagram": ma.power_diagram(nn.Sequential(nn.Linear(2, 3), nn.ReLU())),
         "RegionDensity": ma.region_density(net, x[:4], x[4:8]),
+        "RegionSet": ma.regions_near(net, x[0], 0.5, progress=False),
         "RegionSharing": ma.region_sharing(net, x),
         "SegmentPartition": ma.partition_segment(net, x[0], x[1]),
         "SplineGraph": graph,
@@ -139,3 +140,35 @@ def test_the_demo_report_shows_the_graph_as_a_table(tmp_path):
                                                                            test_acc=0.5)}
     section = models_section(DemoContext(tmp_path, data, net, cnn, history, quick=True))
     assert ma.trace(cnn, data.x_test[:1]).table() in section.markdown
+
+
+# results of maxaffine.generative (exported there, not from maxaffine)
+def _generative_results() -> dict[str, object]:
+    from maxaffine import generative
+
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 16)).double().eval()
+    with torch.no_grad():
+        y = gen(torch.randn(4, 2, dtype=torch.float64))
+    found = {"Inversion": generative.invert(gen, y),
+             "GeneratorPosterior": generative.posterior(gen, y, 0.1)}
+    # every result type the module exports is here
+    exported = {n for n in generative.__all__ if isinstance(getattr(generative, n), type)}
+    assert set(found) == exported
+    return found
+
+
+def test_generative_results_are_frozen_and_summarise_serialise_and_plot():
+    from maxaffine import generative
+
+    for name, result in _generative_results().items():
+        klass = getattr(generative, name)
+        assert type(result) is klass and klass.__dataclass_params__.frozen, name
+        params = list(inspect.signature(klass.plot).parameters.values())
+        assert params[1].name == "ax" and params[1].default is None, name
+        json.dumps(result.summary(), allow_nan=False)
+        assert isinstance(json.loads(result.to_json()), dict), name
+        _, ax = plt.subplots()
+        assert result.plot(ax=ax) is ax, name
+        result.plot()
+        plt.close("all")

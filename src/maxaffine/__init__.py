@@ -22,12 +22,14 @@ from .partition import (
     Complex,
     LevelSet,
     Partition,
+    RegionSet,
     SegmentPartition,
     Slice,
     partition_box,
     partition_plane,
     partition_polytope,
     partition_segment,
+    regions_near,
 )
 from .power import PowerCells, PowerDiagram, power_cells, power_diagram
 from .stats import (
@@ -48,7 +50,8 @@ __version__ = "0.1.0"
 
 # The public submodules, reachable as attributes of the package (``ma.losses``).
 _SUBMODULES: tuple[str, ...] = (
-    "affine", "cli", "datasets", "demo", "distances", "errors", "experiments", "graph",
+    "affine", "cli", "datasets", "demo", "distances", "errors", "experiments", "generative",
+    "graph",
     "inference", "losses", "models", "nn", "ops", "orthogonal", "partition", "power",
     "stats", "training", "vq",
 )
@@ -84,6 +87,7 @@ __all__ = [
     "PowerCells",
     "PowerDiagram",
     "RegionDensity",
+    "RegionSet",
     "RegionSharing",
     "SegmentPartition",
     "Slice",
@@ -103,6 +107,7 @@ __all__ = [
     "power_diagram",
     "region_density",
     "region_sharing",
+    "regions_near",
     "register_op",
     "soften",
     "supported_ops",

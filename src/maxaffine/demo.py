@@ -20,6 +20,7 @@ from .experiments import markdown_to_html, output_dir_problem
 from .experiments._report import DemoContext, Section
 from .experiments.beta_vq import demo_section as beta_vq_section
 from .experiments.orthogonality import demo_section as orthogonality_section
+from .experiments.regions_near import demo_section as regions_near_section
 from .experiments.sdf_mesh import demo_section as sdf_mesh_section
 from .experiments.sparse_coding import demo_section as sparse_coding_section
 from .experiments.training_dynamics import demo_section as local_complexity_section
@@ -127,7 +128,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [models_section, affine_secti
                                                      beta_vq_section, sparse_coding_section,
                                                      orthogonality_section, vq_distance_section,
                                                      local_complexity_section,
-                                                     sdf_mesh_section]
+                                                     regions_near_section, sdf_mesh_section]
 
 
 def run_demo(out: str | Path = "out/demo", *, quick: bool = False, seed: int = 0,

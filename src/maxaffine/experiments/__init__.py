@@ -71,7 +71,8 @@ def prepare(args: argparse.Namespace, dataset: str, seed: int = 0):
 
 
 _MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding", "vq_distance",
-                       "training_dynamics", "sdf_mesh"]
+                       "training_dynamics", "sdf_mesh",
+                       "generator_inversion", "regions_near"]
 
 
 def experiments() -> dict[str, Experiment]:

@@ -33,7 +33,9 @@ At full dimension the same layer-by-layer cuts run on the complex's face lattice
 (:mod:`.lattice`, compiled loops in :mod:`.kernels_nd`): every k-face lists its
 facets, and a cut splits each face it crosses into two parts and a section,
 reading only the signs of the unit's values at the vertices (:mod:`.box`; results
-:class:`Complex` and :class:`LevelSet` in :mod:`.complex`).
+:class:`Complex` and :class:`LevelSet` in :mod:`.complex`). Around one input, at
+any dimension, :mod:`.near` walks the regions that meet a ball from facet to facet
+(:func:`regions_near`, :class:`RegionSet`; linear programs with HiGHS).
 
 The package: :mod:`.domain` (:class:`Slice`), :mod:`.plane` (the plane driver),
 :mod:`.values` (the network's values at the vertices), :mod:`.mesh` and
@@ -46,9 +48,11 @@ below the tolerance), :mod:`.segment` (:func:`partition_segment`),
 from .box import partition_box, partition_polytope
 from .complex import Complex, LevelSet
 from .domain import Slice
+from .near import RegionSet, regions_near
 from .plane import partition_plane
 from .results import Partition, SegmentPartition
 from .segment import partition_segment
 
-__all__ = ["Complex", "LevelSet", "Partition", "SegmentPartition", "Slice", "partition_box",
-           "partition_plane", "partition_polytope", "partition_segment"]
+__all__ = ["Complex", "LevelSet", "Partition", "RegionSet", "SegmentPartition", "Slice",
+           "partition_box", "partition_plane", "partition_polytope", "partition_segment",
+           "regions_near"]
