@@ -262,3 +262,20 @@ def test_the_experiment_runs(tmp_path):
                           progress=False)
     many = ma.regions_near(net, torch.zeros(3, dtype=torch.float64), 1.0, progress=False)
     assert changing_units(one) == 0 and changing_units(many) >= 1
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), d=st.sampled_from([2, 3]), r=st.floats(0.2, 1.0))
+def test_linf_ball_equals_the_box_complex(seed, d, r):
+    """In 2-D and 3-D the L-inf ball is a box: the walk finds exactly the regions of
+    the full-dimension complex of that box (``partition_box``), an independent
+    construction (face-lattice cuts, no linear programs)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(d, 10), nn.ReLU(), nn.Linear(10, 8), nn.LeakyReLU(0.1),
+                        nn.Linear(8, 2)).double()
+    x = torch.randn(d, dtype=torch.float64) * 0.5
+    found = ma.regions_near(net, x, r, norm="linf", progress=False)
+    box = ma.partition_box(net, x - r, x + r, progress=False)
+    assert found.complete
+    assert sorted(bytes(p) for p in found.packed.numpy()) == sorted(
+        bytes(p) for p in box.packed.numpy())
