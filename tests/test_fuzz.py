@@ -248,6 +248,12 @@ def generator_posterior2() -> generative.GeneratorPosterior:
     return generative.posterior(mlp2(), gen_x2(), 0.5, bound=4.0)
 
 
+@functools.cache
+def em_fit2() -> generative.EMFit:
+    return generative.fit_em(copy.deepcopy(mlp2()), gen_x2(), 0.5, 1, m_steps=2,
+                             progress=False)
+
+
 def _check_generator_posterior(r: generative.GeneratorPosterior, kw: dict[str, Any]) -> None:
     n = rows(kw)
     need(r.log_likelihood.shape == (n,) and r.weights.shape[0] == n, "one row per input")
@@ -1687,6 +1693,21 @@ RECIPES: list[Recipe] = [
       check=_check_json),
     R("GeneratorPosterior.plot", lambda index: generator_posterior2().plot(index=index),
       lambda: dict(index=1), {"index": "layer"}, expect={"index:None": REFUSE}),
+    # ---------------------------------------------------------------- generative EM
+    R("fit_em", lambda model, data, noise_std, steps, m_steps, lr, learn_noise:
+      generative.fit_em(copy.deepcopy(model), data, noise_std, steps, m_steps=m_steps, lr=lr,
+                        learn_noise=learn_noise, progress=False),
+      lambda: dict(model=mlp2(), data=gen_x2(), noise_std=0.5, steps=1, m_steps=2, lr=1e-2,
+                   learn_noise=True),
+      {"model": "model", "data": "batch", "noise_std": "real:pos", "steps": "count",
+       "m_steps": "count", "lr": "real:pos", "learn_noise": "flag"},
+      check=lambda r, kw: need(r.log_likelihood.shape == (kw["steps"] + 1,)
+                               and bool((r.log_likelihood.diff() >= -1e-9 * (
+                                   1 + r.log_likelihood[:-1].abs())).all()),
+                               "one non-decreasing log-likelihood per step")),
+    R("EMFit.summary", lambda: em_fit2().summary(), dict),
+    R("EMFit.to_json", lambda: em_fit2().to_json(), dict, check=_check_json),
+    R("EMFit.plot", lambda: em_fit2().plot(), dict),
     R("Slice", ma.Slice, lambda: dict(origin=torch.zeros(3), u=torch.tensor([1.0, 0, 0]),
                                        v=torch.tensor([0.0, 1, 0]), bounds=square()),
       {"origin": "sample", "u": "sample", "v": "sample", "bounds": "domain"},
@@ -1910,7 +1931,8 @@ RESULTS = {"AffineMap", "Complex", "Inversion", "LevelSet", "Partition", "Region
            "SplineGraph",
            "PowerCells", "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
            "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport",
-           "Evaluation", "Layer", "Pause", "Between", "VQPosterior", "GeneratorPosterior"}
+           "Evaluation", "Layer", "Pause", "Between", "VQPosterior", "GeneratorPosterior",
+           "EMFit"}
 
 
 def public_callables() -> set[str]:

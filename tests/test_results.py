@@ -4,6 +4,7 @@ network's results."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import json
@@ -151,7 +152,9 @@ def _generative_results() -> dict[str, object]:
     with torch.no_grad():
         y = gen(torch.randn(4, 2, dtype=torch.float64))
     found = {"Inversion": generative.invert(gen, y),
-             "GeneratorPosterior": generative.posterior(gen, y, 0.1)}
+             "GeneratorPosterior": generative.posterior(gen, y, 0.1),
+             "EMFit": generative.fit_em(copy.deepcopy(gen), y, 0.1, 1, m_steps=2,
+                                        progress=False)}
     # every result type the module exports is here
     exported = {n for n in generative.__all__ if isinstance(getattr(generative, n), type)}
     assert set(found) == exported

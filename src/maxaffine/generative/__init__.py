@@ -10,14 +10,19 @@ each latent region ``r``.
   latent and Gaussian noise: a mixture of truncated Gaussians, one per latent region
   (Balestriero, Paris & Baraniuk, "Analytical Probability Distributions and
   EM-Learning for Deep Generative Networks", NeurIPS 2020).
+- :mod:`.em`: :func:`fit_em`, EM learning of a generator with that exact posterior
+  (same paper, sec. 4); :class:`EMFit`.
 """
 
+from .em import EMFit, fit_em
 from .inversion import Inversion, invert
 from .likelihood import GeneratorPosterior, log_likelihood, posterior
 
 __all__: list[str] = [
+    "EMFit",
     "GeneratorPosterior",
     "Inversion",
+    "fit_em",
     "invert",
     "log_likelihood",
     "posterior",
