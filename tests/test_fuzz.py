@@ -1658,6 +1658,8 @@ RECIPES: list[Recipe] = [
       expect={"k:None": REFUSE, "k:huge": REFUSE}),
     R("Complex.facets", lambda k: complex2().facets(k), lambda: dict(k=2), {"k": "count"},
       expect={"k:None": REFUSE, "k:huge": REFUSE}),
+    R("Complex.maps", lambda regions: complex2().maps(regions), lambda: dict(regions=[0, 2]),
+      {"regions": "selector"}),
     R("Complex.region_vertices", lambda i: complex2().region_vertices(i), lambda: dict(i=1),
       {"i": "layer"}, expect={"i:None": REFUSE}),
     R("Complex.locate", lambda x: complex2().locate(x), lambda: dict(x=x2()), {"x": "batch"}),

@@ -258,7 +258,8 @@ def test_decision_boundary_matches_the_plane():
 def test_maps_adjacency_and_results():
     net = _mlp((3, 8, 8, 2), seed=8)
     cx = partition_box(net, -np.ones(3), np.ones(3), progress=False)
-    amap = cx.maps
+    amap = cx.maps()
+    assert torch.allclose(cx.maps([1, 2]).A, amap.A[1:3], rtol=1e-12, atol=1e-14)
     assert torch.allclose(amap.reconstruct(), net(cx.interior))
     adj = cx.adjacency
     assert (adj != adj.T).nnz == 0 and adj.diagonal().sum() == 0

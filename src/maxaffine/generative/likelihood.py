@@ -887,7 +887,9 @@ def _run(generator: Any, x: Any, noise_std: Any, domain: Any, bound: Any, method
     got = {"log_likelihood": loglik, "tail_mass": 1.0 - reg.prior_mass,
            "seconds": time.perf_counter() - t0, "standard_error": None}
     if moments:
-        got.update(weights=(joint - loglik[:, None]).exp(), means=mean, covariances=cov,
+        # softmax, not exp(joint - log p(x)): with huge |log p(x)| the latter is off by
+        # its rounding (an ulp of 1e12 is 1e-4), the former sums to 1
+        got.update(weights=torch.softmax(joint, 1), means=mean, covariances=cov,
                    gaussian_means=mu, gaussian_covariances=torch.cholesky_inverse(chol),
                    slopes=reg.A, offsets=reg.b, packed=reg.packed, vertices=reg.vertices)
     return got

@@ -200,10 +200,12 @@ def _complex(graph: SplineGraph, lattice: Lattice, dtype: torch.dtype, rel_tol: 
     layout = tuple((layer.name, tuple(layer.code_shape), layer.num_pieces, layer.bits_per_unit)
                    for layer in graph.layers)
     lattice.carry = np.zeros((lattice.nv, 0))
-    return Complex(
+    cx = Complex(
         _lattice=lattice, packed=torch.from_numpy(np.concatenate(packed, 1)),
         code_layout=layout, graph=graph,
         tol=rel_tol, constraints=constraints, seconds=time.perf_counter() - t0)
+    _ = cx.vertex_outputs  # the outputs at the vertices, checked for overflow now
+    return cx
 
 
 def _cut_layer(graph: SplineGraph, layer: Layer, lattice: Lattice, packed: list[np.ndarray],

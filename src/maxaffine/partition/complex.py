@@ -35,7 +35,7 @@ class Complex:
     ``packed`` (R, bytes) its codes (the convention of :meth:`maxaffine.Codes.packed`,
     layers as ``code_layout``), ``codes`` the same unpacked, :meth:`region_vertices`,
     ``interior`` points (the mean of its vertices), exact ``volumes``, and the
-    output's affine map ``maps`` (a :class:`maxaffine.AffineMap` at the interior
+    output's affine map ``maps()`` (a :class:`maxaffine.AffineMap` at the interior
     points). ``adjacency``: regions x regions through shared facets (scipy.sparse).
     ``vertex_outputs`` (V, C): the network's outputs at the vertices.
     :meth:`level_set` and :meth:`decision_boundary` give exact (d-1)-complexes.
@@ -194,15 +194,17 @@ class Complex:
     def layer_names(self) -> tuple[str, ...]:
         return tuple(name for name, *_ in self.code_layout)
 
-    @cached_property
-    def maps(self):
-        """The output's affine map on every region, a :class:`maxaffine.AffineMap` at
-        the interior points (``A`` (R, C, d), ``B`` (R, C))."""
+    def maps(self, regions: Any = None):
+        """The output's affine map on the regions ``regions`` (default all): a
+        :class:`maxaffine.AffineMap` at their interior points (``A`` (R, C, d),
+        ``B`` (R, C))."""
         from ..affine import affine_map
 
         if self.graph is None:
             raise MaxAffineError("this complex was built without its model")
-        x = self.interior.to(self._dtype).reshape(-1, *self.graph.input_shape)
+        idx = (torch.arange(self.num_regions) if regions is None
+               else indices(regions, self.num_regions, "regions"))
+        x = self.interior[idx].to(self._dtype).reshape(-1, *self.graph.input_shape)
         return affine_map(self.graph, x)
 
     @property
