@@ -146,3 +146,27 @@ def test_named_errors(toy) -> None:
         fit_em(generator(2, k=3), x, 0.1, 1, progress=False)
     with pytest.raises(MaxAffineError, match="m_steps"):
         fit_em(g, x, 0.1, 1, m_steps=0, progress=False)
+
+
+def test_the_last_layer_update_is_the_exact_maximiser(toy) -> None:
+    """With the posterior fixed, the closed-form [W c] minimises the expected squared
+    error: its gradient there vanishes, and it is no worse than before."""
+    from maxaffine import trace
+    from maxaffine.generative.em import _closed_form_last_layer, _last_linear
+
+    _, x = toy
+    g = generator(7)
+    graph = trace(g, torch.zeros(1, 2, dtype=torch.float64))
+    post = posterior(graph, x, 0.3, bound=8.0, method="exact")
+    stats = _statistics(post, x.double())
+    with torch.no_grad():
+        codes = graph.evaluate(stats["points"]).codes
+    codes = {n: c.repeat_interleave(3, 0) for n, c in codes.items()}
+    before = float(_expected_error(graph, stats, codes, x.shape[0], torch.float64))
+    last, head = _last_linear(g, graph, torch.zeros(1, 2, dtype=torch.float64))
+    _closed_form_last_layer(last, head, stats, codes, torch.float64)
+    err = _expected_error(graph, stats, codes, x.shape[0], torch.float64)
+    assert float(err) <= before
+    gw, gb = torch.autograd.grad(err, [last.weight, last.bias])
+    scale = float(err)
+    assert float(gw.abs().max()) <= 1e-7 * scale and float(gb.abs().max()) <= 1e-7 * scale

@@ -178,6 +178,57 @@ def _expected_error(graph: SplineGraph, stats: dict[str, Tensor], codes: dict[st
     return total.sum() / n
 
 
+def _last_linear(module: nn.Module, graph: SplineGraph, z: Tensor
+                 ) -> tuple[nn.Linear, SplineGraph] | None:
+    """``(W, graph of everything before it)`` when the generator is an ``nn.Sequential``
+    ending in an ``nn.Linear`` (its output ``G(z) = W h(z) + c`` with ``h`` piecewise
+    affine on the same regions, the nonlinearities all being before ``W``); else None."""
+    if not (isinstance(module, nn.Sequential) and len(module) > 1
+            and isinstance(module[-1], nn.Linear)):
+        return None
+    head = trace(module[:-1], z)
+    if [layer.name for layer in head.layers] != [layer.name for layer in graph.layers]:
+        return None
+    return module[-1], head
+
+
+def _closed_form_last_layer(last: nn.Linear, head: SplineGraph, stats: dict[str, Tensor],
+                            codes: dict[str, Tensor], dtype: torch.dtype) -> None:
+    """The M-step for the last layer in closed form: with the posterior fixed, the
+    expected complete-data log-likelihood is a least-squares problem in ``[W c]``:
+    ``[W c] = S_xh S_hh^-1`` with ``S_hh = sum_r H_r Z_r H_r^T``, ``S_xh = sum_r X_r
+    H_r^T``, where on region r ``[h; 1] = H_r [z; 1]``, ``Z_r = sum_n w_nr E[z~ z~^T]``
+    and ``X_r = sum_n w_nr x_n E[z~]^T`` (``z~ = [z; 1]``). It is the exact maximiser
+    (the regions do not depend on ``W``), so EM's ascent holds for this part."""
+    r, k = stats["wm"].shape
+    basis = torch.cat([torch.zeros(1, k), torch.eye(k)]).to(dtype)
+    with torch.no_grad():
+        out = head.evaluate(basis.repeat(r, 1), codes=codes).output.reshape(r, k + 1, -1)
+    g = out[:, 0].double()  # (R, m)
+    h = (out[:, 1:] - out[:, :1]).transpose(1, 2).double()  # (R, m, k)
+    m = g.shape[1]
+    hh = torch.zeros(r, m + 1, k + 1, dtype=torch.float64)
+    hh[:, :m, :k], hh[:, :m, k], hh[:, m, k] = h, g, 1.0
+    z = torch.zeros(r, k + 1, k + 1, dtype=torch.float64)
+    z[:, :k, :k], z[:, :k, k], z[:, k, :k], z[:, k, k] = (stats["mm"], stats["wm"],
+                                                          stats["wm"], stats["w"])
+    xz = torch.cat([stats["xm"], stats["wx"][:, :, None]], 2)  # (R, D, k+1)
+    s_hh = torch.einsum("rik,rkl,rjl->ij", hh, z, hh)
+    s_xh = torch.einsum("rdk,rjk->dj", xz, hh)
+    ridge = 1e-10 * float(torch.diagonal(s_hh).abs().max()) * torch.eye(m + 1,
+                                                                        dtype=torch.float64)
+    try:
+        wc = torch.linalg.solve(s_hh + ridge, s_xh.T).T  # (D, m+1)
+    except RuntimeError:  # singular (e.g. dead hidden units everywhere): keep Adam's step
+        return
+    if not bool(torch.isfinite(wc).all()):
+        return
+    with torch.no_grad():
+        last.weight.copy_(wc[:, :m].to(last.weight.dtype))
+        if last.bias is not None:
+            last.bias.copy_(wc[:, m].to(last.bias.dtype))
+
+
 def fit_em(generator: nn.Module | SplineGraph, data: Tensor, noise_std: float, steps: int,
            *, lr: float = 1e-2, m_steps: int = 20, learn_noise: bool = True,
            progress: bool = True, seed: int = 0, bound: float = 8.0) -> EMFit:
@@ -190,8 +241,10 @@ def fit_em(generator: nn.Module | SplineGraph, data: Tensor, noise_std: float, s
     :class:`~maxaffine.SplineGraph`), trained **in place**. ``data``: (N, D) or
     (N, *output_shape), the module's dtype. ``noise_std``: the initial sigma (kept
     if ``learn_noise=False``). ``steps``: EM steps, each one E-step and ``m_steps``
-    Adam steps (learning rate ``lr``) on the expected squared error, then the
-    closed-form sigma. A step lowering the exact ``log p(data)`` is rejected and
+    Adam steps (learning rate ``lr``) on the expected squared error, then (for an
+    ``nn.Sequential`` ending in an ``nn.Linear``) the last
+    layer in closed form (:func:`_closed_form_last_layer`), then the closed-form
+    sigma. A step lowering the exact ``log p(data)`` is rejected and
     halves ``lr``. ``seed`` seeds torch's generator during the fit (the fit itself
     draws nothing). ``bound``: the latent box of the exact posterior. A latent
     dimension above 2 raises :class:`~maxaffine.MaxAffineError` (the M-step needs
@@ -228,6 +281,7 @@ def fit_em(generator: nn.Module | SplineGraph, data: Tensor, noise_std: float, s
     x64 = x.double()
     n = x.shape[0]
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
+    last = _last_linear(module, graph, torch.zeros(1, k, dtype=dtype))
     from tqdm.auto import tqdm
 
     with torch.random.fork_rng(devices=[]):
@@ -248,6 +302,8 @@ def fit_em(generator: nn.Module | SplineGraph, data: Tensor, noise_std: float, s
                 loss = _expected_error(graph, stats, codes, n, dtype)
                 loss.backward()
                 opt.step()
+            if last is not None:
+                _closed_form_last_layer(last[0], last[1], stats, codes, dtype)
             new_sigma = sigma
             if learn_noise:
                 with torch.no_grad():
