@@ -2,30 +2,20 @@
 one pass over a level's incidence lists instead of a dozen array passes. Imported
 (and compiled, cached on disk) on first use.
 
-A level ``k`` of the lattice is a CSR list: face ``f``'s facets (faces of level
-``k - 1``) are ``idx[ptr[f]:ptr[f + 1]]``; level 0 are the vertices. A cut by a
-hyperplane reads, per face, whether it has a vertex strictly on the positive side
-(``pos``) and one strictly on the negative side (``neg``); faces with both are cut.
+A level ``k`` of the lattice lists each face's facets (faces of level ``k - 1``) as
+rows ``idx[beg[f]:end[f]]`` of a buffer with room to grow (CSR ``idx[ptr[f]:ptr[f +
+1]]`` for the consistency checks); level 0 are the vertices. A cut by a hyperplane
+reads, per face, whether it has a vertex strictly on the positive side and one
+strictly on the negative side; faces with both are cut. A cut face's positive part
+is rewritten in its own row when it fits (else appended), its negative part and
+section are appended; the other rows are not touched, so a cut costs what it cuts,
+not what the lattice holds.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-
-
-@numba.njit(cache=True)
-def sides(ptr, idx, pos_lo, neg_lo, pos, neg):
-    """A face has a positive (negative) vertex iff one of its facets has."""
-    for f in range(ptr.shape[0] - 1):
-        p = False
-        n = False
-        for j in range(ptr[f], ptr[f + 1]):
-            g = idx[j]
-            p = p or pos_lo[g]
-            n = n or neg_lo[g]
-        pos[f] = p
-        neg[f] = n
 
 
 @numba.njit(cache=True)
@@ -92,133 +82,12 @@ def conflicts(ptr, idx, pos, neg, pos_lo, neg_lo, ptr_lo, idx_lo, pos_lo2, neg_l
 
 
 @numba.njit(cache=True)
-def cut_level(ptr, idx, pos, neg, pos_lo, neg_lo, minus_lo, zero_lo, ptr_lo, idx_lo,
-              pos_lo2, neg_lo2, n_lo_new):
-    """Cut level ``k`` by the hyperplane. A cut face ``F`` keeps its id for its
-    positive part ``F+``, its negative part ``F-`` is appended, and its section
-    ``F0`` (a face of level ``k - 1``, id ``n_lo_new + rank``) is returned as a new
-    row of level ``k - 1``:
-
-    - ``F+``: the positive parts of its cut facets (their ids), its uncut facets on
-      the positive side, and ``F0``; ``F-`` likewise with the facets' negative parts
-      (``minus_lo``);
-    - ``F0``: the sections of its cut facets (``zero_lo``) and its ridges that lie on
-      the hyperplane (taken from its positive-side facets: each such ridge is in
-      exactly one of those, :func:`conflicts`).
-
-    Returns ``(new_ptr, new_idx, minus, zero, f0_ptr, f0_idx)``: the level's new CSR
-    (old faces then the appended ``F-``), each old face's ``F-`` and ``F0`` ids (-1
-    when uncut) and the new rows of level ``k - 1``.
-    """
-    n = ptr.shape[0] - 1
-    minus = np.full(n, -1, dtype=np.int64)
-    zero = np.full(n, -1, dtype=np.int64)
-    # sizes
-    n_cut = 0
-    new_nnz = 0
-    f0_nnz = 0
-    for f in range(n):
-        deg = ptr[f + 1] - ptr[f]
-        if not (pos[f] and neg[f]):
-            new_nnz += deg
-            continue
-        minus[f] = n + n_cut
-        zero[f] = n_lo_new + n_cut
-        n_cut += 1
-        n_plus = 1
-        n_minus = 1
-        for j in range(ptr[f], ptr[f + 1]):
-            g = idx[j]
-            if pos_lo[g] and neg_lo[g]:
-                n_plus += 1
-                n_minus += 1
-                f0_nnz += 1
-            elif pos_lo[g]:
-                n_plus += 1
-                for i in range(ptr_lo[g], ptr_lo[g + 1]):
-                    e = idx_lo[i]
-                    if not (pos_lo2[e] or neg_lo2[e]):
-                        f0_nnz += 1
-            else:
-                n_minus += 1
-        new_nnz += n_plus + n_minus
-    new_ptr = np.empty(n + n_cut + 1, dtype=np.int64)
-    new_idx = np.empty(new_nnz, dtype=np.int64)
-    f0_ptr = np.empty(n_cut + 1, dtype=np.int64)
-    f0_idx = np.empty(f0_nnz, dtype=np.int64)
-    # the negative parts go after all old rows: write them in a second sweep
-    at = 0
-    z = 0
-    f0_ptr[0] = 0
-    for f in range(n):
-        new_ptr[f] = at
-        if not (pos[f] and neg[f]):
-            for j in range(ptr[f], ptr[f + 1]):
-                new_idx[at] = idx[j]
-                at += 1
-            continue
-        for j in range(ptr[f], ptr[f + 1]):
-            g = idx[j]
-            if pos_lo[g]:  # cut (its positive part keeps the id) or positive side
-                new_idx[at] = g
-                at += 1
-            if pos_lo[g] and neg_lo[g]:
-                f0_idx[z] = zero_lo[g]
-                z += 1
-            elif pos_lo[g]:
-                for i in range(ptr_lo[g], ptr_lo[g + 1]):
-                    e = idx_lo[i]
-                    if not (pos_lo2[e] or neg_lo2[e]):
-                        f0_idx[z] = e
-                        z += 1
-        new_idx[at] = zero[f]
-        at += 1
-        f0_ptr[minus[f] - n + 1] = z
-    for f in range(n):
-        if minus[f] < 0:
-            continue
-        new_ptr[minus[f]] = at
-        for j in range(ptr[f], ptr[f + 1]):
-            g = idx[j]
-            if pos_lo[g] and neg_lo[g]:
-                new_idx[at] = minus_lo[g]
-                at += 1
-            elif neg_lo[g]:
-                new_idx[at] = g
-                at += 1
-        new_idx[at] = zero[f]
-        at += 1
-    new_ptr[n + n_cut] = at
-    return new_ptr, new_idx, minus, zero, f0_ptr, f0_idx
-
-
-@numba.njit(cache=True)
 def spread_down(ptr, idx, flag, flag_lo):
     """Marks the facets of every marked face."""
     for f in range(ptr.shape[0] - 1):
         if flag[f]:
             for j in range(ptr[f], ptr[f + 1]):
                 flag_lo[idx[j]] = True
-
-
-# ------------------------------------------------------- rows updated in place
-# The same cut on levels stored as rows ``idx[beg[f]:end[f]]`` in a buffer with
-# room to grow: a cut face's positive part is rewritten in its own row when it
-# fits (else appended), its negative part and section are appended; the other
-# rows are not touched, so a cut costs what it cuts, not what the lattice holds.
-
-
-@numba.njit(cache=True)
-def sides_rows(beg, end, idx, n, pos_lo, neg_lo, pos, neg):
-    for f in range(n):
-        p = False
-        q = False
-        for j in range(beg[f], end[f]):
-            g = idx[j]
-            p = p or pos_lo[g]
-            q = q or neg_lo[g]
-        pos[f] = p
-        neg[f] = q
 
 
 @numba.njit(cache=True)
@@ -233,83 +102,6 @@ def cut_bounds(cut, beg, end, idx, beg_lo, end_lo):
             g = idx[j]
             lower += max(1, end_lo[g] - beg_lo[g])
     return here, lower
-
-
-@numba.njit(cache=True)
-def cut_rows(cut, n, beg, end, idx, used, pos_lo, neg_lo, minus_lo, zero_lo, beg_lo,
-             end_lo, idx_lo, pos_lo2, neg_lo2, n_lo, used_lo, with_sections, minus, zero):
-    """Cut the faces ``cut`` (their parts and sections as in :func:`cut_level`);
-    ``minus[f]`` / ``zero[f]`` get each cut face's negative part (id ``n + i``) and
-    section (id ``n_lo + i`` of level k-1, written only ``with_sections``).
-    Returns (used, used_lo, freed): the buffers' new fill and the entries of rows
-    that moved (garbage)."""
-    freed = 0
-    for i in range(cut.shape[0]):
-        f = cut[i]
-        m = n + i
-        z = n_lo + i
-        minus[f] = m
-        zero[f] = z
-        b0 = beg[f]
-        e0 = end[f]
-        # the section (level k-1)
-        if with_sections:
-            beg_lo[z] = used_lo
-            for j in range(b0, e0):
-                g = idx[j]
-                if pos_lo[g] and neg_lo[g]:
-                    idx_lo[used_lo] = zero_lo[g]
-                    used_lo += 1
-                elif pos_lo[g]:
-                    for t in range(beg_lo[g], end_lo[g]):
-                        e = idx_lo[t]
-                        if not (pos_lo2[e] or neg_lo2[e]):
-                            idx_lo[used_lo] = e
-                            used_lo += 1
-            end_lo[z] = used_lo
-        # the negative part: appended
-        beg[m] = used
-        for j in range(b0, e0):
-            g = idx[j]
-            if pos_lo[g] and neg_lo[g]:
-                idx[used] = minus_lo[g]
-                used += 1
-            elif neg_lo[g]:
-                idx[used] = g
-                used += 1
-        idx[used] = z
-        used += 1
-        end[m] = used
-        # the positive part: written after the buffer's end, moved into its own row
-        # when it fits there
-        start = used
-        for j in range(b0, e0):
-            g = idx[j]
-            if pos_lo[g]:
-                idx[used] = g
-                used += 1
-        idx[used] = z
-        used += 1
-        size = used - start
-        if size <= e0 - b0:
-            for t in range(size):
-                idx[b0 + t] = idx[start + t]
-            end[f] = b0 + size
-            freed += (e0 - b0) - size
-            used = start
-        else:
-            beg[f] = start
-            end[f] = used
-            freed += e0 - b0
-    return used, used_lo, freed
-
-
-# ------------------------------------------------ per-face sign bits of a layer
-# For the lines of one layer, every face keeps three bitsets (W words each): a
-# vertex strictly positive (P), strictly negative (N), within the tolerance (Z)
-# of each line. They are exact for every face at all times (a cut refreshes the
-# faces it makes), so a line's cut faces are read off two bits instead of a pass
-# over the lattice.
 
 
 @numba.njit(cache=True)
@@ -370,7 +162,22 @@ def with_bits(bits, n, w, m, a, b):
 @numba.njit(cache=True)
 def cut_rows_bits(cut, n, beg, end, idx, used, bits_lo, bits_lo2, w, m, minus_lo, zero_lo,
                   beg_lo, end_lo, idx_lo, n_lo, used_lo, with_sections, minus, zero):
-    """:func:`cut_rows` with the facets' sides read from their bits (before the cut)."""
+    """Cut the faces ``cut`` (each with vertices strictly on both sides of the line:
+    bit ``m`` of word ``w`` set in both its P and N bitsets). A cut face ``F`` keeps its
+    id for its positive part ``F+``, its negative part ``F-`` is appended (id ``n + i``)
+    and its section ``F0`` (a face of level k-1, id ``n_lo + i``) too, written only
+    ``with_sections`` (level 1: the sections are the new vertices):
+
+    - ``F+``: the positive parts of its cut facets (their ids), its uncut facets on
+      the positive side, and ``F0``; ``F-`` likewise with the facets' negative parts
+      (``minus_lo``) and negative-side facets;
+    - ``F0``: the sections of its cut facets (``zero_lo``) and its ridges on the line
+      (taken from its positive-side facets: each such ridge is in exactly one of them,
+      :func:`conflicts`).
+
+    The facets' sides are read from their bits before the cut. ``F+`` is rewritten in
+    its own row when it fits, else appended. Returns (used, used_lo, freed): the
+    buffers' new fill and the entries of rows that moved (garbage)."""
     freed = 0
     for i in range(cut.shape[0]):
         f = cut[i]
