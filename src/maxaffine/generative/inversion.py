@@ -349,23 +349,13 @@ def _exact(graph: SplineGraph, y: Tensor, m: Tensor, starts: Tensor, max_steps: 
         ended |= steps[idx] >= max_steps
         z[idx], f[idx], code[idx] = new_z, new_f, new_c
         # a start ends: keep its best point; success ends the sample, else restart
-        end = idx[ended]
-        if end.numel():
-            best.offer(end, z[end], f[end])
-            solved = best.f[end] <= goal[end]
-            last = start[end] + 1 >= k
-            done[end[solved | last]] = True
-            again = end[~solved & ~last]
-            if again.numel():
-                start[again] += 1
-                used[again] += 1
-                steps[again] = 0
-                z[again] = starts[again, start[again]]
-                o2, c2 = _forward(graph, z[again].reshape(len(again), *graph.input_shape))
-                f[again], code[again] = _loss(o2, y[again], m[again]), c2
-                for s, row in zip(again.tolist(), c2, strict=True):
-                    visited[s] = {bytes(row.tolist())}
-                regions[again] += 1
+        again = _restart(idx[ended], z, f, best, goal, start, k, done, used, steps, starts)
+        if again.numel():
+            o2, c2 = _forward(graph, z[again].reshape(len(again), *graph.input_shape))
+            f[again], code[again] = _loss(o2, y[again], m[again]), c2
+            for s, row in zip(again.tolist(), c2, strict=True):
+                visited[s] = {bytes(row.tolist())}
+            regions[again] += 1
     return best.z, iters, regions, used
 
 
@@ -431,22 +421,32 @@ def _gradient(graph: SplineGraph, y: Tensor, m: Tensor, starts: Tensor, max_step
         z[moved], f[moved], g[moved], code[moved] = trial[ok], ft[ok], gt[ok], ct[ok]
         eta[idx] = torch.where(ok, (ea * 2).clamp_max(1e30), ea / 2)
         ended = (f[idx] <= goal[idx]) | (steps[idx] >= max_steps) | (eta[idx] < 1e-30)
-        end = idx[ended]
-        if end.numel():
-            best.offer(end, z[end], f[end])
-            solved = best.f[end] <= goal[end]
-            last = start[end] + 1 >= k
-            done[end[solved | last]] = True
-            again = end[~solved & ~last]
-            if again.numel():
-                start[again] += 1
-                used[again] += 1
-                steps[again] = 0
-                eta[again] = 1.0
-                z[again] = starts[again, start[again]]
-                f[again], g[again], code[again] = value_and_grad(z[again], y[again], m[again])
-                regions[again] += 1
+        again = _restart(idx[ended], z, f, best, goal, start, k, done, used, steps, starts)
+        if again.numel():
+            eta[again] = 1.0
+            f[again], g[again], code[again] = value_and_grad(z[again], y[again], m[again])
+            regions[again] += 1
     return best.z, iters, regions, used
+
+
+def _restart(end: Tensor, z: Tensor, f: Tensor, best: Any, goal: Tensor, start: Tensor,
+             k: int, done: Tensor, used: Tensor, steps: Tensor, starts: Tensor) -> Tensor:
+    """The starts ``end`` that ended: keep each one's best point; a sample is done when
+    solved or out of starts, else it moves to its next start (``z`` set there).
+    Returns the samples that restart."""
+    if not end.numel():
+        return end
+    best.offer(end, z[end], f[end])
+    solved = best.f[end] <= goal[end]
+    last = start[end] + 1 >= k
+    done[end[solved | last]] = True
+    again = end[~solved & ~last]
+    if again.numel():
+        start[again] += 1
+        used[again] += 1
+        steps[again] = 0
+        z[again] = starts[again, start[again]]
+    return again
 
 
 # ---------------------------------------------------------------------------- invert
