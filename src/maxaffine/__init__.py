@@ -50,8 +50,8 @@ __version__ = "0.1.0"
 
 # The public submodules, reachable as attributes of the package (``ma.losses``).
 _SUBMODULES: tuple[str, ...] = (
-    "affine", "cli", "datasets", "demo", "distances", "errors", "experiments", "generative",
-    "graph",
+    "affine", "cli", "conservation", "curvature", "datasets", "demo", "distances", "errors",
+    "experiments", "generative", "graph",
     "inference", "losses", "models", "nn", "ops", "orthogonal", "partition", "power",
     "stats", "training", "vq",
 )

@@ -1,0 +1,357 @@
+"""Curvature of the training loss with respect to a network's parameters.
+
+:func:`loss_hessian` -- Dauphin, Oquab, Hoffmann, Rajpurkar & Balestriero,
+"Neglected Hessian component explains mysteries in sharpness regularization"
+(NeurIPS 2024), eq. 2: the Hessian of ``L(f(theta))`` splits as
+
+    H = G + NME,   G = J^T H_L J,   NME = sum_i (dL/df_i) d^2 f_i / d theta^2,
+
+with ``J = df/dtheta`` the Jacobian of the (flattened) outputs and ``H_L`` the
+Hessian of the loss with respect to the outputs: ``G`` is the Gauss-Newton matrix,
+``NME`` the nonlinear modelling error. The NME further splits (sec. 3) into the
+terms with the activations' second derivatives, ``NME_activation`` (zero almost
+everywhere for spline networks: ReLU, leaky ReLU, abs, max-pool; non-zero for
+swish, GELU, softplus and beta-VQ with beta < 1), and the rest ``NME_rest``
+(products of first derivatives through the weights: the network is multilinear
+in its weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp
+
+from . import _arguments as arg
+from .errors import MaxAffineError, MaxAffineTypeError
+
+# ============================================================================ loss_hessian
+
+Which = Literal["H", "G", "NME", "NME_activation", "NME_rest"]
+WHICH: tuple[str, ...] = ("H", "G", "NME", "NME_activation", "NME_rest")
+
+EXACT_MAX_PARAMETERS = 2048
+"""``exact=None`` builds the matrices up to this many parameters (each float64
+matrix is ``8 P^2`` bytes; ``exact=True`` is meant for up to ~1e4)."""
+
+
+def _frozen_slope_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose curvature is the activations': the parameter-free leaf
+    modules (ReLU, SiLU, GELU, BetaVQ with a fixed beta, max-pool, softmax, ...; the
+    linear ones, Flatten, Identity, are unchanged by linearization)."""
+    return [m for m in model.modules()
+            if not any(True for _ in m.children())
+            and not any(True for _ in m.parameters(recurse=False))]
+
+
+@contextmanager
+def _hooks(modules: list[nn.Module], hook: Callable) -> Iterator[None]:
+    """Temporary forward hooks (removed on exit; nothing else is written)."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass(frozen=True)
+class LossHessian:
+    """The loss Hessian ``H = G + NME`` w.r.t. the flattened parameters (Dauphin et
+    al., NeurIPS 2024, eq. 2), ``NME = NME_activation + NME_rest``.
+
+    ``G``, ``NME``, ``NME_activation``, ``NME_rest``, ``H``: (P, P) matrices when
+    ``exact``, else None (then use :meth:`matvec`, :meth:`top_eigenvalues`,
+    :meth:`trace`). ``loss``: the loss at the point; ``parameter_names``: the order
+    of the flattened parameters (``torch.cat`` of ``p.reshape(-1)``)."""
+
+    G: Tensor | None
+    NME: Tensor | None
+    NME_activation: Tensor | None
+    NME_rest: Tensor | None
+    H: Tensor | None
+    num_parameters: int
+    loss: float
+    parameter_names: tuple[str, ...]
+    _products: dict[str, Callable[[Tensor], Tensor]] = field(repr=False, compare=False)
+    _theta: Tensor = field(repr=False, compare=False)
+
+    @property
+    def exact(self) -> bool:
+        return self.G is not None
+
+    def matrix(self, which: Which = "H") -> Tensor:
+        """One of the exact matrices (a :class:`MaxAffineError` when not exact)."""
+        arg.choice(which, "which", WHICH)
+        if not self.exact:
+            raise MaxAffineError(f"the matrices were not built ({self.num_parameters} "
+                                 f"parameters): call loss_hessian(..., exact=True), or use "
+                                 f"matvec / top_eigenvalues / trace")
+        return getattr(self, which)
+
+    def matvec(self, v: Tensor, which: Which = "H") -> Tensor:
+        """``M v`` for ``M`` in ``H`` (double backward: the gradient of
+        ``<grad L, v>``), ``G`` (``J^T (H_L (J v))``: jvp, double backward through the
+        loss, vjp), ``NME = H - G``,
+        ``NME_rest = H_lin - G`` (``H_lin``: the frozen-slope model's Hessian) and
+        ``NME_activation = H - H_lin``. ``v``: (P,) or (V, P) directions."""
+        arg.choice(which, "which", WHICH)
+        arg.check_tensor(v, "v")
+        P = self.num_parameters
+        if v.shape[-1:] != (P,) or v.dim() > 2:
+            raise MaxAffineError(f"v must have shape (P,) or (V, P) with P = {P}, got "
+                                 f"{tuple(v.shape)}")
+        v = v.to(self._theta)
+        product = self._products[which]
+        if v.dim() == 1:
+            return product(v)
+        return torch.stack([product(row) for row in v])
+
+    def operator(self, which: Which = "H"):
+        """A ``scipy.sparse.linalg.LinearOperator`` (float64) of ``M``."""
+        from scipy.sparse.linalg import LinearOperator
+
+        arg.choice(which, "which", WHICH)
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            t = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(-1))
+            return self.matvec(t, which).detach().double().cpu().numpy()
+
+        P = self.num_parameters
+        return LinearOperator((P, P), matvec=mv, rmatvec=mv, dtype=np.float64)
+
+    def top_eigenvalues(self, k: int = 1, which: Which = "H", *, tol: float = 0.0,
+                        seed: int = 0) -> Tensor:
+        """The ``k`` largest (algebraic) eigenvalues of ``M``, descending, by Lanczos
+        (``scipy.sparse.linalg.eigsh`` on :meth:`operator`); ``k >= P - 1``: all of
+        them from the dense matrix (built by products when not exact)."""
+        from scipy.sparse.linalg import eigsh
+
+        P = self.num_parameters
+        k = arg.integer(k, "k", minimum=1, maximum=P, meaning="eigenvalues wanted")
+        if k >= P - 1:
+            M = self.matrix(which) if self.exact else self.matvec(
+                torch.eye(P, dtype=self._theta.dtype, device=self._theta.device), which)
+            values = np.linalg.eigvalsh(0.5 * (M + M.T).detach().double().cpu().numpy())
+        else:
+            v0 = np.random.default_rng(seed).standard_normal(P)
+            values = eigsh(self.operator(which), k=k, which="LA", tol=tol, v0=v0,
+                           return_eigenvectors=False)
+        return torch.as_tensor(np.sort(values)[::-1][:k].copy())
+
+    def trace(self, which: Which = "H", samples: int = 100, *, seed: int = 0
+              ) -> tuple[float, float]:
+        """Hutchinson's estimate ``mean_s z_s^T M z_s`` over Rademacher ``z_s`` and its
+        standard error ``std / sqrt(samples)``; (the exact trace, 0.0) when exact."""
+        arg.choice(which, "which", WHICH)
+        samples = arg.integer(samples, "samples", minimum=2, meaning="random probes")
+        if self.exact:
+            return float(self.matrix(which).trace()), 0.0
+        return self.hutchinson(which, samples, seed=seed)
+
+    def hutchinson(self, which: Which = "H", samples: int = 100, *, seed: int = 0
+                   ) -> tuple[float, float]:
+        """Hutchinson's estimate and its standard error, also when exact."""
+        samples = arg.integer(samples, "samples", minimum=2, meaning="random probes")
+        gen = torch.Generator().manual_seed(int(seed))
+        z = torch.randint(0, 2, (samples, self.num_parameters), generator=gen)
+        z = (2.0 * z - 1.0).to(self._theta)
+        quad = (self.matvec(z, which) * z).sum(-1).detach().double()
+        return float(quad.mean()), float(quad.std() / math.sqrt(samples))
+
+    def _spectrum(self, which: Which, k: int = 10) -> Tensor:
+        if self.exact:
+            M = self.matrix(which)
+            return torch.linalg.eigvalsh(0.5 * (M + M.T)).flip(0).detach().cpu()
+        return self.top_eigenvalues(min(k, self.num_parameters), which)
+
+    def summary(self) -> dict[str, Any]:
+        """Parameters, the loss, and when exact each matrix's trace, largest and
+        smallest eigenvalue."""
+        out: dict[str, Any] = {"num_parameters": self.num_parameters, "loss": self.loss,
+                               "exact": self.exact}
+        if self.exact:
+            for name in WHICH:
+                ev = self._spectrum(name)  # type: ignore[arg-type]
+                out[name] = {"trace": float(self.matrix(name).trace()),  # type: ignore[arg-type]
+                             "max_eigenvalue": float(ev[0]), "min_eigenvalue": float(ev[-1])}
+        return out
+
+    def to_json(self) -> str:
+        """The summary and, when exact, every matrix's eigenvalues (descending)."""
+        out = self.summary()
+        out["parameter_names"] = list(self.parameter_names)
+        if self.exact:
+            out["eigenvalues"] = {n: self._spectrum(n).tolist() for n in WHICH}  # type: ignore[arg-type]
+        return json.dumps(out)
+
+    def plot(self, ax=None, which: tuple[str, ...] = ("G", "NME")):
+        """The eigenvalue spectra (descending; the top 10 when not exact) of ``which``."""
+        from ._plotting import _axes
+
+        ax = _axes(ax)
+        for name in which:
+            arg.choice(name, "which", WHICH)
+            ev = self._spectrum(name)  # type: ignore[arg-type]
+            ax.plot(np.arange(1, len(ev) + 1), ev.numpy(), marker=".", label=name)
+        ax.axhline(0.0, color="0.6", lw=0.5)
+        ax.set_xlabel("eigenvalue index")
+        ax.set_ylabel("eigenvalue")
+        ax.legend()
+        return ax
+
+
+def loss_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Any], Tensor], x: Tensor,
+                 y: Any, *, exact: bool | None = None) -> LossHessian:
+    """The loss Hessian w.r.t. ``model``'s parameters at ``(x, y)`` and its split
+    ``H = G + NME`` (Dauphin et al., "Neglected Hessian component explains mysteries
+    in sharpness regularization", NeurIPS 2024, eq. 2):
+
+        G = J^T H_L J,   NME = sum_i g_i d^2 f_i / d theta^2,   g = dL/df,
+
+    ``f = model(x)`` flattened, ``L = loss_fn(model(x), y)`` a scalar. Exact
+    (``exact=True``, or ``None`` and at most :data:`EXACT_MAX_PARAMETERS`
+    parameters): ``J`` by ``jacrev``, ``H_L`` by ``hessian`` of the loss in the
+    outputs, and ``NME`` by ``hessian`` of ``theta -> <g, f(theta)>`` with ``g`` held
+    fixed (so ``G + NME`` is computed independently of ``hessian(L(f(theta)))``).
+
+    The activation-curvature split, computed exactly: the *frozen-slope* model
+    ``f_lin`` replaces every parameter-free leaf module ``m`` (the activations,
+    pooling) by its tangent at the current input ``u0``,
+    ``m(u0) + dm(u0)[u - u0]`` (a ``jvp``). ``f_lin`` has the same value and
+    Jacobian as ``f`` at ``theta``, hence the same ``G`` and ``g``, and its second
+    derivative lacks exactly the terms with ``m''``; so
+    ``NME_rest = sum_i g_i d^2 f_lin,i / d theta^2`` (the multilinear terms) and
+    ``NME_activation = NME - NME_rest`` (zero a.e. for ReLU / leaky / abs /
+    max-pool networks). Functional nonlinearities (``F.silu(u)`` inside
+    ``forward``) and modules with parameters (batch-norm, learnable beta) are not
+    linearized: their curvature counts in ``NME_rest``.
+
+    Parameters are taken in ``model.named_parameters()`` order (all of them); the
+    computation runs in their dtype (use float64 for exact comparisons).
+    """
+    if not isinstance(model, nn.Module):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module, got {arg.describe(model)}")
+    if not callable(loss_fn):
+        raise MaxAffineTypeError(f"loss_fn must be callable as loss_fn(output, y) -> scalar, "
+                                 f"got {arg.describe(loss_fn)}")
+    arg.check_tensor(x, "x")
+    if exact is not None:
+        exact = arg.flag(exact, "exact")
+    named = [(n, p) for n, p in model.named_parameters()]
+    if not named:
+        raise MaxAffineError(f"{type(model).__name__} has no parameters: the loss Hessian "
+                             f"w.r.t. parameters is empty")
+    names = tuple(n for n, _ in named)
+    shapes = [p.shape for _, p in named]
+    sizes = [p.numel() for _, p in named]
+    theta0 = torch.cat([p.detach().reshape(-1) for _, p in named])
+    buffers = {n: b for n, b in model.named_buffers()}
+    P = theta0.numel()
+    if exact is None:
+        exact = P <= EXACT_MAX_PARAMETERS
+
+    def unflatten(theta: Tensor) -> dict[str, Tensor]:
+        return {n: t.reshape(s) for n, t, s in zip(names, theta.split(sizes), shapes,
+                                                   strict=True)}
+
+    def f(theta: Tensor) -> Tensor:
+        return functional_call(model, {**unflatten(theta), **buffers}, (x,))
+
+    # the activations' inputs at theta0, per call, for the frozen-slope model
+    modules = _frozen_slope_modules(model)
+    recorded: dict[int, list[tuple[Tensor, ...]]] = {id(m): [] for m in modules}
+
+    def record(module, inputs, output):
+        recorded[id(module)].append(tuple(u.detach() if isinstance(u, Tensor) else u
+                                          for u in inputs))
+
+    with torch.no_grad(), _hooks(modules, record):
+        out0 = f(theta0)
+    if not isinstance(out0, Tensor):
+        raise MaxAffineTypeError(f"the model must return one tensor, got "
+                                 f"{arg.describe(out0)}")
+    out0 = out0.detach()
+
+    def loss_of(out: Tensor) -> Tensor:
+        value = loss_fn(out, y)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise MaxAffineError(f"loss_fn(output, y) must return a scalar tensor (reduce "
+                                 f"it, e.g. reduction='mean'), got {arg.describe(value)}")
+        return value.reshape(())
+
+    loss0 = loss_of(out0)
+    g = grad(loss_of)(out0).detach()
+
+    def f_lin(theta: Tensor) -> Tensor:
+        calls = {id(m): 0 for m in modules}
+
+        def tangent(module, inputs, output):
+            i = calls[id(module)]
+            calls[id(module)] += 1
+            u0 = recorded[id(module)][i]
+            where = [j for j, u in enumerate(inputs) if isinstance(u, Tensor)]
+
+            def call(*us):
+                full = list(u0)
+                for j, u in zip(where, us, strict=True):
+                    full[j] = u
+                return module.forward(*full)
+
+            primals = tuple(u0[j] for j in where)
+            tangents = tuple(inputs[j] - u0[j] for j in where)
+            value, slope = jvp(call, primals, tangents)
+            return value + slope
+
+        with _hooks(modules, tangent):
+            return f(theta)
+
+    def loss_at(model_fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        return lambda theta: loss_of(model_fn(theta))
+
+    def hvp(model_fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        gradient = grad(loss_at(model_fn))
+        return lambda v: grad(lambda t: (gradient(t) * v).sum())(theta0)
+
+    grad_out = grad(loss_of)
+
+    def gvp(v: Tensor) -> Tensor:
+        _, jv = jvp(f, (theta0,), (v.reshape(-1),))
+        hjv = grad(lambda o: (grad_out(o) * jv).sum())(out0)
+        _, pull = vjp(f, theta0)
+        return pull(hjv)[0]
+
+    h_v, hlin_v = hvp(f), hvp(f_lin)
+    products: dict[str, Callable[[Tensor], Tensor]] = {
+        "H": h_v,
+        "G": gvp,
+        "NME": lambda v: h_v(v) - gvp(v),
+        "NME_rest": lambda v: hlin_v(v) - gvp(v),
+        "NME_activation": lambda v: h_v(v) - hlin_v(v),
+    }
+
+    G = NME = NME_act = NME_rest = H = None
+    if exact:
+        m = out0.numel()
+        J = jacrev(lambda t: f(t).reshape(-1))(theta0).reshape(m, P)
+        HL = hessian(lambda o: loss_of(o.reshape(out0.shape)))(out0.reshape(-1))
+        G = (J.T @ HL.reshape(m, m) @ J).detach()
+        NME = hessian(lambda t: (g * f(t)).sum())(theta0).detach()
+        NME_rest = hessian(lambda t: (g * f_lin(t)).sum())(theta0).detach()
+        NME_act = NME - NME_rest
+        H = G + NME
+    return LossHessian(G=G, NME=NME, NME_activation=NME_act, NME_rest=NME_rest, H=H,
+                       num_parameters=P, loss=float(loss0), parameter_names=names,
+                       _products=products, _theta=theta0)
+
+
+__all__ = ["EXACT_MAX_PARAMETERS", "LossHessian", "loss_hessian"]
+# ========================================================================= end loss_hessian
