@@ -355,3 +355,233 @@ def loss_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Any], Tensor], x: 
 
 __all__ = ["EXACT_MAX_PARAMETERS", "LossHessian", "loss_hessian"]
 # ========================================================================= end loss_hessian
+
+
+# ====================================================================== hessian_complexity
+
+COMPLEXITY_METHODS: tuple[str, ...] = ("auto", "fit", "autograd")
+TANGENT_VARIANCE = 0.95
+"""``tangent_dim=None`` takes, at each point, the smallest number of local principal
+directions that explain this fraction of the neighbourhood's variance (then the
+median over the points)."""
+
+
+@dataclass(frozen=True)
+class HessianComplexity:
+    """The tangent-Hessian complexity of a function on data (Javadi, Balestriero &
+    Baraniuk, "A Hessian Based Complexity Measure for Deep Networks"):
+
+        C(f) = (1/N) sum_i sum_o || U_i^T (d^2 f_o / dx^2)(x_i) U_i ||_F^2,
+
+    ``U_i`` an orthonormal basis of the data manifold's tangent space at ``x_i``.
+
+    ``per_point``: (N,) squared Frobenius norms (summed over the outputs counted);
+    ``mean``: their mean, ``C(f)``; ``tangent_dim``: the tangent spaces' dimension;
+    ``k``: the neighbours per point; ``method``: ``"fit"`` (local second-order least
+    squares) or ``"autograd"`` (the input Hessian projected on the tangent space)."""
+
+    per_point: Tensor
+    mean: float
+    tangent_dim: int
+    k: int
+    method: str
+
+    def summary(self) -> dict[str, Any]:
+        """The mean, the spread of the per-point values, ``tangent_dim``, ``k``, method."""
+        v = self.per_point.detach().double().cpu()
+        return {"mean": self.mean, "median": float(v.median()), "max": float(v.max()),
+                "min": float(v.min()), "num_points": int(v.numel()),
+                "tangent_dim": self.tangent_dim, "k": self.k, "method": self.method}
+
+    def to_json(self) -> str:
+        """The summary and the per-point values."""
+        out = self.summary()
+        out["per_point"] = self.per_point.detach().double().cpu().tolist()
+        return json.dumps(out)
+
+    def plot(self, ax=None, bins: int = 30):
+        """A histogram of the per-point squared Frobenius norms, the mean marked."""
+        from ._plotting import _axes
+
+        bins = arg.integer(bins, "bins", minimum=1, meaning="histogram bins")
+        ax = _axes(ax)
+        ax.hist(self.per_point.detach().double().cpu().numpy(), bins=bins, color="0.5")
+        ax.axvline(self.mean, color="C3", lw=1.0, label=f"mean {self.mean:.3g}")
+        ax.set_xlabel("||tangent Hessian||_F^2")
+        ax.set_ylabel("points")
+        ax.legend()
+        return ax
+
+
+def _neighbours(x: Tensor, k: int) -> Tensor:
+    """(N, k + 1) indices: each point itself first, then its ``k`` nearest others."""
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(math.inf)
+    near = d.topk(k, dim=1, largest=False).indices
+    own = torch.arange(x.shape[0], device=x.device)[:, None]
+    return torch.cat([own, near], dim=1)
+
+
+def _local_spectra(x: Tensor, hood: Tensor) -> tuple[Tensor, Tensor]:
+    """Local PCA of each neighbourhood (centred on its mean): singular values (N, D)
+    and right singular vectors (N, D, D), descending."""
+    local = x[hood]
+    local = local - local.mean(dim=1, keepdim=True)
+    # eigh of the (D, D) scatter matrices: the squared singular values, and much
+    # faster than a batched SVD of the neighbourhoods
+    w, v = torch.linalg.eigh(local.transpose(1, 2) @ local)
+    return w.flip(-1).clamp_min(0.0).sqrt(), v.flip(-1)
+
+
+def _estimated_dim(s: Tensor, D: int) -> int:
+    """The median over the points of the smallest dimension whose local principal
+    directions explain :data:`TANGENT_VARIANCE` of the variance, in [1, D - 1]."""
+    var = s.double() ** 2
+    share = var.cumsum(1) / var.sum(1, keepdim=True).clamp_min(1e-300)
+    dims = (share < TANGENT_VARIANCE - 1e-12).sum(1) + 1
+    return int(min(max(int(dims.median()), 1), D - 1))
+
+
+def _quadratic_design(t: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Columns ``1, t_a, t_a t_b (a <= b)`` of ``c + g.t + 1/2 t^T H t``: the
+    coefficient of ``t_a^2`` is ``H_aa / 2``, of ``t_a t_b`` (a < b) ``H_ab``."""
+    d = t.shape[-1]
+    pairs = [(a, b) for a in range(d) for b in range(a, d)]
+    quad = torch.stack([t[..., a] * t[..., b] for a, b in pairs], dim=-1)
+    return torch.cat([torch.ones_like(t[..., :1]), t, quad], dim=-1), pairs
+
+
+def _fit_complexity(y: Tensor, x: Tensor, hood: Tensor, U: Tensor) -> Tensor:
+    """``sum_o ||H_o||_F^2`` per point from the least-squares quadratic fit of the
+    outputs ``y`` (N, m) over each neighbourhood in tangent coordinates."""
+    t = torch.einsum("nkD,nDd->nkd", x[hood] - x[:, None, :], U)
+    A, pairs = _quadratic_design(t)
+    coef = torch.linalg.lstsq(A, y[hood]).solution         # (N, 1 + d + p, m)
+    d = U.shape[-1]
+    q = coef[:, 1 + d:, :]
+    weight = torch.tensor([4.0 if a == b else 2.0 for a, b in pairs], dtype=q.dtype,
+                          device=q.device)                  # (2 c_aa)^2, 2 c_ab^2
+    return (weight[None, :, None] * q ** 2).sum(dim=(1, 2))
+
+
+def _autograd_complexity(model: nn.Module, x: Tensor, U: Tensor,
+                         output: int | None) -> Tensor:
+    """``sum_o ||U^T H_o U||_F^2`` per point, ``H_o`` the input Hessian by autograd."""
+    from torch.func import vmap
+
+    def f(point: Tensor) -> Tensor:
+        out = model(point[None]).reshape(-1)
+        return out if output is None else out[output:output + 1]
+
+    H = vmap(hessian(f))(x)                                 # (N, m, D, D)
+    T = torch.einsum("nDa,nmDE,nEb->nmab", U, H, U)
+    return (T ** 2).sum(dim=(1, 2, 3))
+
+
+def _is_piecewise_affine(model: nn.Module, x: Tensor) -> bool:
+    from .errors import UnsupportedOperation
+    from .graph import trace
+
+    try:
+        trace(model, x[:1])
+    except UnsupportedOperation:
+        return False
+    return True
+
+
+def hessian_complexity(model: nn.Module, x: Tensor, *, tangent_dim: int | None = None,
+                       k: int | None = None, output: int | None = None,
+                       method: str = "auto") -> HessianComplexity:
+    """The tangent-Hessian complexity of ``model`` on the data ``x`` (N, D) (Javadi,
+    Balestriero & Baraniuk, "A Hessian Based Complexity Measure for Deep Networks";
+    tangent Hessians as in Hessian eigenmaps, Donoho & Grimes, PNAS 2003):
+
+        C(f) = (1/N) sum_i sum_o || H_i^{tan}(f_o) ||_F^2,   H^{tan} = U_i^T H_x U_i,
+
+    summed over the (flattened) outputs ``o``, or only ``output`` when given.
+
+    Tangent spaces: at each point, its ``k`` nearest neighbours (Euclidean) and the
+    point itself, centred on their mean; ``U_i`` = the top ``tangent_dim`` right
+    singular vectors (local PCA). ``tangent_dim=None``: per point, the smallest
+    dimension explaining :data:`TANGENT_VARIANCE` (95%) of the local variance, then
+    the median over the points, clipped to [1, D - 1] (estimated with
+    ``k = min(N - 1, max(2 D, 10))`` neighbours unless ``k`` is given). ``k=None``:
+    ``2 (1 + d + d (d + 1) / 2)`` for ``d = tangent_dim`` (twice the coefficients of
+    a quadratic in ``d`` variables), at most ``N - 1``.
+
+    ``method="fit"``: least squares over the neighbourhood of
+    ``f(x_j) ~ c + g.t_j + 1/2 t_j^T H t_j``, ``t_j = U_i^T (x_j - x_i)``: sees a
+    spline network's kinks at the neighbourhood's scale (its pointwise Hessian is 0
+    a.e.); needs ``k + 1 >= 1 + d + d (d + 1) / 2``. ``method="autograd"``:
+    ``U_i^T H_x U_i`` with ``H_x`` = ``torch.func.hessian`` of the output in the
+    input (smooth models). ``method="auto"``: ``"fit"`` when ``maxaffine.trace``
+    accepts the model (piecewise affine), else ``"autograd"``.
+
+    A model without parameters is accepted (the measure is about the function, not
+    its weights). ``x`` must be a finite floating (N, D) tensor with ``N >= 2`` and
+    ``D >= 2``, in the parameters' dtype (float64 for exact checks).
+    """
+    if not isinstance(model, nn.Module):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module, got {arg.describe(model)}")
+    arg.check_tensor(x, "x")
+    if x.dim() != 2:
+        raise MaxAffineError(f"x must be a batch of vectors (N, D), got shape "
+                             f"{tuple(x.shape)}: flatten the inputs first")
+    arg.check_dtype(model, x, "x")
+    method = arg.choice(method, "method", COMPLEXITY_METHODS)
+    N, D = x.shape
+    if N < 2:
+        raise MaxAffineError(f"x has {N} point(s): tangent spaces need neighbours, pass "
+                             f"at least 2 points")
+    if D < 2:
+        raise MaxAffineError(f"x has dimension {D}: a tangent space of dimension < D "
+                             f"needs D >= 2")
+    if k is not None:
+        k = arg.integer(k, "k", minimum=1, maximum=N - 1, meaning="neighbours per point")
+    if tangent_dim is not None:
+        tangent_dim = arg.integer(tangent_dim, "tangent_dim", minimum=1, maximum=D - 1,
+                                  meaning="dimension of the data manifold")
+    x = x.detach()
+    with torch.no_grad():
+        y0 = model(x[:1]).reshape(1, -1)
+    m = y0.shape[1]
+    if output is not None:
+        output = arg.integer(output, "output", minimum=-m, maximum=m - 1,
+                             meaning=f"index into the model's {m} flattened output(s)") % m
+
+    if tangent_dim is None:
+        k_est = k if k is not None else min(N - 1, max(2 * D, 10))
+        s, _ = _local_spectra(x, _neighbours(x, k_est))
+        tangent_dim = _estimated_dim(s, D)
+    d = tangent_dim
+    coefficients = 1 + d + d * (d + 1) // 2
+    if k is None:
+        k = min(N - 1, 2 * coefficients)
+    if k < d:
+        raise MaxAffineError(f"k = {k} neighbours cannot span a tangent space of dimension "
+                             f"{d}: pass k >= {d}")
+    hood = _neighbours(x, k)
+    _, V = _local_spectra(x, hood)
+    U = V[..., :d]
+
+    if method == "auto":
+        method = "fit" if _is_piecewise_affine(model, x) else "autograd"
+    if method == "fit":
+        if k + 1 < coefficients:
+            raise MaxAffineError(f"method='fit' in {d} tangent dimensions fits {coefficients} "
+                                 f"coefficients from k + 1 = {k + 1} points: pass "
+                                 f"k >= {coefficients - 1} (and N > k), or method='autograd'")
+        with torch.no_grad():
+            y = model(x).reshape(N, -1)
+        if output is not None:
+            y = y[:, output:output + 1]
+        per_point = _fit_complexity(y, x, hood, U)
+    else:
+        per_point = _autograd_complexity(model, x, U, output).detach()
+    return HessianComplexity(per_point=per_point, mean=float(per_point.mean()),
+                             tangent_dim=d, k=k, method=method)
+
+
+__all__ += ["COMPLEXITY_METHODS", "TANGENT_VARIANCE", "HessianComplexity",
+            "hessian_complexity"]
+# ================================================================== end hessian_complexity
