@@ -102,3 +102,13 @@ def test_bad_input():
         number_of_conservation_laws(_mlp())
     with pytest.raises(MaxAffineError, match="bias"):
         number_of_conservation_laws(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+
+
+def test_nan_parameters_are_refused() -> None:
+    import math
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        net[2].weight[0, 1] = math.nan
+    with pytest.raises(MaxAffineError, match="non-finite"):
+        conserved_quantities(net)

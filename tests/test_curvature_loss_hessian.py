@@ -171,3 +171,31 @@ def test_bad_input():
         lh.matvec(torch.zeros(12, dtype=torch.float64), "Q")
     # a linear model: no NME at all
     assert float(lh.NME.abs().max()) == 0.0
+
+
+def test_degenerate_inputs_get_named_errors() -> None:
+    """Empty batches, another dtype, overflowing values and NaN parameters end in a
+    MaxAffineError, never a raw exception or a NaN matrix."""
+    import math
+
+    from maxaffine.curvature import hessian_complexity
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).double()
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randn(16, 2, dtype=torch.float64)
+    mse = nn.functional.mse_loss
+    with pytest.raises(MaxAffineError, match="empty"):
+        loss_hessian(net, mse, x[:0], y[:0])
+    with pytest.raises(MaxAffineError, match="float32"):
+        loss_hessian(net, mse, x.float(), y.float())
+    with pytest.raises(MaxAffineError, match="overflow"):
+        loss_hessian(net, mse, x * 1e300, y)
+    with pytest.raises(MaxAffineError, match="overflow"):
+        hessian_complexity(net, x * 1e300)
+    bad = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).double()
+    with torch.no_grad():
+        bad[0].weight[0, 0] = math.nan
+    for call in (lambda: loss_hessian(bad, mse, x, y), lambda: hessian_complexity(bad, x)):
+        with pytest.raises(MaxAffineError, match="non-finite"):
+            call()

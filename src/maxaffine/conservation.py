@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import check_parameters
 
 __all__ = ["conserved_quantities", "conserved_quantity_names", "number_of_conservation_laws"]
 
@@ -163,6 +164,7 @@ def conserved_quantities(model: nn.Module) -> Tensor:
     Returns a differentiable 1-D tensor (empty for a single affine layer).
     """
     pairs = _hidden_units(model)
+    check_parameters(model)
     parts = []
     for _, inc, out, block in pairs:
         units = inc.weight.shape[0]

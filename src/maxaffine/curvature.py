@@ -32,6 +32,7 @@ from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp
 
 from . import _arguments as arg
 from .errors import MaxAffineError, MaxAffineTypeError
+from .graph import check_parameters
 
 # ============================================================================ loss_hessian
 
@@ -209,6 +210,13 @@ class LossHessian:
         return ax
 
 
+def _finite(t: Tensor, what: str) -> None:
+    """Overflowed values (inf, or NaN from inf - inf) have no curvature to report."""
+    if not bool(torch.isfinite(t).all()):
+        raise MaxAffineError(f"{what} overflow(s) {t.dtype} here (NaN or infinite values): "
+                             "rescale the inputs or the model's weights")
+
+
 def loss_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Any], Tensor], x: Tensor,
                  y: Any, *, exact: bool | None = None) -> LossHessian:
     """The loss Hessian w.r.t. ``model``'s parameters at ``(x, y)`` and its split
@@ -244,8 +252,12 @@ def loss_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Any], Tensor], x: 
         raise MaxAffineTypeError(f"loss_fn must be callable as loss_fn(output, y) -> scalar, "
                                  f"got {arg.describe(loss_fn)}")
     arg.check_tensor(x, "x")
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise MaxAffineError("x is an empty batch: the loss of no samples has no Hessian")
     if exact is not None:
         exact = arg.flag(exact, "exact")
+    check_parameters(model)
+    arg.check_dtype(model, x, "x")
     named = [(n, p) for n, p in model.named_parameters()]
     if not named:
         raise MaxAffineError(f"{type(model).__name__} has no parameters: the loss Hessian "
@@ -290,6 +302,9 @@ def loss_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Any], Tensor], x: 
 
     loss0 = loss_of(out0)
     g = grad(loss_of)(out0).detach()
+    _finite(out0, "the model's outputs")
+    _finite(loss0.detach(), "the loss")
+    _finite(g, "the loss's gradient w.r.t. the outputs")
 
     def f_lin(theta: Tensor) -> Tensor:
         calls = {id(m): 0 for m in modules}
@@ -348,6 +363,7 @@ def loss_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Any], Tensor], x: 
         NME_rest = hessian(lambda t: (g * f_lin(t)).sum())(theta0).detach()
         NME_act = NME - NME_rest
         H = G + NME
+        _finite(H, "the loss Hessian")
     return LossHessian(G=G, NME=NME, NME_activation=NME_act, NME_rest=NME_rest, H=H,
                        num_parameters=P, loss=float(loss0), parameter_names=names,
                        _products=products, _theta=theta0)
@@ -429,7 +445,9 @@ def _local_spectra(x: Tensor, hood: Tensor) -> tuple[Tensor, Tensor]:
     local = local - local.mean(dim=1, keepdim=True)
     # eigh of the (D, D) scatter matrices: the squared singular values, and much
     # faster than a batched SVD of the neighbourhoods
-    w, v = torch.linalg.eigh(local.transpose(1, 2) @ local)
+    scatter = local.transpose(1, 2) @ local
+    _finite(scatter, "the neighbourhoods' scatter (x's squared distances)")
+    w, v = torch.linalg.eigh(scatter)
     return w.flip(-1).clamp_min(0.0).sqrt(), v.flip(-1)
 
 
@@ -528,6 +546,7 @@ def hessian_complexity(model: nn.Module, x: Tensor, *, tangent_dim: int | None =
         raise MaxAffineError(f"x must be a batch of vectors (N, D), got shape "
                              f"{tuple(x.shape)}: flatten the inputs first")
     arg.check_dtype(model, x, "x")
+    check_parameters(model)
     method = arg.choice(method, "method", COMPLEXITY_METHODS)
     N, D = x.shape
     if N < 2:
@@ -573,11 +592,13 @@ def hessian_complexity(model: nn.Module, x: Tensor, *, tangent_dim: int | None =
                                  f"k >= {coefficients - 1} (and N > k), or method='autograd'")
         with torch.no_grad():
             y = model(x).reshape(N, -1)
+        _finite(y, "the model's outputs")
         if output is not None:
             y = y[:, output:output + 1]
         per_point = _fit_complexity(y, x, hood, U)
     else:
         per_point = _autograd_complexity(model, x, U, output).detach()
+    _finite(per_point, "the tangent Hessians")
     return HessianComplexity(per_point=per_point, mean=float(per_point.mean()),
                              tangent_dim=d, k=k, method=method)
 
