@@ -116,8 +116,8 @@ def test_submodules_are_lazy_attributes():
     early, used = out.splitlines()
     assert early == "[]", f"import maxaffine imported {early}"
     assert used == "maxaffine.losses beta-vq"
-    with pytest.raises(AttributeError, match="no attribute 'kernels'"):
-        ma.kernels  # noqa: B018  (private modules are not attributes)
+    with pytest.raises(AttributeError, match="no attribute 'lattice'"):
+        ma.lattice  # noqa: B018  (private modules are not attributes)
 
 
 def test_every_name_in_all_resolves():

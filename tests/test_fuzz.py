@@ -83,6 +83,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import maxaffine as ma
+import maxaffine.conservation as conservation
 import maxaffine.losses as losses
 import maxaffine.models as models
 import maxaffine.nn as mnn
@@ -99,7 +100,8 @@ MEMORY_BOUND = 4 << 30  # bytes of address space a call may add (a huge allocati
 REFUSE, EITHER, SAME, HUGE, NONFINITE = "refuse", "either", "same", "huge", "non-finite"
 NAMESPACES = {"maxaffine": ma, "maxaffine.nn": mnn, "maxaffine.losses": losses,
               "maxaffine.orthogonal": orthogonal, "maxaffine.power": power,
-              "maxaffine.stats": stats, "maxaffine.generative": generative}
+              "maxaffine.stats": stats, "maxaffine.generative": generative,
+              "maxaffine.conservation": conservation}
 _TMP = Path(tempfile.mkdtemp(prefix="maxaffine-fuzz-"))
 
 
@@ -1039,6 +1041,60 @@ def judge(recipe: Recipe, case: Case | None, kwargs: dict[str, Any],
     return problem, result
 
 
+# ------------------------------------------------------------------ curvature, conservation
+
+
+def labels2() -> Tensor:
+    return torch.arange(len(x2())) % 3
+
+
+@functools.cache
+def loss_hessian2() -> ma.LossHessian:
+    return ma.loss_hessian(mlp2(), nn.functional.cross_entropy, x2(), labels2())
+
+
+@functools.cache
+def loss_hessian2_free() -> ma.LossHessian:
+    """The matrix-free form (products only)."""
+    return ma.loss_hessian(mlp2(), nn.functional.cross_entropy, x2(), labels2(), exact=False)
+
+
+def _check_loss_hessian(r: ma.LossHessian, kw: dict[str, Any]) -> None:
+    P = sum(p.numel() for p in kw["model"].parameters()) if isinstance(
+        kw["model"], nn.Module) else r.num_parameters
+    need(r.num_parameters == P, "one row per parameter")
+    if r.exact:
+        need(_finite(r.H) and bool(torch.allclose(r.G + r.NME, r.H, atol=1e-6, rtol=1e-6)),
+             "H = G + NME")
+
+
+def manifold_x() -> Tensor:
+    """40 points on a curve in 3-D (a 1-D data manifold)."""
+    t = torch.linspace(-1.0, 1.0, 40, dtype=torch.float64)
+    return torch.stack([t, t**2, 0.5 * t], 1)
+
+
+def mlp3() -> nn.Module:
+    _seeded(3)
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+
+
+@functools.cache
+def hessian_complexity3() -> ma.HessianComplexity:
+    return ma.hessian_complexity(mlp3(), manifold_x(), tangent_dim=1, k=8)
+
+
+def two_layer() -> nn.Module:
+    _seeded(4)
+    return nn.Sequential(nn.Linear(3, 2, bias=False), nn.ReLU(),
+                         nn.Linear(2, 2, bias=False)).double()
+
+
+def _check_complexity(r: ma.HessianComplexity, kw: dict[str, Any]) -> None:
+    need(r.per_point.shape == (rows(kw),), "one value per point")
+    need(bool((r.per_point >= 0).all()), "squared norms are >= 0")
+
+
 # ------------------------------------------------------------------ the recipe table
 
 
@@ -1675,6 +1731,14 @@ RECIPES: list[Recipe] = [
     R("LevelSet.save", lambda path: octahedron().save(path),
       lambda: dict(path=str(_TMP / "octa.ply")), {"path": "path"},
       expect={"path:unknown suffix": REFUSE}),
+    R("Partition.to_html", lambda path: partition().to_html(path),
+      lambda: dict(path=str(_TMP / "part.html")), {"path": "path"}),
+    R("Complex.to_html", lambda path, level, output: complex2().to_html(
+        path, level=level, output=output),
+      lambda: dict(path=str(_TMP / "cx.html"), level=0.0, output=0),
+      {"path": "path", "level": "real:any", "output": "layer"}),
+    R("LevelSet.to_html", lambda path: octahedron().to_html(path),
+      lambda: dict(path=str(_TMP / "ls.html")), {"path": "path"}),
     R("LevelSet.summary", lambda: octahedron().summary(), dict),
     R("LevelSet.to_json", lambda: octahedron().to_json(), dict, check=_check_json),
     R("LevelSet.plot", lambda: octahedron().plot(), dict),
@@ -1754,6 +1818,19 @@ RECIPES: list[Recipe] = [
       {"model": "model", "x": "batch", "classes": "classes", "normalize": "flag"},
       check=lambda r, kw: need(r.shape[0] == rows(kw)), **PROPAGATE,
       expect={"model:its graph": EITHER, "model:not a spline (GELU)": EITHER}),
+    R("inversion_loss", lambda model, x, scales: losses.inversion_loss(model, x, scales=scales),
+      lambda: dict(model=mlp4(), x=x4(), scales="all"),
+      {"model": "model", "x": "batch", "scales": "choice"},
+      check=lambda r, kw: need(r.dim() == 0 and not float(r) < 0, "a non-negative scalar"),
+      **PROPAGATE, expect={"x:empty batch": REFUSE, "scales:int": EITHER}),  # a layer index
+    R("semi_supervised_loss", lambda model, x_labelled, y, x_unlabelled, alpha, beta:
+      losses.semi_supervised_loss(model, x_labelled, y, x_unlabelled, alpha=alpha, beta=beta),
+      lambda: dict(model=mlp4(), x_labelled=x4()[:2], y=torch.tensor([0, 2]),
+                   x_unlabelled=x4()[2:], alpha=0.5, beta=0.1),
+      {"model": "model", "x_labelled": "batch", "x_unlabelled": "batch",
+       "alpha": "real:nonneg", "beta": "real:nonneg"},
+      check=lambda r, kw: need(r.dim() == 0, "a scalar"),
+      **PROPAGATE, expect={"x_labelled:empty batch": REFUSE, "x_unlabelled:empty batch": REFUSE}),
     R("weight_orthogonality", lambda weight, normalize: losses.weight_orthogonality(
         weight, normalize=normalize),
       lambda: dict(weight=torch.randn(3, 4), normalize=False),
@@ -1923,6 +2000,69 @@ RECIPES: list[Recipe] = [
     R("OrthogonalityReport.to_json", lambda dictionary: mnn.orthogonality_report(
         dictionary).to_json(), lambda: dict(dictionary=torch.randn(3, 5)),
       {"dictionary": "tensor"}, check=_check_json),
+    # ---------------------------------------------------------------- curvature
+    R("loss_hessian", lambda model, x, y, exact: ma.loss_hessian(
+        model, nn.functional.cross_entropy, x, y, exact=exact),
+      lambda: dict(model=mlp2(), x=x2(), y=labels2(), exact=True),
+      {"model": "model", "x": "batch", "exact": "flag"}, check=_check_loss_hessian,
+      expect={"model:not a spline (GELU)": EITHER, "exact:None": EITHER}),
+    R("loss_hessian[loss]", lambda loss_fn: ma.loss_hessian(mlp2(), loss_fn, x2(), labels2()),
+      lambda: dict(loss_fn=nn.functional.cross_entropy), extra=lambda valid, draw: [
+          ("loss_fn", "not scalar", lambda out, y: out, REFUSE),
+          ("loss_fn", "not callable", 3, REFUSE),
+          ("loss_fn", "returns a float", lambda out, y: 1.0, REFUSE)]),
+    R("LossHessian.matrix", lambda which: loss_hessian2().matrix(which),
+      lambda: dict(which="NME"), {"which": "choice"}),
+    R("LossHessian.matvec", lambda v, which: loss_hessian2_free().matvec(v, which),
+      lambda: dict(v=torch.ones(loss_hessian2().num_parameters, dtype=torch.float64),
+                   which="G"), {"v": "tensor", "which": "choice"}),
+    R("LossHessian.operator", lambda which: loss_hessian2().operator(which),
+      lambda: dict(which="H"), {"which": "choice"}),
+    R("LossHessian.top_eigenvalues", lambda k, which, seed: loss_hessian2_free(
+        ).top_eigenvalues(k, which, seed=seed), lambda: dict(k=2, which="H", seed=0),
+      {"k": "count", "which": "choice", "seed": "count0"}),
+    R("LossHessian.trace", lambda which, samples, seed: loss_hessian2_free().trace(
+        which, samples, seed=seed), lambda: dict(which="NME_rest", samples=4, seed=0),
+      {"which": "choice", "samples": "count", "seed": "count0"},
+      expect={"samples:1": REFUSE}),
+    R("LossHessian.hutchinson", lambda which, samples: loss_hessian2().hutchinson(
+        which, samples), lambda: dict(which="NME_activation", samples=4),
+      {"which": "choice", "samples": "count"}, expect={"samples:1": REFUSE}),
+    R("LossHessian.summary", lambda: loss_hessian2().summary(), dict),
+    R("LossHessian.to_json", lambda: loss_hessian2().to_json(), dict, check=_check_json),
+    R("LossHessian.plot", lambda: loss_hessian2().plot(), dict),
+    R("hessian_complexity", lambda model, x, tangent_dim, k, output, method:
+      ma.hessian_complexity(model, x, tangent_dim=tangent_dim, k=k, output=output,
+                            method=method),
+      lambda: dict(model=mlp3(), x=manifold_x(), tangent_dim=1, k=8, output=0, method="fit"),
+      {"model": "model", "x": "batch", "tangent_dim": "count", "k": "count",
+       "output": "layer", "method": "choice"}, check=_check_complexity,
+      expect={"model:not a spline (GELU)": EITHER}),
+    R("HessianComplexity.summary", lambda: hessian_complexity3().summary(), dict),
+    R("HessianComplexity.to_json", lambda: hessian_complexity3().to_json(), dict,
+      check=_check_json),
+    R("HessianComplexity.plot", lambda bins: hessian_complexity3().plot(bins=bins),
+      lambda: dict(bins=5), {"bins": "count"}),
+    # ---------------------------------------------------------------- conservation
+    R("conserved_quantities", lambda model: conservation.conserved_quantities(model),
+      lambda: dict(model=mlp2()), {"model": "model"},
+      check=lambda r, kw: need(r.dim() == 1 and r.numel() == len(
+          conservation.conserved_quantity_names(kw["model"])), "one value per name"),
+      # a smooth head after the last affine layer has no hidden unit: nothing to conserve
+      expect={"model:not a spline (GELU)": EITHER}),
+    R("conserved_quantity_names", lambda model: conservation.conserved_quantity_names(model),
+      lambda: dict(model=mlp2()), {"model": "model"},
+      check=lambda r, kw: need(isinstance(r, list) and all(isinstance(n, str) for n in r),
+                               "a list of names"),
+      # names do not read the parameters' values
+      expect={"model:not a spline (GELU)": EITHER, "model:NaN parameter": EITHER,
+              "model:inf parameter": EITHER}),
+    R("number_of_conservation_laws", lambda model, seed, tol, max_parameters:
+      conservation.number_of_conservation_laws(model, seed=seed, tol=tol,
+                                               max_parameters=max_parameters),
+      lambda: dict(model=two_layer(), seed=0, tol=1e-8, max_parameters=64),
+      {"model": "model", "seed": "count0", "tol": "real:tol", "max_parameters": "count"},
+      check=lambda r, kw: need(r == 2, "r = 2 laws for a two-layer ReLU net")),
 ]
 
 BY_NAME = {r.name: r for r in RECIPES}
@@ -1934,7 +2074,7 @@ RESULTS = {"AffineMap", "Complex", "Inversion", "LevelSet", "Partition", "Region
            "PowerCells", "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
            "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport",
            "Evaluation", "Layer", "Pause", "Between", "VQPosterior", "GeneratorPosterior",
-           "EMFit"}
+           "EMFit", "LossHessian", "HessianComplexity"}
 
 
 def public_callables() -> set[str]:

@@ -30,7 +30,7 @@ RESULTS = sorted(
 def test_the_results_are_the_expected_ones():
     assert set(RESULTS) == {
         "AffineMap", "BoundaryCurvature", "BoundaryDistance", "Codes", "Complex", "Evaluation",
-        "LevelSet",
+        "HessianComplexity", "LevelSet", "LossHessian",
         "LocalComplexity", "Partition", "PowerCells", "PowerDiagram", "RegionDensity",
         "RegionSet", "RegionSharing", "SegmentPartition", "SplineGraph", "VQPosterior"}
 
@@ -68,6 +68,9 @@ def _results() -> dict[str, object]:
                                      torch.ones(2, dtype=torch.float64),
                                      progress=False).decision_boundary(),
         "LocalComplexity": ma.local_complexity(net, x, 0.1),
+        "LossHessian": ma.loss_hessian(net, nn.functional.cross_entropy, x,
+                                       torch.arange(16) % 3),
+        "HessianComplexity": ma.hessian_complexity(net, x, tangent_dim=1, k=8),
         "Partition": part,
         "PowerCells": ma.power_cells(net, x, layer=-1, input_space=True),
         "PowerDiagram": ma.power_diagram(nn.Sequential(nn.Linear(2, 3), nn.ReLU())),

@@ -13,6 +13,7 @@ light. docs/architecture.md says which module owns what.
 import importlib as _importlib
 
 from .affine import AffineMap, affine_map
+from .curvature import HessianComplexity, LossHessian, hessian_complexity, loss_hessian
 from .distances import vq_distance, vq_knn
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
 from .graph import Between, Evaluation, Layer, Pause, SplineGraph, trace
@@ -51,9 +52,9 @@ __version__ = "0.1.0"
 # The public submodules, reachable as attributes of the package (``ma.losses``).
 _SUBMODULES: tuple[str, ...] = (
     "affine", "cli", "conservation", "curvature", "datasets", "demo", "distances", "errors",
-    "experiments", "generative", "graph",
-    "inference", "losses", "models", "nn", "ops", "orthogonal", "partition", "power",
-    "stats", "training", "vq",
+    "experiments", "explore", "generative", "graph",
+    "inference", "kernels", "losses", "models", "nn", "ops", "orthogonal", "partition", "power",
+    "scanning", "stats", "training", "vq",
 )
 
 
@@ -76,9 +77,11 @@ __all__ = [
     "Codes",
     "Complex",
     "Evaluation",
+    "HessianComplexity",
     "Layer",
     "LevelSet",
     "LocalComplexity",
+    "LossHessian",
     "MaxAffineError",
     "MaxAffineTypeError",
     "MaxAffineWarning",
@@ -98,7 +101,9 @@ __all__ = [
     "boundary_curvature",
     "boundary_distance",
     "codes",
+    "hessian_complexity",
     "local_complexity",
+    "loss_hessian",
     "partition_box",
     "partition_plane",
     "partition_polytope",

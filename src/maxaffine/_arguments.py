@@ -215,3 +215,14 @@ def layer_index(key: Any, names: tuple[str, ...], what: str = "layer") -> int:
             + (f"; pass an index in [-{count}, {count - 1}] or a name" if count else
                " (the model has no nonlinearity)"))
     return int(key) % count
+
+
+def run(fn: Any, *args: Any, what: str, hint: str = "") -> Any:
+    """``fn(*args)`` with the errors torch raises for inputs a callable refuses (shape,
+    dtype or index mismatches) as a :class:`MaxAffineError` naming ``what`` was called."""
+    try:
+        return fn(*args)
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise MaxAffineError(f"{what} failed: {message}{hint}") from err
+

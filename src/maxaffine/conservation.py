@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import _arguments as arg
 from .errors import MaxAffineError, MaxAffineTypeError
 from .graph import check_parameters
 
@@ -235,11 +236,17 @@ def number_of_conservation_laws(model: nn.Module, *, seed: int = 0, tol: float =
     bias=False))`` with ``act`` absent / ``nn.Identity`` (linear: ``phi = U V^T``,
     expect ``r (r + 1) / 2`` when ``r <= n + m``) or ReLU / LeakyReLU / PReLU (``phi =
     (u_j v_j^T)_j``, all neurons active; expect ``r``). ``D = (n + m) r`` must be at
-    most ``max_parameters`` (the Lie algebra lives in ``D x D`` matrices). ``tol``: the
-    relative singular-value threshold of the numerical ranks. Deeper networks,
+    most ``max_parameters`` (the Lie algebra lives in ``D x D`` matrices). ``tol`` (in
+    [1e-12, 1e-3]): the relative singular-value threshold of the numerical ranks. Deeper networks,
     biases and convolutions are refused with :class:`~maxaffine.errors.MaxAffineError`.
     """
+    seed = arg.integer(seed, "seed", minimum=0, meaning="seed of the random parameters")
+    tol = arg.number(tol, "tol", minimum=1e-12, maximum=1e-3,
+                     meaning="relative singular-value threshold of the ranks")
+    max_parameters = arg.integer(max_parameters, "max_parameters", minimum=1,
+                                 meaning="largest D = (n + m) r computed")
     n, m, r, relu = _two_layer(model)
+    check_parameters(model)
     D = (n + m) * r
     if D > max_parameters:
         raise MaxAffineError(f"D = (n + m) r = {D} parameters > max_parameters="

@@ -64,6 +64,10 @@ def _hooks(modules: list[nn.Module], hook: Callable) -> Iterator[None]:
             h.remove()
 
 
+MAX_PROBES = 1_000_000
+"""The most random probes a Hutchinson trace estimate takes."""
+
+
 @dataclass(frozen=True)
 class LossHessian:
     """The loss Hessian ``H = G + NME`` w.r.t. the flattened parameters (Dauphin et
@@ -112,9 +116,16 @@ class LossHessian:
                                  f"{tuple(v.shape)}")
         v = v.to(self._theta)
         product = self._products[which]
+
+        def scaled(row: Tensor) -> Tensor:
+            # M v = |v|_inf M (v / |v|_inf): huge directions overflow to inf, not NaN
+            size = row.abs().max()
+            size = torch.where(size > 0, size, torch.ones_like(size))
+            return product(row / size) * size
+
         if v.dim() == 1:
-            return product(v)
-        return torch.stack([product(row) for row in v])
+            return scaled(v)
+        return torch.stack([scaled(row) for row in v])
 
     def operator(self, which: Which = "H"):
         """A ``scipy.sparse.linalg.LinearOperator`` (float64) of ``M``."""
@@ -138,6 +149,8 @@ class LossHessian:
 
         P = self.num_parameters
         k = arg.integer(k, "k", minimum=1, maximum=P, meaning="eigenvalues wanted")
+        seed = arg.integer(seed, "seed", minimum=0, meaning="seed of the Lanczos start")
+        tol = arg.number(tol, "tol", minimum=0.0, meaning="Lanczos relative accuracy")
         if k >= P - 1:
             M = self.matrix(which) if self.exact else self.matvec(
                 torch.eye(P, dtype=self._theta.dtype, device=self._theta.device), which)
@@ -153,7 +166,9 @@ class LossHessian:
         """Hutchinson's estimate ``mean_s z_s^T M z_s`` over Rademacher ``z_s`` and its
         standard error ``std / sqrt(samples)``; (the exact trace, 0.0) when exact."""
         arg.choice(which, "which", WHICH)
-        samples = arg.integer(samples, "samples", minimum=2, meaning="random probes")
+        samples = arg.integer(samples, "samples", minimum=2, maximum=MAX_PROBES,
+                              meaning="random probes")
+        seed = arg.integer(seed, "seed", minimum=0, meaning="seed of the probes")
         if self.exact:
             return float(self.matrix(which).trace()), 0.0
         return self.hutchinson(which, samples, seed=seed)
@@ -161,11 +176,18 @@ class LossHessian:
     def hutchinson(self, which: Which = "H", samples: int = 100, *, seed: int = 0
                    ) -> tuple[float, float]:
         """Hutchinson's estimate and its standard error, also when exact."""
-        samples = arg.integer(samples, "samples", minimum=2, meaning="random probes")
-        gen = torch.Generator().manual_seed(int(seed))
-        z = torch.randint(0, 2, (samples, self.num_parameters), generator=gen)
-        z = (2.0 * z - 1.0).to(self._theta)
-        quad = (self.matvec(z, which) * z).sum(-1).detach().double()
+        arg.choice(which, "which", WHICH)
+        samples = arg.integer(samples, "samples", minimum=2, maximum=MAX_PROBES,
+                              meaning="random probes")
+        seed = arg.integer(seed, "seed", minimum=0, meaning="seed of the probes")
+        gen = torch.Generator().manual_seed(seed)
+        quads = []
+        for start in range(0, samples, 256):  # probes in chunks: bounded memory
+            z = torch.randint(0, 2, (min(256, samples - start), self.num_parameters),
+                              generator=gen)
+            z = (2.0 * z - 1.0).to(self._theta)
+            quads.append((self.matvec(z, which) * z).sum(-1).detach().double())
+        quad = torch.cat(quads)
         return float(quad.mean()), float(quad.std() / math.sqrt(samples))
 
     def _spectrum(self, which: Which, k: int = 10) -> Tensor:
@@ -287,14 +309,16 @@ def loss_hessian(model: nn.Module, loss_fn: Callable[[Tensor, Any], Tensor], x: 
                                           for u in inputs))
 
     with torch.no_grad(), _hooks(modules, record):
-        out0 = f(theta0)
+        out0 = arg.run(f, theta0, what=f"model(x) with x of shape {tuple(x.shape)}",
+                       hint=" (is x shaped as the model expects?)")
     if not isinstance(out0, Tensor):
         raise MaxAffineTypeError(f"the model must return one tensor, got "
                                  f"{arg.describe(out0)}")
     out0 = out0.detach()
 
     def loss_of(out: Tensor) -> Tensor:
-        value = loss_fn(out, y)
+        value = arg.run(loss_fn, out, y, what="loss_fn(model(x), y)",
+                        hint=" (do y and the model's outputs match?)")
         if not isinstance(value, Tensor) or value.numel() != 1:
             raise MaxAffineError(f"loss_fn(output, y) must return a scalar tensor (reduce "
                                  f"it, e.g. reduction='mean'), got {arg.describe(value)}")
@@ -419,7 +443,7 @@ class HessianComplexity:
         """A histogram of the per-point squared Frobenius norms, the mean marked."""
         from ._plotting import _axes
 
-        bins = arg.integer(bins, "bins", minimum=1, meaning="histogram bins")
+        bins = arg.integer(bins, "bins", minimum=1, maximum=10_000, meaning="histogram bins")
         ax = _axes(ax)
         ax.hist(self.per_point.detach().double().cpu().numpy(), bins=bins, color="0.5")
         ax.axvline(self.mean, color="C3", lw=1.0, label=f"mean {self.mean:.3g}")
@@ -562,7 +586,8 @@ def hessian_complexity(model: nn.Module, x: Tensor, *, tangent_dim: int | None =
                                   meaning="dimension of the data manifold")
     x = x.detach()
     with torch.no_grad():
-        y0 = model(x[:1]).reshape(1, -1)
+        y0 = arg.run(model, x[:1], what=f"model(x) with x of shape {tuple(x.shape)}",
+                     hint=" (is x shaped as the model expects?)").reshape(1, -1)
     m = y0.shape[1]
     if output is not None:
         output = arg.integer(output, "output", minimum=-m, maximum=m - 1,

@@ -21,12 +21,23 @@ inference (Balestriero & Baraniuk, "From Hard to Soft: Understanding Deep
 Network Nonlinearities via Vector Quantization and Statistical Inference",
 ICLR 2019).  For a hard constraint see
 :func:`maxaffine.orthogonal.orthogonal_filters`.
+
+Inversion.  The same spline view lets a network reconstruct its own input
+(Balestriero, Roger, Glotin & Baraniuk, "Semi-Supervised Learning via New Deep
+Network Inversion", arXiv:1711.04313, 2017; Balestriero, Glotin & Baraniuk,
+"Semi-Supervised Learning Enabled by Multiscale Deep Neural Network Inversion",
+arXiv:1802.10172, 2018): the template of the predicted class and each layer's
+backward map of its own activations map back to input space, so the distance to
+``x`` is a loss on unlabelled data with no decoder and no extra parameters
+(:func:`inversion_loss`); :func:`semi_supervised_loss` adds it, with the entropy
+of the unlabelled predictions, to the cross-entropy of the labelled ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -36,7 +47,7 @@ from . import _arguments as arg
 from ._arguments import check_dtype, check_tensor
 from ._autodiff import pullback
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, check_parameters
+from .graph import SplineGraph, as_graph, check_input, check_parameters
 
 Classes = Sequence[int] | Tensor | None
 
@@ -44,6 +55,8 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 
 __all__ = [
     "filter_orthogonality",
+    "inversion_loss",
+    "semi_supervised_loss",
     "template_gram",
     "template_orthogonality",
     "weight_orthogonality",
@@ -369,3 +382,244 @@ def filter_orthogonality(layer: nn.Module, *, normalize: bool = False) -> Tensor
         f"filter_orthogonality takes an nn.Linear or nn.Conv1d/2d/3d, got "
         f"{type(layer).__name__}; for a bare weight tensor use weight_orthogonality"
     )
+
+
+# ------------------------------------------------------------------------- inversion
+
+Scales = str | int | Sequence[str | int]
+
+TEMPLATE = "template"  # the predicted class's template, A_yhat[x]
+OUTPUT = "output"  # the output's backward map of the output itself, A[x]^T f(x)
+
+
+def inversion_loss(model: nn.Module | SplineGraph, x: Tensor, *,
+                   scales: Scales = "all") -> Tensor:
+    """The multiscale reconstruction error of ``x`` by the network's own inverse: a
+    scalar, differentiable with respect to the weights (double back-prop), with no
+    parameters of its own (Balestriero, Roger, Glotin & Baraniuk, arXiv:1711.04313,
+    sec. 3; Balestriero, Glotin & Baraniuk, "Semi-Supervised Learning Enabled by
+    Multiscale Deep Neural Network Inversion", arXiv:1802.10172).
+
+    On the region of ``x`` a spline network is affine, ``f(x) = A[x] x + B[x]``, and so
+    is every nonlinearity's output, ``z_l(x) = A_l[x] x + B_l[x]`` (``A_l[x]``: the
+    Jacobian of layer l's output with every code frozen, the composition of the
+    layers' maps up to l). Each *scale* s gives a reconstruction ``xhat_s`` of x in
+    input space:
+
+    * ``"template"``: the template of the predicted class,
+      ``xhat = A_c[x] = d f_c / d x`` with ``c = argmax_k f_k(x)`` (1711.04313, the
+      inverse of a DNN as the matched filter of its decision: ``<A_c[x], x>`` is
+      largest when the template is x itself);
+    * a layer (a name of ``graph.layer_names`` or an index; negative from the end):
+      that nonlinearity's backward map applied to its own output,
+      ``xhat = A_l[x]^T z_l(x)`` (a vector-Jacobian product of the layer's output
+      with cotangent the output: the back-propagation of the layer's activations
+      to the input, 1802.10172's per-layer inverse, measured in input space);
+    * ``"output"``: the same for the network's output, ``xhat = A[x]^T f(x)``.
+
+    ``scales``: ``"all"`` (default: ``"template"`` and every nonlinearity of the
+    graph, the multiscale loss), ``"layers"`` (every nonlinearity), one scale, or a
+    sequence of distinct scales. The names ``"template"`` and ``"output"`` take
+    precedence over layers of those names (use their index).
+
+    Normalisation: per scale, the mean over the batch of the squared error per input
+    entry, ``e_s = (1 / (N D)) sum_n ||x_n - xhat_s(x_n)||^2`` (D: entries per
+    sample), and the loss is the mean of ``e_s`` over the scales: no weights to set.
+    ``e_s`` is in the units of ``x`` squared (inputs in [0, 1]: at most about 1 for a
+    zero reconstruction).
+
+    Exact reconstruction: where the layers' maps are orthogonal on the region
+    (``A_l[x]^T A_l[x] = I``) and carry no offset, ``A_l^T z_l = A_l^T A_l x = x``:
+    e.g. orthogonal linear layers with ``abs`` (a sign flip per unit) and no biases
+    reconstruct every x at every layer and at ``"output"``; ``"template"`` is exact
+    where x is its predicted class's template.
+
+    ``model``: a piecewise-affine ``nn.Module`` that :func:`maxaffine.trace` accepts,
+    or its :class:`~maxaffine.SplineGraph` (trace once, e.g.
+    ``maxaffine.trace(net, x[:1])``, to save the tracing in a training loop: the graph
+    reads the module's current weights). Batch-norm and dropout must be in eval mode,
+    as for every spline map. ``x``: a batch (N, *input_shape), finite; an empty batch
+    raises (the loss is a mean over samples), as do NaN / inf inputs or parameters.
+
+    Cost: one forward pass of the graph and one vector-Jacobian product (a backward
+    pass) per scale, each back-propagated again by ``loss.backward()``. Under
+    ``torch.no_grad()`` the value is computed without the double-back-prop graph.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> loss = inversion_loss(net, torch.randn(8, 4))
+    >>> loss.backward()  # gradients w.r.t. the weights
+    """
+    graph = _graph(model, x, "x")
+    names = _scales(graph, scales)
+    return _reconstruction(graph, x, names)[0]
+
+
+def semi_supervised_loss(
+    model: nn.Module | SplineGraph, x_labelled: Tensor, y: Tensor, x_unlabelled: Tensor, *,
+    alpha: float = 1.0, beta: float = 1.0, scales: Scales = "all",
+) -> Tensor:
+    """``CE(f(x_labelled), y) + alpha * R(x_labelled and x_unlabelled)
+    + beta * H(softmax f(x_unlabelled))``: the semi-supervised loss of the inversion
+    papers (Balestriero et al., arXiv:1711.04313, sec. 3.2; arXiv:1802.10172), a
+    differentiable scalar.
+
+    * ``CE``: the mean cross-entropy of the labelled batch (logits ``f``, labels ``y``);
+    * ``R``: :func:`inversion_loss` (with ``scales``) on the labelled and unlabelled
+      inputs together, a mean over all of them: reconstruction needs no label;
+    * ``H``: the mean entropy (nats) of the predicted class distribution of the
+      unlabelled inputs, ``-sum_c p_c log p_c`` with ``p = softmax(f(x))``
+      (entropy minimisation: confident predictions on unlabelled data).
+
+    The papers weight the three terms by constants chosen per data set (a convex
+    combination, ``a1 CE + a2 R + (1 - a1 - a2) H``); dividing by the weight of the
+    cross-entropy gives this form. ``alpha = 0`` is entropy minimisation alone,
+    ``alpha = beta = 0`` plain supervised training (both still evaluate the graph on
+    the unlabelled batch). Defaults ``alpha = beta = 1``: set them for your data (the
+    reconstruction term is in units of the input squared, see :func:`inversion_loss`).
+
+    ``model``: as :func:`inversion_loss`, mapping (N, *input_shape) to logits (N, C).
+    ``y``: (N_labelled,) integer class indices in [0, C). Both batches must be
+    non-empty and finite, of the model's input shape and dtype.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> loss = semi_supervised_loss(net, torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]),
+    ...                             torch.randn(20, 4), alpha=0.5, beta=0.1)
+    >>> loss.backward()
+    """
+    graph = _graph(model, x_labelled, "x_labelled")
+    _check_batch(graph, x_unlabelled, "x_unlabelled")
+    alpha = arg.number(alpha, "alpha", minimum=0.0, meaning="the reconstruction's weight")
+    beta = arg.number(beta, "beta", minimum=0.0, meaning="the entropy's weight")
+    if len(graph.output_shape) != 1:
+        raise MaxAffineError(
+            f"semi_supervised_loss needs a model returning logits (N, C), but its outputs "
+            f"are (N, {', '.join(map(str, graph.output_shape))}): flatten them in the model")
+    labels = _labels(y, x_labelled.shape[0], graph.num_outputs)
+    names = _scales(graph, scales)
+    n = x_labelled.shape[0]
+    both = torch.cat([x_labelled, x_unlabelled])
+    if alpha > 0:
+        rec, logits = _reconstruction(graph, both, names)
+    else:
+        rec, logits = both.new_zeros(()), graph.evaluate(both).output
+    ce = nn.functional.cross_entropy(logits[:n], labels)
+    logp = torch.log_softmax(logits[n:], dim=1)
+    entropy = -(logp.exp() * logp).sum(1).mean()
+    return ce + alpha * rec + beta * entropy
+
+
+def _graph(model: nn.Module | SplineGraph, x: Tensor, what: str) -> SplineGraph:
+    """The spline graph of ``model`` (traced on ``x``), with ``x`` checked as a
+    non-empty, finite batch of its input shape and dtype."""
+    if not isinstance(model, nn.Module | SplineGraph):
+        raise MaxAffineTypeError(f"model must be a torch.nn.Module or a maxaffine.SplineGraph, "
+                                 f"got {type(model).__name__}")
+    if not isinstance(x, Tensor):
+        raise MaxAffineTypeError(f"{what} must be a torch.Tensor batch (N, *input_shape), got "
+                                 f"{type(x).__name__}")
+    check_tensor(x, what)
+    if x.dim() < 2:
+        raise MaxAffineError(f"{what} must be a batch (N, *input_shape); got shape "
+                             f"{tuple(x.shape)}: add a batch dimension with {what}.unsqueeze(0)")
+    graph = as_graph(model, x)
+    _check_batch(graph, x, what)
+    return graph
+
+
+def _check_batch(graph: SplineGraph, x: Tensor, what: str) -> None:
+    if not isinstance(x, Tensor):
+        raise MaxAffineTypeError(f"{what} must be a torch.Tensor batch (N, *input_shape), got "
+                                 f"{type(x).__name__}")
+    check_input(graph, x, what)  # shape, dtype, NaN / inf, parameters
+    if x.shape[0] == 0:
+        raise MaxAffineError(f"{what} is an empty batch (0 samples), and the loss is a mean "
+                             f"over its samples: skip the loss for an empty batch")
+
+
+def _scales(graph: SplineGraph, scales: Scales) -> tuple[str, ...]:
+    """The requested scales as ``"template"``, ``"output"`` or layer names, validated."""
+    if isinstance(scales, str) and scales in ("all", "layers"):
+        names = graph.layer_names
+        if scales == "all":
+            return (TEMPLATE, *names)
+        if not names:
+            raise MaxAffineError("scales='layers' but the model has no nonlinearity: use "
+                                 "'template' or 'output'")
+        return names
+    items = [scales] if isinstance(scales, str | numbers.Integral) or (
+        isinstance(scales, Tensor) and scales.dim() == 0) else scales
+    if isinstance(items, bytes) or not isinstance(items, Sequence | Tensor):
+        raise MaxAffineTypeError(f"scales must be 'all', 'layers', 'template', 'output', a layer "
+                                 f"name or index, or a sequence of them, got "
+                                 f"{type(scales).__name__} {scales!r}")
+    out: list[str] = []
+    for key in items:
+        if isinstance(key, str) and key in (TEMPLATE, OUTPUT):
+            name = key
+        else:
+            try:
+                name = graph.layer_names[arg.layer_index(key, graph.layer_names, "scales")]
+            except MaxAffineError as err:
+                raise type(err)(f"scales: {err} (or 'template', 'output')") from None
+        if name in out:
+            raise MaxAffineError(f"scales names {name!r} twice: each scale counts once")
+        out.append(name)
+    if not out:
+        raise MaxAffineError("scales is empty: pass 'all', or at least one of 'template', "
+                             f"'output' and the layers {graph.layer_names}")
+    return tuple(out)
+
+
+def _labels(y: Tensor, n: int, num_classes: int) -> Tensor:
+    if not isinstance(y, Tensor):
+        raise MaxAffineTypeError(f"y must be a ({n},) integer tensor of class indices, got "
+                                 f"{type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise MaxAffineTypeError(f"y must hold integer class indices, got dtype {y.dtype}: "
+                                 "use y.long()")
+    if tuple(y.shape) != (n,):
+        raise MaxAffineError(f"y must have shape ({n},), one label per labelled input, got "
+                             f"{tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise MaxAffineError(f"y holds labels in [{int(y.min())}, {int(y.max())}] but the model "
+                             f"has C={num_classes} outputs: labels must lie in "
+                             f"[0, {num_classes - 1}]")
+    return y.long()
+
+
+def _reconstruction(graph: SplineGraph, x: Tensor, names: tuple[str, ...]
+                    ) -> tuple[Tensor, Tensor]:
+    """The mean over ``names`` of each scale's squared error per entry (see
+    :func:`inversion_loss`), and the graph's outputs (N, C). One forward pass, one
+    vector-Jacobian product per scale; differentiable if grad mode is on."""
+    differentiable = torch.is_grad_enabled()
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    layers = [s for s in names if s not in (TEMPLATE, OUTPUT)]
+    with torch.enable_grad():
+        v = x if differentiable and x.requires_grad else x.detach().requires_grad_(True)
+        ev = graph.evaluate(v, record=bool(layers))
+        out = ev.output.reshape(n, -1)
+        pairs: list[tuple[Tensor, Tensor]] = []  # (tensor, cotangent) per scale
+        for s in names:
+            if s == TEMPLATE:
+                if out.shape[1] == 0:
+                    raise MaxAffineError("the model has no outputs (C=0): no template")
+                hot = nn.functional.one_hot(out.detach().argmax(1), out.shape[1])
+                pairs.append((out, hot.to(out.dtype)))
+            elif s == OUTPUT:
+                pairs.append((out, out))
+            else:  # the layer's output, through the selected pieces (codes frozen)
+                z = graph.layer(s).rule.piece(ev.codes[s], *ev.inputs[s]).reshape(n, -1)
+                pairs.append((z, z))
+        errors = []
+        for i, (target, cot) in enumerate(pairs):
+            if target.requires_grad:
+                xhat = pullback(target, v, cot, retain=i + 1 < len(pairs),
+                                differentiable=differentiable)
+            else:  # the scale does not depend on x: reconstructs 0
+                xhat = torch.zeros_like(v)
+            errors.append((v - xhat).pow(2).sum() / (n * d))
+    loss = torch.stack(errors).mean()
+    if not differentiable:
+        return loss.detach(), out.detach()
+    return loss, out

@@ -89,6 +89,7 @@ def markdown_to_html(text: str, title: str = "maxaffine report") -> str:
     def inline(s: str) -> str:
         s = html.escape(s)
         s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+        s = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", s)
         return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
 
     while i < len(lines):
@@ -130,7 +131,13 @@ def markdown_to_html(text: str, title: str = "maxaffine report") -> str:
 @dataclass
 class DemoContext:
     """What every report section can use: the data, the trained models, where to write
-    (the demo report's sections, :mod:`maxaffine.demo`, come from the experiments)."""
+    (the demo report's sections, :mod:`maxaffine.demo`, come from the experiments).
+
+    ``cnn`` is the model the single-model sections analyse (the demo's CNN; in the
+    report for a user's own model, ``maxaffine report``, that model, also in ``mlp``);
+    ``models``: the models the per-model sections list (empty: ``mlp`` and ``cnn``);
+    ``labels``: where ``data``'s labels come from (``"dataset"``, or ``"predicted"``:
+    the model's own predictions, for unlabelled inputs)."""
 
     out: Path
     data: Dataset
@@ -140,6 +147,12 @@ class DemoContext:
     seed: int = 0
     quick: bool = False
     extras: dict = field(default_factory=dict)
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    labels: str = "dataset"
+
+    def named_models(self) -> dict[str, nn.Module]:
+        """The models of the report by name (the demo: ``mlp`` and ``cnn``)."""
+        return dict(self.models) if self.models else {"mlp": self.mlp, "cnn": self.cnn}
 
     def figure(self, fig, name: str) -> str:
         """Save a figure next to the report; returns its Markdown image line."""

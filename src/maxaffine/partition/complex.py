@@ -303,6 +303,19 @@ class Complex:
             "volumes": self.volumes.tolist(),
         })
 
+    def to_html(self, path: str | Path, *, level: float | None = None, output: int = 0,
+                title: str | None = None) -> Path:
+        """Write a self-contained HTML page with a rotatable mesh of the level set
+        ``output = level`` (``level`` None: the decision boundary) and the complex's
+        edges (d = 2 or 3): :func:`maxaffine.explore.level_set_html`. Returns the path."""
+        from ..explore import level_set_html, write_html
+
+        if self.dim not in (2, 3):
+            raise MaxAffineError(f"to_html draws 2-D and 3-D complexes; this one is "
+                                 f"{self.dim}-D")
+        surface = self.decision_boundary() if level is None else self.level_set(level, output)
+        return write_html(level_set_html(surface, complex_=self, title=title), path)
+
     def plot(self, ax=None, regions: Any = None, level: float | None = 0.0, output: int = 0):
         """d = 2: the regions, coloured; d = 3: the level set ``output = level``
         (``level`` None: the edges of ``regions``, default all) in 3-D."""
@@ -418,6 +431,14 @@ class LevelSet:
             "regions": self.regions.tolist(),
             "classes": None if self.classes is None else self.classes.tolist(),
         })
+
+    def to_html(self, path: str | Path, *, title: str | None = None) -> Path:
+        """Write a self-contained HTML page with this level set as a rotatable mesh
+        (d = 3: triangles; d = 2: segments in the plane z = 0):
+        :func:`maxaffine.explore.level_set_html`. Returns the path."""
+        from ..explore import level_set_html, write_html
+
+        return write_html(level_set_html(self, title=title), path)
 
     def plot(self, ax=None, **kwargs: Any):
         """d = 3: the surface (matplotlib 3-D); d = 2: the segments."""

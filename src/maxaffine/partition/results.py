@@ -193,6 +193,16 @@ class Partition:
             "boundary_classes": self.boundary_classes.tolist(),
         })
 
+    def to_html(self, path: str | Path, *, title: str | None = None,
+                max_outputs: int = 10) -> Path:
+        """Write an interactive, self-contained HTML page of this partition (pan, zoom,
+        hover a region for its code, area, class and affine map; edges by layer with
+        toggles; decision boundary; anchors): :func:`maxaffine.explore.partition_html`.
+        ``max_outputs``: the output rows of each region's map shown. Returns the path."""
+        from ..explore import partition_html, write_html
+
+        return write_html(partition_html(self, title=title, max_outputs=max_outputs), path)
+
     def save(self, path: str | Path) -> None:
         """Write JSON (``.json``), all tensors with torch (``.pt``) or numpy arrays
         (``.npz``, with the code layout as a JSON string)."""
