@@ -122,3 +122,24 @@ def test_model_without_parameters_is_accepted():
     hc = hessian_complexity(nn.Identity(), _plane(), tangent_dim=2)
     assert hc.method == "fit"
     assert float(hc.per_point.abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("N, D, k", [(50, 30, 8), (40, 5, 3), (20, 200, 6)])
+def test_local_pca_equals_svd_of_the_neighbourhoods(N, D, k):
+    """Few neighbours in many dimensions take the thin-QR path (memory N D k, not
+    N D^2): singular values and top subspaces equal a direct SVD's."""
+    from maxaffine.curvature import _local_spectra, _neighbours
+
+    x = torch.randn(N, D, dtype=torch.float64, generator=torch.Generator().manual_seed(N))
+    hood = _neighbours(x, k)
+    s, V = _local_spectra(x, hood)
+    local = x[hood] - x[hood].mean(1, keepdim=True)
+    _, ref_s, vh = torch.linalg.svd(local, full_matrices=False)
+    assert s.shape == (N, D)
+    assert torch.allclose(s[:, :ref_s.shape[1]], ref_s, atol=1e-10)
+    assert torch.allclose(V.transpose(1, 2) @ V, torch.eye(V.shape[2], dtype=V.dtype),
+                          atol=1e-12)
+    for d in (1, 2):
+        ours = V[..., :d] @ V[..., :d].transpose(1, 2)
+        ref = vh[:, :d].transpose(1, 2) @ vh[:, :d]
+        assert torch.allclose(ours, ref, atol=1e-9)

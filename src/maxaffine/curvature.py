@@ -464,9 +464,21 @@ def _neighbours(x: Tensor, k: int) -> Tensor:
 
 def _local_spectra(x: Tensor, hood: Tensor) -> tuple[Tensor, Tensor]:
     """Local PCA of each neighbourhood (centred on its mean): singular values (N, D)
-    and right singular vectors (N, D, D), descending."""
+    and right singular vectors (N, D, r), descending, ``r = min(D, k + 1)``."""
     local = x[hood]
     local = local - local.mean(dim=1, keepdim=True)
+    D, m = local.shape[2], local.shape[1]
+    if m < D:
+        # few neighbours in many dimensions (images): local^T = Q R (thin QR), so
+        # local^T local = Q (R R^T) Q^T and the right singular vectors are Q W for the
+        # eigenvectors W of the small (m, m) matrix R R^T -- memory N D m, not N D^2,
+        # and orthonormal even where singular values vanish
+        q, r = torch.linalg.qr(local.transpose(1, 2))
+        small = r @ r.transpose(1, 2)
+        _finite(small, "the neighbourhoods' scatter (x's squared distances)")
+        w, v = torch.linalg.eigh(small)
+        s = w.flip(-1).clamp_min(0.0).sqrt()
+        return torch.cat([s, s.new_zeros(s.shape[0], D - m)], dim=1), q @ v.flip(-1)
     # eigh of the (D, D) scatter matrices: the squared singular values, and much
     # faster than a batched SVD of the neighbourhoods
     scatter = local.transpose(1, 2) @ local
