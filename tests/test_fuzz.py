@@ -84,6 +84,7 @@ from torch import Tensor, nn
 
 import maxaffine as ma
 import maxaffine.conservation as conservation
+import maxaffine.kernels as kernels
 import maxaffine.losses as losses
 import maxaffine.models as models
 import maxaffine.nn as mnn
@@ -101,7 +102,7 @@ REFUSE, EITHER, SAME, HUGE, NONFINITE = "refuse", "either", "same", "huge", "non
 NAMESPACES = {"maxaffine": ma, "maxaffine.nn": mnn, "maxaffine.losses": losses,
               "maxaffine.orthogonal": orthogonal, "maxaffine.power": power,
               "maxaffine.stats": stats, "maxaffine.generative": generative,
-              "maxaffine.conservation": conservation}
+              "maxaffine.conservation": conservation, "maxaffine.kernels": kernels}
 _TMP = Path(tempfile.mkdtemp(prefix="maxaffine-fuzz-"))
 
 
@@ -1044,6 +1045,11 @@ def judge(recipe: Recipe, case: Case | None, kwargs: dict[str, Any],
 # ------------------------------------------------------------------ curvature, conservation
 
 
+# kernels have no model whose dtype inputs must match: other float dtypes are read as float64
+KERNEL_DTYPES = {f"{slot}:torch.{t}": EITHER for slot in ("x1", "x2")
+                 for t in ("float16", "float32", "bfloat16")}
+
+
 def labels2() -> Tensor:
     return torch.arange(len(x2())) % 3
 
@@ -1508,6 +1514,45 @@ RECIPES: list[Recipe] = [
       {"model": "model", "x": "batch", "y": "batch", "k": "count", "queries_per_block": "count",
        "exclude_self": "flag"}, check=_check_knn,
       expect={"exclude_self:None": EITHER, "y:None": EITHER}),
+    R("vq_distance[faiss]", lambda model, x, y, weights, backend: ma.vq_distance(
+        model, x, y, weights=weights, backend=backend),
+      lambda: dict(model=mlp2(), x=x2(), y=x2()[:3], weights=[1.0, 2.0], backend="faiss"),
+      {"model": "model", "x": "batch", "y": "batch", "weights": "weights",
+       "backend": "choice"}, check=_check_distance, expect={"y:None": EITHER}),
+    R("vq_knn[faiss]", lambda model, x, y, k, index: ma.vq_knn(model, x, y, k=k, index=index),
+      lambda: dict(model=graph2(), x=x2(), y=x2()[:4], k=2, index="faiss"),
+      {"model": "model", "x": "batch", "y": "batch", "k": "count", "index": "choice"},
+      check=_check_knn, expect={"y:None": EITHER}),
+    R("vq_knn[faiss-ivf]", lambda x, y, k: ma.vq_knn(None, x, y, k=k, index="faiss-ivf"),
+      lambda: dict(x=codes2(), y=codes2().select([0, 1, 2]), k=2),
+      {"x": "codes", "y": "codes", "k": "count"},
+      check=_check_knn, expect={"x:None": REFUSE, "y:None": EITHER}),
+    # ---------------------------------------------------------------- datasets
+    R("scan", lambda model, data, measures, labels, batch_size, radius, out: ma.scan(
+        model, data, measures, labels=labels, batch_size=batch_size, radius=radius,
+        n_directions=2, out=out, progress=False),
+      lambda: dict(model=mlp2(), data=x2(), measures=("codes", "region", "prediction",
+                                                       "local_complexity"),
+                   labels=torch.arange(len(x2())), batch_size=2, radius=0.1,
+                   out=str(_TMP / "scan.parquet")),
+      {"model": "model", "data": "batch", "labels": "tensor", "batch_size": "count",
+       "radius": "real:pos", "out": "path"},
+      check=lambda r, kw: need(len(r) == len(kw["data"]), "one row per input"),
+      # integer labels cannot hold NaN / inf: those corruptions stay finite
+      expect={"labels:None": EITHER, "labels:empty batch": REFUSE, "labels:nan": EITHER,
+              "labels:+inf": EITHER, "labels:-inf": EITHER, "out:None": EITHER,
+              "radius:None": REFUSE}),
+    R("partition_many", lambda model, slices, dtype, tol: ma.partition_many(
+        model, slices, progress=False, dtype=dtype, tol=tol),
+      lambda: dict(model=mlp2(), slices=[ma.Slice.square(-1, 1), square()],
+                   dtype=torch.float64, tol=1e-10),
+      {"model": "model", "dtype": "dtype", "tol": "real:tol"},
+      check=lambda r, kw: need(len(r) == len(kw["slices"]) and all(
+          isinstance(p, ma.Partition) for p in r), "one partition per slice"),
+      extra=lambda valid, draw: [("slices", "empty", [], EITHER),
+                                 ("slices", "a str", "square", REFUSE),
+                                 ("slices", "None inside", [None], REFUSE),
+                                 ("slices", "a bad polygon", [torch.zeros(2, 2)], REFUSE)]),
     # ---------------------------------------------------------------- inference
     R("vq_posterior", lambda model, x, layer, beta: ma.vq_posterior(model, x, layer=layer,
                                                                     beta=beta),
@@ -2043,6 +2088,47 @@ RECIPES: list[Recipe] = [
       check=_check_json),
     R("HessianComplexity.plot", lambda bins: hessian_complexity3().plot(bins=bins),
       lambda: dict(bins=5), {"bins": "count"}),
+    # ---------------------------------------------------------------- kernels
+    R("nngp", lambda x1, x2, depth, activation, weight_var, bias_var: kernels.nngp(
+        x1, x2, depth, activation=activation, weight_var=weight_var, bias_var=bias_var),
+      lambda: dict(x1=x4().double(), x2=x4()[:3].double(), depth=2, activation="relu",
+                   weight_var=2.0, bias_var=0.1),
+      {"x1": "batch", "x2": "batch", "depth": "count", "activation": "choice",
+       "weight_var": "real:pos", "bias_var": "real:nonneg"},
+      check=lambda r, kw: need(r.shape == (rows(kw, "x1"), rows(
+          kw, "x2" if kw["x2"] is not None else "x1")), "(N, M)"),
+      # no model to match: any float dtype is read in float64; weight_var 0 is allowed
+      expect={"x2:None": EITHER, **KERNEL_DTYPES, "weight_var:zero": EITHER}),
+    R("ntk", lambda x1, x2, depth, parametrization, width: kernels.ntk(
+        x1, x2, depth, parametrization=parametrization, width=width),
+      lambda: dict(x1=x4().double(), x2=None, depth=2, parametrization="standard", width=64),
+      {"x1": "batch", "depth": "count", "parametrization": "choice", "width": "count"},
+      check=lambda r, kw: need(r.shape == (rows(kw, "x1"), rows(kw, "x1")), "(N, N)"),
+      expect={**KERNEL_DTYPES, "x1:wrong size": EITHER}),
+    R("rntk", lambda s1, s2, depth, activation, kernel: kernels.rntk(
+        s1, s2, depth=depth, activation=activation, kernel=kernel),
+      lambda: dict(s1=torch.randn(3, 4, 2, dtype=torch.float64), s2=None, depth=1,
+                   activation="erf", kernel="ntk"),
+      {"s1": "batch", "depth": "count", "activation": "choice", "kernel": "choice"},
+      check=lambda r, kw: need(r.shape == (rows(kw, "s1"), rows(kw, "s1")), "(N, N)"),
+      expect={"s1:torch.float16": EITHER, "s1:torch.float32": EITHER,
+              "s1:torch.bfloat16": EITHER, "s1:wrong size": EITHER}),
+    R("rntk[lists]", lambda s1, s2: kernels.rntk(s1, s2),
+      lambda: dict(s1=[torch.randn(3, 2, dtype=torch.float64),
+                       torch.randn(5, 2, dtype=torch.float64)],
+                   s2=[torch.randn(2, 2, dtype=torch.float64)]),
+      extra=lambda valid, draw: [
+          ("s1", "an empty sequence", [torch.zeros(0, 2, dtype=torch.float64)], REFUSE),
+          ("s1", "NaN inside", [torch.full((2, 2), math.nan, dtype=torch.float64)], REFUSE),
+          ("s2", "other features", [torch.randn(2, 3, dtype=torch.float64)], REFUSE),
+          ("s1", "empty list", [], REFUSE)]),
+    R("empirical_ntk", lambda model, x1, x2, outputs: kernels.empirical_ntk(
+        model, x1, x2, outputs=outputs),
+      lambda: dict(model=mlp2(), x1=x2(), x2=x2()[:2], outputs="mean"),
+      {"model": "model", "x1": "batch", "x2": "batch", "outputs": "choice"},
+      check=lambda r, kw: need(r.shape[:2] == (rows(kw, "x1"), rows(
+          kw, "x2" if kw["x2"] is not None else "x1")), "(N, M)"),
+      expect={"model:not a spline (GELU)": EITHER, "x2:None": EITHER}),
     # ---------------------------------------------------------------- conservation
     R("conserved_quantities", lambda model: conservation.conserved_quantities(model),
       lambda: dict(model=mlp2()), {"model": "model"},

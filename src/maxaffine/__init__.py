@@ -33,6 +33,7 @@ from .partition import (
     regions_near,
 )
 from .power import PowerCells, PowerDiagram, power_cells, power_diagram
+from .scanning import partition_many, scan
 from .stats import (
     BoundaryCurvature,
     BoundaryDistance,
@@ -105,6 +106,7 @@ __all__ = [
     "local_complexity",
     "loss_hessian",
     "partition_box",
+    "partition_many",
     "partition_plane",
     "partition_polytope",
     "partition_segment",
@@ -114,6 +116,7 @@ __all__ = [
     "region_sharing",
     "regions_near",
     "register_op",
+    "scan",
     "soften",
     "supported_ops",
     "trace",

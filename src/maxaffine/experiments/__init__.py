@@ -72,7 +72,8 @@ def prepare(args: argparse.Namespace, dataset: str, seed: int = 0):
 
 _MODULES: list[str] = ["orthogonality", "beta_vq", "ghn", "sparse_coding", "vq_distance",
                        "training_dynamics", "sdf_mesh",
-                       "generator_inversion", "regions_near", "em_generator"]
+                       "generator_inversion", "regions_near", "em_generator", "hessian_complexity",
+                       "sharpness", "semi_supervised", "rntk"]
 
 
 def experiments() -> dict[str, Experiment]:
