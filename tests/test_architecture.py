@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import re
 import subprocess
 import sys
@@ -138,6 +139,9 @@ def _classes(annotation: typing.Any, out: set[type]) -> None:
         _classes(arg, out)
 
 
+_LAZY_TYPES = {"pandas": importlib.import_module("pandas")}
+
+
 def _returned(obj: typing.Any) -> set[type]:
     """maxaffine classes that ``obj`` (a function, or a class's public methods,
     properties and fields) returns."""
@@ -158,7 +162,8 @@ def _returned(obj: typing.Any) -> set[type]:
                     _classes(hints[f.name], out)
     for fn in functions:
         try:
-            hints = typing.get_type_hints(fn)
+            # third-party types imported lazily (under TYPE_CHECKING) resolve here
+            hints = typing.get_type_hints(fn, localns=_LAZY_TYPES)
         except (NameError, TypeError) as err:
             raise AssertionError(f"{fn.__qualname__}: annotations do not resolve ({err})") \
                 from err
