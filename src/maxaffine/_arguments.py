@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -225,4 +227,22 @@ def run(fn: Any, *args: Any, what: str, hint: str = "") -> Any:
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MaxAffineError(f"{what} failed: {message}{hint}") from err
+
+
+def file_path(value: Any, name: str, example: str) -> Path:
+    """``value`` (a str or path-like) as the :class:`~pathlib.Path` of a file to write:
+    not a directory, and no parent of it a file. ``example``: a file name the message
+    suggests inside a directory given by mistake."""
+    if not isinstance(value, str | os.PathLike):
+        raise MaxAffineTypeError(f"{name} must be a file path (str or pathlib.Path), got "
+                                 f"{_kind(value)}")
+    path = Path(value)
+    if path.is_dir():
+        raise MaxAffineError(f"{name}={str(path)!r} is a directory: pass a file path, e.g. "
+                             f"{str(path / example)!r}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise MaxAffineError(f"{name}: {str(parent)!r} (a parent of {str(path)!r}) is a "
+                                 "file, not a directory")
+    return path
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import _arguments as arg
 from .errors import MaxAffineError, MaxAffineTypeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -230,16 +231,7 @@ def level_set_html(level_set: LevelSet, *, complex_: Complex | None = None,
 
 def write_html(text: str, path: str | os.PathLike) -> Path:
     """Write a page to ``path`` (parent directories created); returns the path."""
-    if not isinstance(path, str | os.PathLike):
-        raise MaxAffineTypeError(f"path must be a str or a path, got "
-                                 f"{type(path).__name__} {path!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise MaxAffineError(f"path {str(path)!r} is a directory; pass a file name such as "
-                             f"{str(path / 'explore.html')!r}")
-    for p in path.parents:
-        if p.exists() and not p.is_dir():
-            raise MaxAffineError(f"path: {p} (a parent of {path}) is a file, not a directory")
+    path = arg.file_path(path, "path", "explore.html")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path

@@ -47,7 +47,7 @@ from . import _arguments as arg
 from ._arguments import check_dtype, check_tensor
 from ._autodiff import pullback
 from .errors import MaxAffineError, MaxAffineTypeError
-from .graph import SplineGraph, as_graph, check_input, check_parameters
+from .graph import SplineGraph, check_input, check_parameters
 
 Classes = Sequence[int] | Tensor | None
 
@@ -511,17 +511,9 @@ def semi_supervised_loss(
 def _graph(model: nn.Module | SplineGraph, x: Tensor, what: str) -> SplineGraph:
     """The spline graph of ``model`` (traced on ``x``), with ``x`` checked as a
     non-empty, finite batch of its input shape and dtype."""
-    if not isinstance(model, nn.Module | SplineGraph):
-        raise MaxAffineTypeError(f"model must be a torch.nn.Module or a maxaffine.SplineGraph, "
-                                 f"got {type(model).__name__}")
-    if not isinstance(x, Tensor):
-        raise MaxAffineTypeError(f"{what} must be a torch.Tensor batch (N, *input_shape), got "
-                                 f"{type(x).__name__}")
-    check_tensor(x, what)
-    if x.dim() < 2:
-        raise MaxAffineError(f"{what} must be a batch (N, *input_shape); got shape "
-                             f"{tuple(x.shape)}: add a batch dimension with {what}.unsqueeze(0)")
-    graph = as_graph(model, x)
+    from .vq import graph_for
+
+    graph = graph_for(model, x, what)
     _check_batch(graph, x, what)
     return graph
 

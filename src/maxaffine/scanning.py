@@ -232,13 +232,7 @@ def _out_path(out: Any) -> Path | None:
     """``out`` as a Parquet file path whose folder exists (or None)."""
     if out is None:
         return None
-    if not isinstance(out, str | Path):
-        raise MaxAffineTypeError(f"out must be a file path (str or pathlib.Path) for the "
-                                 f"Parquet table, got {type(out).__name__}")
-    path = Path(out)
-    if path.is_dir():
-        raise MaxAffineError(f"out={str(out)!r} is a directory: pass a file path, e.g. "
-                             f"{str(path / 'scan.parquet')!r}")
+    path = arg.file_path(out, "out", "scan.parquet")
     if not path.parent.is_dir():
         raise MaxAffineError(f"out={str(out)!r}: its folder {str(path.parent)!r} does not "
                              "exist; create it first")
