@@ -242,22 +242,9 @@ def vq_section(ctx: DemoContext) -> Section:
     return Section("VQ distance and retrieval", text)
 
 
-def local_complexity_report(ctx: DemoContext) -> Section:
-    """The experiment's local-complexity section, saying how many inputs it used when
-    there are fewer than it asks for."""
-    section = local_complexity_section(ctx)
-    n = 64 if ctx.quick else 256
-    used = (min(n, len(ctx.data.x_train)), min(n, len(ctx.data.x_test)))
-    if used != (n, n):
-        section = Section(section.title, section.markdown + (
-            f"\nThese inputs hold fewer than {n}: the statistics above are over "
-            f"{used[0]} training and {used[1]} test inputs.\n"))
-    return section
-
-
 #: the sections for any model (``maxaffine report``)
 MODEL_SECTIONS: list[Callable[[DemoContext], Section]] = [
-    models_section, affine_section, partition_section, local_complexity_report, vq_section]
+    models_section, affine_section, partition_section, local_complexity_section, vq_section]
 
 #: the demo's sections: the model sections and the experiments' demos
 SECTIONS: list[Callable[[DemoContext], Section]] = [

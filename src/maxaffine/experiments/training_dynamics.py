@@ -244,8 +244,9 @@ def demo_section(ctx: DemoContext) -> Section:
                     + f" | {float(s.total.double().mean()):.1f} |")
     text = ("Local complexity (`maxaffine.local_complexity`, Humayun et al. 2024): the number "
             "of units whose code is not constant over a cross-polytope of radius "
-            f"{radius} ({dirs} random orthonormal directions) around {n} training and {n} test "
-            "images, mean per layer:\n\n" + "\n".join(rows) + "\n\n"
+            f"{radius} ({dirs} random orthonormal directions) around "
+            f"{len(stats['train'].total)} training and {len(stats['test'].total)} test "
+            "inputs, mean per layer:\n\n" + "\n".join(rows) + "\n\n"
             + ctx.figure(fig, "local_complexity") + "\n\nHow it evolves during training: "
             "`maxaffine reproduce training-dynamics` (results/training-dynamics/).\n")
     return Section("Local complexity around the data", text)
