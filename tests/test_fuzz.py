@@ -1045,6 +1045,12 @@ def judge(recipe: Recipe, case: Case | None, kwargs: dict[str, Any],
 # ------------------------------------------------------------------ curvature, conservation
 
 
+@functools.cache
+def vq_index2() -> ma.VQIndex:
+    """An exhaustive index over mlp2's codes of x2 (its first ReLU layer)."""
+    return ma.vq_index(mlp2(), x2(), layers=["1"], index="faiss")
+
+
 # kernels have no model whose dtype inputs must match: other float dtypes are read as float64
 KERNEL_DTYPES = {f"{slot}:torch.{t}": EITHER for slot in ("x1", "x2")
                  for t in ("float16", "float32", "bfloat16")}
@@ -1527,6 +1533,20 @@ RECIPES: list[Recipe] = [
       lambda: dict(x=codes2(), y=codes2().select([0, 1, 2]), k=2),
       {"x": "codes", "y": "codes", "k": "count"},
       check=_check_knn, expect={"x:None": REFUSE, "y:None": EITHER}),
+    R("vq_index", lambda model, y, layers, index: ma.vq_index(model, y, layers=layers,
+                                                              index=index),
+      lambda: dict(model=mlp2(), y=x2(), layers=["1", 1], index="faiss-ivf"),
+      {"model": "model", "y": "batch", "layers": "layers", "index": "choice"},
+      check=lambda r, kw: need(r.num_references == rows(kw, "y"), "one entry per reference"),
+      expect={"y:empty batch": REFUSE, "layers:None": EITHER}),
+    R("VQIndex.search", lambda x, k, queries_per_block: vq_index2().search(
+        x, k, queries_per_block=queries_per_block),
+      lambda: dict(x=x2(), k=2, queries_per_block=2),
+      {"x": "batch", "k": "count", "queries_per_block": "count"}, check=_check_knn),
+    R("VQIndex.list_sizes", lambda: vq_index2().list_sizes(), dict),
+    R("VQIndex.summary", lambda: vq_index2().summary(), dict),
+    R("VQIndex.to_json", lambda: vq_index2().to_json(), dict, check=_check_json),
+    R("VQIndex.plot", lambda: vq_index2().plot(), dict),
     # ---------------------------------------------------------------- datasets
     R("scan", lambda model, data, measures, labels, batch_size, radius, out: ma.scan(
         model, data, measures, labels=labels, batch_size=batch_size, radius=radius,
@@ -2160,7 +2180,7 @@ RESULTS = {"AffineMap", "Complex", "Inversion", "LevelSet", "Partition", "Region
            "PowerCells", "PowerDiagram", "LayerStat", "LocalComplexity", "BoundaryDistance",
            "RegionDensity", "RegionSharing", "BoundaryCurvature", "OrthogonalityReport",
            "Evaluation", "Layer", "Pause", "Between", "VQPosterior", "GeneratorPosterior",
-           "EMFit", "LossHessian", "HessianComplexity"}
+           "EMFit", "LossHessian", "HessianComplexity", "VQIndex"}
 
 
 def public_callables() -> set[str]:

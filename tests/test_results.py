@@ -32,7 +32,8 @@ def test_the_results_are_the_expected_ones():
         "AffineMap", "BoundaryCurvature", "BoundaryDistance", "Codes", "Complex", "Evaluation",
         "HessianComplexity", "LevelSet", "LossHessian",
         "LocalComplexity", "Partition", "PowerCells", "PowerDiagram", "RegionDensity",
-        "RegionSet", "RegionSharing", "SegmentPartition", "SplineGraph", "VQPosterior"}
+        "RegionSet", "RegionSharing", "SegmentPartition", "SplineGraph", "VQIndex",
+        "VQPosterior"}
 
 
 @pytest.mark.parametrize("name", RESULTS)
@@ -80,6 +81,7 @@ def _results() -> dict[str, object]:
         "SegmentPartition": ma.partition_segment(net, x[0], x[1]),
         "SplineGraph": graph,
         "VQPosterior": ma.vq_posterior(net, x, beta=0.5),
+        "VQIndex": ma.vq_index(net, x),
     }
 
 

@@ -14,7 +14,7 @@ import importlib as _importlib
 
 from .affine import AffineMap, affine_map
 from .curvature import HessianComplexity, LossHessian, hessian_complexity, loss_hessian
-from .distances import vq_distance, vq_knn
+from .distances import VQIndex, vq_distance, vq_index, vq_knn
 from .errors import MaxAffineError, MaxAffineTypeError, MaxAffineWarning, UnsupportedOperation
 from .graph import Between, Evaluation, Layer, Pause, SplineGraph, trace
 from .inference import VQPosterior, soften, vq_posterior
@@ -97,6 +97,7 @@ __all__ = [
     "Slice",
     "SplineGraph",
     "UnsupportedOperation",
+    "VQIndex",
     "VQPosterior",
     "affine_map",
     "boundary_curvature",
@@ -121,6 +122,7 @@ __all__ = [
     "supported_ops",
     "trace",
     "vq_distance",
+    "vq_index",
     "vq_knn",
     "vq_posterior",
 ]

@@ -39,8 +39,12 @@ the neighbours it returns.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,7 +131,8 @@ def vq_knn(model: nn.Module | SplineGraph | None, x: Tensor | Codes,
     equal-weight distance (``weights=None``; a weighted one raises: use ``"faiss"``
     or ``"exact"``) and a bit string of at most ``FAISS_MAX_BITS`` per input with
     ``L alpha <= FAISS_MAX_SCALE`` (module docstring), else a ``MaxAffineError`` says
-    which layers to keep. Indexes are built on each call.
+    which layers to keep. Indexes are built on each call: to search one set of
+    references many times, build the index once with :func:`vq_index`.
     """
     k = arg.integer(k, "k", minimum=1, meaning="neighbours per query")
     block_rows = arg.integer(queries_per_block, "queries_per_block", minimum=1,
@@ -523,16 +528,22 @@ def _pair_counts(qx, qy, rows: np.ndarray, refs: np.ndarray) -> list[np.ndarray]
 def _faiss_knn(cx: Codes, cy: Codes, idx: list[int], w: np.ndarray, k: int, skip: bool,
                block_rows: int, qx, qy, same: bool, *, approximate: bool
                ) -> tuple[Tensor, Tensor]:
-    """vq_knn over a FAISS binary index (module docstring). Flat (exact): every reference
-    with H <= the (k + skip)-th smallest H of its query is a candidate (a k-NN
-    search fetches ``_EXTRA`` more to see past ties, a range search the rest);
-    candidates are ranked by the built-in float32 distance, then by index."""
-    faiss = _faiss()
+    """vq_knn over a FAISS binary index built for this call (:func:`_faiss_build`,
+    :func:`_faiss_search`)."""
     layout, nbits = _hamming_layout(cx, idx, check=approximate)  # flat: _one_hamming
     ref_bits = _knn_bits(cy, layout, nbits)
+    index, ivf = _faiss_build(ref_bits, approximate)
     query_bits = ref_bits if same else _knn_bits(cx, layout, nbits)
-    n, m = len(cx), len(cy)
-    nbits = 8 * ref_bits.shape[1]
+    return _faiss_search(index, ivf, query_bits, qx, qy, w, k, skip, block_rows)
+
+
+def _faiss_build(ref_bits: np.ndarray, approximate: bool) -> tuple[object, bool]:
+    """A FAISS binary index over the references' bit strings: ``IndexBinaryIVF``
+    (``round(sqrt(M))`` lists, k-means on evenly spaced references, ``IVF_PROBES``
+    probed) when ``approximate`` and there are enough references for two lists, else
+    the exhaustive ``IndexBinaryFlat``; and whether it is the IVF."""
+    faiss = _faiss()
+    m, nbits = len(ref_bits), 8 * ref_bits.shape[1]
     lists = max(1, min(round(math.sqrt(m)), m // _IVF_TRAIN))
     ivf = approximate and lists > 1  # (one list: the flat index, exhaustive anyway)
     if ivf:
@@ -544,6 +555,17 @@ def _faiss_knn(cx: Codes, cy: Codes, idx: list[int], w: np.ndarray, k: int, skip
         index = faiss.IndexBinaryFlat(nbits)
     for start in range(0, m, _CHUNK * 8):
         index.add(ref_bits[start:start + _CHUNK * 8])
+    return index, ivf
+
+
+def _faiss_search(index, ivf: bool, query_bits: np.ndarray, qx, qy, w: np.ndarray, k: int,
+                  skip: bool, block_rows: int) -> tuple[Tensor, Tensor]:
+    """The k nearest references of each query (module docstring). Flat (exact): every
+    reference with H <= the (k + skip)-th smallest H of its query is a candidate (a
+    k-NN search fetches ``_EXTRA`` more to see past ties, a range search the rest);
+    candidates are ranked by the built-in float32 distance, then by index. IVF: the
+    candidates it finds, ranked the same way (queries it finds too few for: exact)."""
+    n, m = len(query_bits), index.ntotal
     want = k + (1 if skip else 0)
     units = [u for _, _, u in qx]
     dists = torch.empty((n, k), dtype=torch.float32)
@@ -589,4 +611,130 @@ def _faiss_knn(cx: Codes, cy: Codes, idx: list[int], w: np.ndarray, k: int, skip
     return dists, found
 
 
-__all__ = ["vq_distance", "vq_knn"]
+@dataclass(frozen=True)
+class VQIndex:
+    """A FAISS binary index over the codes of a set of references, built once by
+    :func:`vq_index` and searched many times with :meth:`search` (``vq_knn(...,
+    index=kind)`` builds the same index on every call).
+
+    ``kind``: ``"faiss"`` (``IndexBinaryFlat``: exact, the same neighbours as
+    ``vq_knn(index="exact")``, ties included) or ``"faiss-ivf"`` (``IndexBinaryIVF``:
+    approximate, exact distances for the neighbours it returns); ``num_references``;
+    ``layers``: the layers compared; ``bits``: the bit string per input; ``lists``: the
+    inverted lists (1: exhaustive); ``probes``: the lists a query visits; ``seconds``:
+    the build time (k-means and adding the references)."""
+
+    kind: str
+    num_references: int
+    layers: tuple[str, ...]
+    bits: int
+    lists: int
+    probes: int
+    seconds: float
+    _model: Any = field(repr=False, compare=False)
+    _codes: Codes = field(repr=False, compare=False)
+    _layer_selection: Any = field(repr=False, compare=False)
+    _layout: list = field(repr=False, compare=False)
+    _index: Any = field(repr=False, compare=False)
+    _ivf: bool = field(repr=False, compare=False)
+
+    def search(self, x: Tensor | Codes, k: int = 1, *, queries_per_block: int = 256
+               ) -> tuple[Tensor, Tensor]:
+        """The ``k`` nearest references of each query ``x`` (an input batch, encoded by
+        the index's model, or :class:`maxaffine.Codes` of that model): ``(distances (N,
+        k) float32, indices (N, k) int64)``, as :func:`vq_knn` returns them. Queries
+        are never skipped (they are not the references)."""
+        k = arg.integer(k, "k", minimum=1, maximum=self.num_references,
+                        meaning=f"neighbours per query, of {self.num_references} references")
+        block_rows = arg.integer(queries_per_block, "queries_per_block", minimum=1,
+                                 meaning="queries searched at a time")
+        cx, cy, idx, w = _prepare(self._model, x, self._codes, self._layer_selection, None)
+        if len(cx) == 0:
+            return (torch.empty((0, k), dtype=torch.float32),
+                    torch.empty((0, k), dtype=torch.int64))
+        query_bits = _knn_bits(cx, self._layout, self.bits)
+        return _faiss_search(self._index, self._ivf, query_bits, _words(cx, idx),
+                             _words(cy, idx), w, k, False, block_rows)
+
+    def list_sizes(self) -> Tensor:
+        """References per inverted list (one entry for the exhaustive index)."""
+        if not self._ivf:
+            return torch.tensor([self.num_references])
+        lists = self._index.invlists
+        return torch.tensor([lists.list_size(i) for i in range(self.lists)])
+
+    def summary(self) -> dict[str, Any]:
+        """The index's kind, size, layers, bits, lists and probes, the largest and
+        smallest list, and the build time."""
+        sizes = self.list_sizes()
+        return {"kind": self.kind, "num_references": self.num_references,
+                "layers": list(self.layers), "bits": self.bits, "lists": self.lists,
+                "probes": self.probes, "largest_list": int(sizes.max()),
+                "smallest_list": int(sizes.min()), "seconds": self.seconds}
+
+    def to_json(self) -> str:
+        """The summary and the list sizes."""
+        out = self.summary()
+        out["list_sizes"] = self.list_sizes().tolist()
+        return json.dumps(out)
+
+    def plot(self, ax=None):
+        """The inverted lists' sizes, largest first (how evenly k-means split the
+        references; a query visits ``probes`` of them)."""
+        from ._plotting import _axes
+
+        ax = _axes(ax)
+        sizes = self.list_sizes().sort(descending=True).values.numpy()
+        ax.bar(np.arange(len(sizes)), sizes, width=1.0, color="0.5")
+        ax.set_xlabel(f"inverted list ({self.probes} of {self.lists} probed per query)")
+        ax.set_ylabel("references")
+        ax.set_title(f"{self.kind}: {self.num_references} references, {self.bits} bits")
+        return ax
+
+
+def vq_index(model: nn.Module | SplineGraph | None, y: Tensor | Codes, *,
+             layers: Sequence[str | int] | None = None,
+             index: str = "faiss-ivf") -> VQIndex:
+    """A FAISS index over the codes of the references ``y`` (an input batch of
+    ``model``, or :class:`maxaffine.Codes`), for many :meth:`VQIndex.search` calls
+    against the same references under the equal-weight VQ distance of ``layers``
+    (default all).
+
+    ``index="faiss-ivf"``: ``IndexBinaryIVF`` (module docstring: ``round(sqrt(M))``
+    lists from binary k-means, ``IVF_PROBES`` probed; approximate); ``"faiss"``: the
+    exhaustive ``IndexBinaryFlat`` (exact), which needs the distance to be one Hamming
+    distance of the packed codes (layers of one bit per unit, all of the same number
+    of units, e.g. one ReLU layer; else use ``vq_knn(index="faiss")``, which counts
+    per layer). Same limits as ``vq_knn(index="faiss-ivf")`` on the bit string.
+    """
+    if index not in ("faiss", "faiss-ivf"):
+        arg.choice(index, "index", ("faiss", "faiss-ivf"))
+    if y is None:
+        raise MaxAffineTypeError("y must be the references (an input batch or "
+                                 "maxaffine.Codes), got None")
+    _, cy, idx, _ = _prepare(model, y, None, layers, None)
+    if len(cy) == 0:
+        raise MaxAffineError("y is an empty batch: an index needs at least one reference")
+    approximate = index == "faiss-ivf"
+    if not approximate and not _one_hamming(cy, idx, None):
+        raise MaxAffineError(
+            f"index='faiss' keeps an exhaustive index only where the VQ distance is one "
+            f"Hamming distance of the packed codes (one bit per unit, the same number of "
+            f"units in every layer), not for layers {[cy.names[i] for i in idx]}: pass "
+            "index='faiss-ivf', fewer layers (layers=[...]), or use vq_knn(index='faiss')")
+    t0 = time.perf_counter()
+    layout, nbits = _hamming_layout(cy, idx, check=approximate)
+    ref_bits = _knn_bits(cy, layout, nbits)
+    built, ivf = _faiss_build(ref_bits, approximate)
+    graph = model
+    if isinstance(y, Tensor) and model is not None:
+        graph = graph_for(model, y, "y")  # traced once: searches reuse it
+    lists = built.nlist if ivf else 1
+    return VQIndex(kind=index, num_references=len(cy),
+                   layers=tuple(cy.names[i] for i in idx), bits=8 * ref_bits.shape[1],
+                   lists=lists, probes=built.nprobe if ivf else 1,
+                   seconds=time.perf_counter() - t0, _model=graph, _codes=cy,
+                   _layer_selection=layers, _layout=layout, _index=built, _ivf=ivf)
+
+
+__all__ = ["VQIndex", "vq_distance", "vq_index", "vq_knn"]
